@@ -1,0 +1,80 @@
+r"""Few-step adaptation of a (meta-)model to a task: the inner problem of PAPER.md eq. (2)
+solved from :math:`\theta` on the task's own data, supervised or without ground truth.
+
+Training from scratch (the "PDNet" baseline) is the same loop from a random initialisation
+with ``prox_lambda=0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from metaprior.meta.inner import make_inner_optimizer
+from metaprior.meta.maml import inner_step
+from metaprior.tasks import TaskBatch
+from metaprior.typing import Params
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    steps: int = 50  # Adam steps (Table 1: 50)
+    lr: float = 1e-3  # inner learning rate η, the same as in meta-training
+    loss: str = "unsupervised"  # "supervised" | "unsupervised" (no ground truth)
+    prox_lambda: float = 0.0  # λ of λ/2‖φ − θ‖²
+    optimizer: str = "adam"  # "adam" | "sgd"
+
+
+@dataclass
+class AdaptResult:
+    params: Params
+    losses: list[float] = field(default_factory=list)
+
+
+def parameters_of(model: nn.Module) -> Params:
+    """Detached copies of a module's parameters, requiring grad (the functional θ)."""
+    return {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}
+
+
+def fine_tune(
+    model: nn.Module, theta: Params, next_batch: Callable[[int], TaskBatch],
+    config: AdaptConfig, callback: Callable[[int, float], None] | None = None,
+) -> AdaptResult:
+    """Solve the inner problem approximately by ``config.steps`` optimizer steps from θ.
+
+    Args:
+        model: the architecture (its own parameters are not used or changed).
+        theta: initial parameters θ (kept as the proximal anchor).
+        next_batch: ``next_batch(step)`` returns the step's :class:`TaskBatch`.
+        config: steps, learning rate, loss kind, λ, optimizer.
+        callback: called as ``callback(step, loss)`` after each step.
+
+    Returns:
+        the adapted parameters and the loss of every step.
+    """
+    opt = make_inner_optimizer(config.optimizer, config.lr)
+    anchor = {k: v.detach() for k, v in theta.items()}
+    phi = {k: v.detach().clone().requires_grad_(True) for k, v in theta.items()}
+    state = opt.init(phi)
+    losses = []
+    for step in range(config.steps):
+        phi, state, loss = inner_step(model, phi, anchor, state, next_batch(step), opt,
+                                      config.loss, config.prox_lambda)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step {step}: "
+                                     f"lower --lr")
+        losses.append(float(loss))
+        if callback is not None:
+            callback(step, float(loss))
+    return AdaptResult({k: v.detach() for k, v in phi.items()}, losses)
+
+
+def load_into(model: nn.Module, params: Params) -> nn.Module:
+    """Copy ``params`` into ``model``'s parameters (in place) and return it."""
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(params[k])
+    return model

@@ -1,0 +1,36 @@
+"""Evaluation helpers: reconstruct a set of images for a task and score them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from metaprior.metrics import mean_std, psnr
+from metaprior.tasks import Task, TaskBatch
+
+#: A reconstruction method: TaskBatch -> (B, C, H, W) estimate.
+Method = Callable[[TaskBatch], Tensor]
+
+
+def pseudo_inverse(batch: TaskBatch) -> Tensor:
+    r""":math:`A^\dagger y` (zero filling for decimation and MRI-with-symmetric-mask)."""
+    return batch.physics.A_dagger(batch.y)
+
+
+def task_batches(task: Task, images: Sequence[Tensor], seed: int = 0) -> list[TaskBatch]:
+    """One :class:`TaskBatch` per image (images may differ in size), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    return [task.sample(im.unsqueeze(0), g) for im in images]
+
+
+@torch.no_grad()
+def score(method: Method, batches: Sequence[TaskBatch], peak: float | str = 1.0) -> list[float]:
+    """PSNR (dB, data range ``peak``) of ``method`` on every batch, per image."""
+    return [float(v) for b in batches for v in psnr(method(b), b.target, peak)]
+
+
+def summarize(values: Sequence[float]) -> str:
+    m, s = mean_std(values)
+    return f"{m:6.2f} ± {s:4.2f}"

@@ -1,0 +1,54 @@
+r"""Per-task losses of PAPER.md eq. (1) and the proximal term of eq. (2), as pure functions.
+
+Both data losses are *means* over the batch and the pixels (or measurement entries), times ½,
+so their scale does not depend on image size or batch size:
+
+.. math::
+    \mathcal L_{\sup} = \frac{1}{2BN}\sum_j \|f_\phi(y_j) - x_j\|_2^2, \qquad
+    \mathcal L_{\rm uns} = \frac{1}{2BM}\sum_j \|A f_\phi(y_j) - y_j\|_2^2,
+
+with :math:`N` pixels per image and :math:`M` entries per measurement (complex entries count
+once, :math:`|\cdot|^2`). The proximal term is a plain sum over all parameters,
+:math:`\tfrac\lambda2\|\phi - \theta\|_2^2`.
+"""
+
+from __future__ import annotations
+
+import torch
+from deepinv.physics import LinearPhysics
+from torch import Tensor
+
+from metaprior.typing import Params
+
+
+def supervised_loss(x_hat: Tensor, target: Tensor) -> Tensor:
+    r""":math:`\frac{1}{2BN}\|\hat x - x\|^2`. Shapes: (B, C, H, W) both; returns a scalar."""
+    return 0.5 * (x_hat - target).pow(2).mean()
+
+
+def measurement_consistency_loss(x_hat: Tensor, y: Tensor, physics: LinearPhysics) -> Tensor:
+    r""":math:`\frac{1}{2BM}\|A\hat x - y\|^2`, blind to :math:`\mathrm{Ker}(A)`; needs no
+    ground truth. Shapes: x_hat (B, C, H, W), y as ``physics.A`` returns; returns a scalar."""
+    return 0.5 * (physics.A(x_hat) - y).abs().pow(2).mean()
+
+
+def proximal_term(phi: Params, theta: Params, lam: float) -> Tensor:
+    r""":math:`\frac\lambda2\sum_k\|\phi_k - \theta_k\|^2` over all parameter tensors."""
+    return 0.5 * lam * sum((phi[k] - theta[k]).pow(2).sum() for k in phi)
+
+
+LOSSES = ("supervised", "unsupervised")
+
+
+def data_loss(kind: str, x_hat: Tensor, batch) -> Tensor:
+    """Supervised (needs ``batch.target``) or unsupervised (needs ``batch.y``, ``batch.physics``)
+    loss of a :class:`metaprior.tasks.TaskBatch`."""
+    if kind == "supervised":
+        return supervised_loss(x_hat, batch.target)
+    if kind == "unsupervised":
+        return measurement_consistency_loss(x_hat, batch.y, batch.physics)
+    raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+
+
+def is_finite(t: Tensor) -> bool:
+    return bool(torch.isfinite(t).all())

@@ -1,0 +1,195 @@
+r"""Task library: a task is an operator generator, a target transform and a noise level.
+
+A :class:`Task` turns a batch of clean images :math:`x` into a :class:`TaskBatch`
+:math:`(y, A, \text{target})` with :math:`y = A x + \sigma e`. Randomness (masks, noise)
+comes from a ``torch.Generator`` passed in by the caller; the global RNG is never touched.
+
+Registered tasks (PAPER.md §4, defaults marked [D] there):
+
+============  ======================================  =====================================
+name          operator                                target
+============  ======================================  =====================================
+``denoise``   :math:`A = I`, :math:`\sigma = 0.1`       :math:`x`                     (T1)
+``tv``        :math:`A = I`, noiseless                :math:`\mathrm{prox}_{0.1 TV}(x)` (T2)
+``deblur``    Gaussian blur, std 1.6, 25×25, circular  :math:`x`                     (T3)
+``inpaint``   Bernoulli pixel mask, 50 % missing       :math:`x`                     (T4)
+``sr2``       decimation ×2 (zero-filling adjoint)     :math:`x`                     (unseen)
+``mri4``      :math:`MF`, random columns ×4, cf 0.08   :math:`x`                     (unseen)
+============  ======================================  =====================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from deepinv.physics import LinearPhysics
+from torch import Tensor
+
+from metaprior import physics as ops
+
+#: (image shape (B, C, H, W), generator, device) -> operator
+PhysicsFactory = Callable[[tuple[int, ...], torch.Generator, torch.device], LinearPhysics]
+
+TRAIN_TASKS = ("denoise", "tv", "deblur", "inpaint")
+UNSEEN_TASKS = ("sr2", "mri4")
+
+
+@dataclass
+class TaskBatch:
+    """One batch of a task.
+
+    Attributes:
+        task: task name.
+        y: (B, C, h, w) measurements (complex for MRI).
+        physics: the operator :math:`A` of this batch.
+        target: (B, C, H, W) what the network must output.
+        x: (B, C, H, W) the clean images the batch was made from.
+    """
+
+    task: str
+    y: Tensor
+    physics: LinearPhysics
+    target: Tensor
+    x: Tensor
+
+
+@dataclass(frozen=True)
+class Task:
+    """An imaging task.
+
+    Args:
+        name: registry name.
+        make_physics: builds the operator for a batch of images of a given shape.
+        target: maps clean images to the target (``None``: the images themselves).
+        noise_sigma: std of the additive white Gaussian noise on :math:`y`, image units.
+        params: the task's parameters, for logs and docs.
+    """
+
+    name: str
+    make_physics: PhysicsFactory
+    target: Callable[[Tensor], Tensor] | None = None
+    noise_sigma: float = 0.0
+    params: dict = field(default_factory=dict)
+
+    def sample(self, x: Tensor, generator: torch.Generator | None = None) -> TaskBatch:
+        r"""Measure a batch: :math:`y = A x + \sigma e`.
+
+        Args:
+            x: (B, C, H, W) clean images in [0, 1].
+            generator: source of randomness for the operator and the noise (CPU generator).
+        """
+        if x.ndim != 4:
+            raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        physics = self.make_physics(tuple(x.shape), generator, x.device)
+        with torch.no_grad():
+            y = physics.A(x)
+            if self.noise_sigma > 0:
+                e = torch.randn(y.shape, generator=generator, dtype=y.dtype)
+                y = y + self.noise_sigma * e.to(y.device)
+            target = x if self.target is None else self.target(x)
+        return TaskBatch(self.name, y, physics, target, x)
+
+
+# --- operator factories -------------------------------------------------------------------
+
+def _denoising(shape, generator, device, sigma):
+    return ops.denoising(sigma)
+
+
+def _identity(shape, generator, device):
+    return ops.identity()
+
+
+def _blur(shape, generator, device, sigma, size):
+    return ops.gaussian_blur(shape[1:], sigma, size, device=device)
+
+
+def _inpaint(shape, generator, device, missing):
+    b, _, h, w = shape
+    return ops.inpainting(ops.bernoulli_mask((b, 1, h, w), missing, generator, device))
+
+
+def _decimate(shape, generator, device, factor):
+    return ops.Decimation(shape[1:], factor, device=device)
+
+
+def _mri(shape, generator, device, acceleration, center_fraction, seed):
+    return ops.mri(shape[1:], acceleration, center_fraction, seed, device=device)
+
+
+def denoise_task(sigma: float = 0.1) -> Task:
+    """T1: Gaussian denoising."""
+    return Task("denoise", partial(_denoising, sigma=sigma), noise_sigma=sigma,
+                params={"sigma": sigma})
+
+
+def tv_task(weight: float = 0.1, tol: float = 1e-6) -> Task:
+    """T2: TV estimation, target :math:`\\mathrm{prox}_{w TV}(x)` (duality gap ``tol``)."""
+    return Task("tv", _identity, target=partial(ops.prox_tv, weight=weight, tol=tol),
+                params={"weight": weight, "tol": tol})
+
+
+def deblur_task(sigma: float = 1.6, size: int = 25) -> Task:
+    """T3: noiseless Gaussian deconvolution."""
+    return Task("deblur", partial(_blur, sigma=sigma, size=size),
+                params={"sigma": sigma, "size": size})
+
+
+def inpaint_task(missing: float = 0.5) -> Task:
+    """T4: inpainting with an i.i.d. Bernoulli mask redrawn per sample."""
+    return Task("inpaint", partial(_inpaint, missing=missing), params={"missing": missing})
+
+
+def sr_task(factor: int = 2) -> Task:
+    """Unseen: super-resolution by plain decimation."""
+    return Task(f"sr{factor}", partial(_decimate, factor=factor), params={"factor": factor})
+
+
+def mri_task(acceleration: int = 4, center_fraction: float = 0.08, seed: int = 0) -> Task:
+    """Unseen: single-coil Cartesian MRI, one fixed mask (seed) for fine-tuning and test."""
+    return Task(f"mri{acceleration}",
+                partial(_mri, acceleration=acceleration, center_fraction=center_fraction,
+                        seed=seed),
+                params={"acceleration": acceleration, "center_fraction": center_fraction,
+                        "seed": seed})
+
+
+def task_from_physics(
+    name: str, physics: LinearPhysics, noise_sigma: float = 0.0,
+    target: Callable[[Tensor], Tensor] | None = None,
+) -> Task:
+    """A task with a fixed user operator (any deepinv ``LinearPhysics``)."""
+    return Task(name, lambda shape, generator, device: physics.to(device), target=target,
+                noise_sigma=noise_sigma, params={"physics": type(physics).__name__})
+
+
+# --- registry -----------------------------------------------------------------------------
+
+_REGISTRY: dict[str, Task] = {}
+
+
+def register_task(task: Task, overwrite: bool = False) -> Task:
+    """Add a task to the registry (``overwrite=True`` to replace one of the same name)."""
+    if task.name in _REGISTRY and not overwrite:
+        raise ValueError(f"task {task.name!r} is already registered: pass overwrite=True")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}: choose among {', '.join(available_tasks())}")
+    return _REGISTRY[name]
+
+
+def available_tasks() -> list[str]:
+    return list(_REGISTRY)
+
+
+for _task in (denoise_task(), tv_task(), deblur_task(), inpaint_task(), sr_task(2), mri_task(4)):
+    register_task(_task)

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from deepinv.models import Reconstructor
+
+from metaprior import physics as ops
+from metaprior.models import PDNet, PDNetConfig, conv_norm_sq
+from metaprior.tasks import available_tasks, get_task
+
+
+def test_361_parameters_per_layer():
+    for depth in (1, 3, 20):
+        model = PDNet(PDNetConfig(depth=depth))
+        assert model.num_params() == 361 * depth
+        assert all(sum(p.numel() for p in layer.parameters()) == 361 for layer in model.layers)
+    assert isinstance(model, Reconstructor)
+
+
+def test_width_is_configurable():
+    assert PDNet(PDNetConfig(depth=2, width=8)).num_params() == 2 * (8 * 9 + 1)
+
+
+def test_W_adjoint():
+    layer = PDNet(PDNetConfig(depth=1)).layers[0].double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 9, 11, generator=g, dtype=torch.float64)
+    u = torch.randn(2, 40, 9, 11, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        lhs = (layer.W(x) * u).sum()
+        rhs = (x * layer.W_adjoint(u)).sum()
+    assert abs(float(lhs - rhs)) < 1e-10 * abs(float(lhs))
+
+
+def test_conv_norm_sq_bounds_power_iteration():
+    torch.manual_seed(0)
+    for std in (0.01, 1.0):
+        w = std * torch.randn(40, 1, 3, 3, dtype=torch.float64)
+        v = torch.randn(1, 1, 96, 96, dtype=torch.float64)
+        for _ in range(500):
+            v = F.conv_transpose2d(F.conv2d(v, w, padding=1), w, padding=1)
+            n = torch.linalg.vector_norm(v)
+            v = v / n
+        bound = float(conv_norm_sq(w))
+        assert float(n) <= bound <= 1.02 * float(n)
+
+
+def test_step_sizes_satisfy_condat():
+    model = PDNet(PDNetConfig(depth=4, weight_init_std=0.5))
+    c = model.config
+    for tau, layer in zip(model.step_sizes(1.0), model.layers, strict=True):
+        assert float(tau) * (0.5 + c.gamma * float(conv_norm_sq(layer.weight))) < 1
+        assert not tau.requires_grad
+
+
+def test_zero_dual_is_gradient_descent():
+    """With W = 0 every layer is a gradient step on ½‖Ax − y‖² with τ = 0.99/(‖A‖²/2)."""
+    model = PDNet(PDNetConfig(depth=5)).double()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.weight.zero_()
+    physics = ops.gaussian_blur((1, 32, 32))
+    y = physics.A(torch.rand(1, 1, 32, 32, dtype=torch.float64))
+    x = physics.A_adjoint(y)
+    for _ in range(5):
+        x = x - 0.99 / 0.5 * physics.A_adjoint(physics.A(x) - y)
+    assert torch.allclose(model(y, physics), x, atol=1e-10)
+
+
+def test_last_lambda_gets_no_gradient_and_others_do():
+    model = PDNet(PDNetConfig(depth=3))
+    tb = get_task("inpaint").sample(torch.rand(2, 1, 16, 16), torch.Generator().manual_seed(0))
+    loss = (model(tb.y, tb.physics) - tb.target).pow(2).mean()
+    loss.backward()
+    assert model.layers[-1].lam.grad is None
+    assert all(layer.lam.grad is not None for layer in model.layers[:-1])
+    assert all(layer.weight.grad.abs().sum() > 0 for layer in model.layers)
+
+
+def test_colour_channels_fold_into_batch():
+    model = PDNet(PDNetConfig(depth=3, weight_init_std=0.3))
+    physics = ops.Decimation((3, 16, 16))
+    x = torch.rand(2, 3, 16, 16)
+    out = model(physics.A(x), physics)
+    per_channel = torch.cat(
+        [model(physics.A(x[:, c : c + 1]), ops.Decimation((1, 16, 16))) for c in range(3)], dim=1)
+    assert torch.allclose(out, per_channel, atol=1e-6)
+
+
+def test_functional_call_matches_module():
+    model = PDNet(PDNetConfig(depth=3))
+    tb = get_task("deblur").sample(torch.rand(1, 1, 32, 32), torch.Generator().manual_seed(0))
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    out = torch.func.functional_call(model, params, (tb.y, tb.physics))
+    assert torch.equal(out, model(tb.y, tb.physics))
+
+
+def test_double_backward_gradgradcheck():
+    """MAML differentiates PDNet twice: check second derivatives at tiny size."""
+    torch.manual_seed(0)
+    model = PDNet(PDNetConfig(depth=2, width=3, weight_init_std=0.3, lam_init=0.05)).double()
+    physics = ops.inpainting(ops.bernoulli_mask((1, 1, 6, 6), 0.5,
+                                                torch.Generator().manual_seed(0)).double())
+    y = physics.A(torch.rand(1, 1, 6, 6, dtype=torch.float64))
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in model.parameters())
+    taus = model.step_sizes(1.0)  # held fixed: Condat's rule is detached by design
+
+    def f(*ps):
+        return torch.func.functional_call(model, dict(zip(names, ps, strict=True)), (y, physics),
+                                          {"step_sizes": taus})
+
+    assert torch.autograd.gradgradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", available_tasks())
+def test_untrained_pdnet_finite_on_real_image(name, device):
+    """Zero training, a real (scikit-image camera) image, every task: finite output."""
+    from metaprior.data import demo_images
+
+    x = demo_images("test", size=64)[0].unsqueeze(0).to(device)
+    tb = get_task(name).sample(x, torch.Generator().manual_seed(0))
+    model = PDNet(PDNetConfig(depth=10)).to(device)
+    with torch.no_grad():
+        out = model(tb.y, tb.physics)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert bool(torch.isfinite(out).all())
+
+
+def test_complex_adjoint_rejected():
+    import deepinv as dinv
+
+    class Bad(dinv.physics.LinearPhysics):
+        def A(self, x, **kw):
+            return torch.fft.fft2(x)
+
+        def A_adjoint(self, y, **kw):
+            return torch.fft.ifft2(y)
+
+    with pytest.raises(ValueError, match="real image"):
+        PDNet(PDNetConfig(depth=1))(torch.rand(1, 1, 4, 4), Bad())
