@@ -57,3 +57,16 @@ def test_bad_arguments():
         adam(0.0)
     with pytest.raises(ValueError, match="'sgd' or 'adam'"):
         make_inner_optimizer("rmsprop", 0.1)
+
+
+def test_adam_differentiable_through_zero_gradient_entries():
+    """A gradient entry that is exactly 0 (e.g. the last λ of PDNet) must not make the
+    second-order derivative NaN (d√v/dv at v = 0)."""
+    theta = torch.tensor([0.5, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = adam(0.1)
+    params = {"w": theta}
+    state = opt.init(params)
+    (g,) = torch.autograd.grad((params["w"][0] ** 2), params["w"], create_graph=True)
+    updates, state = opt.update({"w": g}, state, params)
+    (hyper,) = torch.autograd.grad(apply_updates(params, updates)["w"].sum(), theta)
+    assert torch.isfinite(hyper).all()

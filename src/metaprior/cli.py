@@ -1,9 +1,11 @@
-"""Command line: ``metaprior <command> --help``."""
+"""metaprior command line. ``metaprior <command> --help`` for each command."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -11,44 +13,263 @@ THREADS_HELP = ("intra-op CPU threads (default 1: on small 2-core machines, Open
                 "next to any other busy process makes small ops 10-100x slower with 2 threads)")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+def _common(p: argparse.ArgumentParser, seed: bool = True, device: bool = True) -> None:
+    if device:
+        p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def _setup(args) -> None:
     if args.threads < 1:
-        raise SystemExit(f"error: --threads must be >= 1, got {args.threads}")
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but no CUDA device is available: "
-                         "use --device cpu")
+    device = getattr(args, "device", None) or getattr(args, "run.device", None) or "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA device is available: use "
+                         "--device cpu")
 
+
+# --- meta-train -------------------------------------------------------------------------------
+
+def cmd_meta_train(args) -> None:
+    from metaprior.config import build_config, load_config_file
+    from metaprior.train import TrainConfig, meta_train
+
+    config = build_config(TrainConfig, load_config_file(args.config), args)
+    meta_train(config, resume=args.resume, progress=not args.no_progress,
+               steps=getattr(args, "optim.steps"))
+
+
+def _add_meta_train(sub) -> None:
+    from metaprior.config import add_dataclass_arguments
+    from metaprior.train import SECTIONS
+
+    p = sub.add_parser(
+        "meta-train", help="meta-train PDNet on the training tasks (bilevel, eq. 2)",
+        description="Meta-train a PDNet. Each outer step: per task, K inner steps on BSDS "
+        "train+test patches, supervised outer loss on BSDS val patches, hypergradient by "
+        "maml | first_order | implicit; outer Adam on their sum. Writes OUT/config.json, "
+        "OUT/log.jsonl, OUT/checkpoints/, OUT/model.safetensors.")
+    p.add_argument("--config", help="JSON file of overrides: {\"model\": {...}, \"meta\": {...}}")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoints/latest (its saved config; --steps may "
+                   "extend it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    add_dataclass_arguments(p, SECTIONS)
+    p.set_defaults(func=cmd_meta_train)
+
+
+# --- measure / adapt / reconstruct ----------------------------------------------------------
+
+def _read_images(folder: str, color: bool) -> list:
+    from metaprior.data import list_images, load_image
+
+    return [load_image(p, gray=not color) for p in list_images(folder)]
+
+
+def cmd_measure(args) -> None:
+    from metaprior.measurements import save_measurements
+    from metaprior.tasks import get_task
+
+    images = _read_images(args.images, args.color)
+    if len({tuple(im.shape) for im in images}) > 1:
+        raise ValueError(f"images in {args.images} differ in size: measure folders of "
+                         f"equal-size images")
+    x = torch.stack(images)
+    batch = get_task(args.task).sample(x, torch.Generator().manual_seed(args.seed))
+    path = save_measurements(args.out, batch, with_ground_truth=not args.no_ground_truth)
+    print(f"wrote {path}: y {tuple(batch.y.shape)} {batch.y.dtype}, task {args.task}")
+
+
+def _batches_from_images(args, task, device):
+    """Fine-tuning stream from an image folder: random patches (or full images)."""
+    from metaprior.data import PatchSampler
+
+    images = _read_images(args.images, args.color)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    if args.patch_size > 0:
+        sampler = PatchSampler(images, args.patch_size, seed=args.seed)
+        return lambda step: task.sample(sampler.sample(args.batch_size).to(device), g)
+    return lambda step: task.sample(images[step % len(images)].unsqueeze(0).to(device), g)
+
+
+def _psnr_line(model, params, batch) -> str:
+    from metaprior.meta.maml import reconstruct
+    from metaprior.metrics import mean_std, psnr
+
+    with torch.no_grad():
+        values = psnr(reconstruct(model, params, batch), batch.target, args_peak(batch))
+    m, s = mean_std(values)
+    return f"{m:.2f} ± {s:.2f} dB"
+
+
+def args_peak(batch) -> float | str:
+    return "max" if batch.task.startswith("mri") else 1.0
+
+
+def cmd_adapt(args) -> None:
+    from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
+    from metaprior.checkpoint import load_model, save_model
+    from metaprior.measurements import load_measurements
+    from metaprior.tasks import get_task
+
+    model, meta = load_model(args.model, args.device)
+    inner = meta.get("meta_config", {})
+    config = AdaptConfig(
+        steps=args.steps,
+        lr=args.lr if args.lr is not None else inner.get("inner_lr", 1e-3),
+        loss=args.loss,
+        prox_lambda=args.prox_lambda if args.prox_lambda is not None
+        else inner.get("prox_lambda", 0.0),
+        optimizer=inner.get("inner_optimizer", "adam"),
+    )
+    if (args.images is None) == (args.measurements is None):
+        raise ValueError("give exactly one of --images DIR or --measurements FILE")
+    if args.measurements is not None:
+        data = load_measurements(args.measurements, args.device)
+        task_name = data.task
+        if args.loss == "supervised" and data.target is None:
+            raise ValueError(f"{args.measurements} has no ground truth: use --loss unsupervised")
+
+        def next_batch(step):
+            return data
+
+        evaluation = data if data.target is not None else None
+    else:
+        if args.task is None:
+            raise ValueError("--images needs --task NAME")
+        task = get_task(args.task)
+        task_name = task.name
+        next_batch = _batches_from_images(args, task, args.device)
+        evaluation = (load_measurements(args.eval_measurements, args.device)
+                      if args.eval_measurements else None)
+    theta = parameters_of(model)
+    if evaluation is not None:
+        print(f"before: {_psnr_line(model, theta, evaluation)}")
+    result = fine_tune(model, theta, next_batch, config)
+    if evaluation is not None:
+        print(f"after {config.steps} {config.loss} steps: "
+              f"{_psnr_line(model, result.params, evaluation)}")
+    path = save_model(args.out, model, result.params,
+                      metadata={**meta, "adapted": {"task": task_name, **config.__dict__}})
+    print(f"wrote {path}")
+
+
+def cmd_reconstruct(args) -> None:
+    from metaprior.adapt import parameters_of
+    from metaprior.checkpoint import load_model
+    from metaprior.measurements import load_measurements
+    from metaprior.meta.maml import reconstruct
+
+    model, _ = load_model(args.model, args.device)
+    batch = load_measurements(args.measurements, args.device)
+    with torch.no_grad():
+        x_hat = reconstruct(model, parameters_of(model), batch)
+    if not bool(torch.isfinite(x_hat).all()):
+        raise FloatingPointError("reconstruction is not finite; nothing written")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    for i, img in enumerate(x_hat.clamp(0, 1).cpu()):
+        arr = (img.permute(1, 2, 0).squeeze(-1).numpy() * 255).round().astype("uint8")
+        Image.fromarray(arr).save(out / f"recon_{i:03d}.png")
+    print(f"wrote {len(x_hat)} image(s) to {out}")
+    if batch.target is not None:
+        print(f"PSNR: {_psnr_line(model, parameters_of(model), batch)}")
+
+
+def _add_io(sub) -> None:
+    p = sub.add_parser("measure", help="simulate measurements of a task from an image folder")
+    p.add_argument("--task", required=True, help="registered task name (e.g. sr2, mri4)")
+    p.add_argument("--images", required=True, help="folder of equal-size images")
+    p.add_argument("--out", required=True, help="output .safetensors")
+    p.add_argument("--color", action="store_true", help="keep RGB (default: grayscale)")
+    p.add_argument("--no-ground-truth", action="store_true", help="store y only")
+    _common(p, device=False)
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("adapt", help="fine-tune a (meta-)model on a task, with or without "
+                       "ground truth")
+    p.add_argument("--model", required=True,
+                   help="model .safetensors, checkpoint folder or meta-train output folder")
+    p.add_argument("--images", help="folder of clean images: measurements simulated per step")
+    p.add_argument("--task", help="task of --images (e.g. sr2)")
+    p.add_argument("--measurements", help="measurement file (`metaprior measure`): adapt on it")
+    p.add_argument("--eval-measurements", help="with --images: held-out measurement file to "
+                   "score before/after")
+    p.add_argument("--steps", type=int, default=50, help="Adam steps (default 50)")
+    p.add_argument("--loss", choices=["supervised", "unsupervised"], default="unsupervised",
+                   help="inner loss (default unsupervised: no ground truth)")
+    p.add_argument("--lr", type=float, default=None, help="default: the model's inner_lr")
+    p.add_argument("--prox-lambda", type=float, default=None,
+                   help="λ of λ/2‖φ−θ‖² (default: the model's prox_lambda)")
+    p.add_argument("--patch-size", type=int, default=64, help="with --images; 0 = full images")
+    p.add_argument("--batch-size", type=int, default=8, help="with --images (default 8)")
+    p.add_argument("--color", action="store_true", help="with --images: keep RGB")
+    p.add_argument("--out", required=True, help="adapted model .safetensors")
+    _common(p)
+    p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("reconstruct", help="apply a model to a measurement file, write PNGs")
+    p.add_argument("--model", required=True, help="model .safetensors or run folder")
+    p.add_argument("--measurements", required=True, help="measurement file")
+    p.add_argument("--out", required=True, help="output folder")
+    _common(p, seed=False)
+    p.set_defaults(func=cmd_reconstruct)
+
+
+# --- demo / linear --------------------------------------------------------------------------
 
 def cmd_demo(args) -> None:
     from metaprior.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(steps=args.steps, seed=args.seed), device=args.device)
+    run_demo(DemoConfig(seed=args.seed, out=args.out), device=args.device)
+
+
+def cmd_linear(args) -> None:
+    from dataclasses import replace
+
+    from metaprior.linear import LinearExperimentConfig, run_linear_experiment
+
+    config = LinearExperimentConfig(seed=args.seed)
+    if args.outer_steps is not None:
+        config = replace(config, outer_steps=args.outer_steps)
+    result = run_linear_experiment(config, Path(args.out), sweep=args.sweep)
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1)[:4000])
+    print(f"wrote {Path(args.out) / 'figure2.png'} and {Path(args.out) / 'linear.json'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaprior", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="train briefly on the embedded demo images and print a PSNR "
-                       "table for every task (no data root needed)")
+    p = sub.add_parser("demo", help="meta-train on scikit-image's pictures, adapt to SR x2 "
+                       "without ground truth, print a PSNR table (no data root needed)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     _common(p)
-    p.add_argument("--steps", type=int, default=150, help="training steps (default 150)")
     p.set_defaults(func=cmd_demo)
+    _add_meta_train(sub)
+    _add_io(sub)
+    p = sub.add_parser("linear", help="linear Gaussian toy of PAPER.md §3: meta-train θy on "
+                       "masks of area A, fine-tune without ground truth on area B, Fig. 2 + JSON")
+    p.add_argument("--out", default="runs/linear", help="output folder (default runs/linear)")
+    p.add_argument("--outer-steps", type=int, default=None, help="outer steps (default 180)")
+    p.add_argument("--sweep", action="store_true",
+                   help="also sweep the number of training placements (1, 4, 16, all; ~8 min)")
+    _common(p, device=False)
+    p.set_defaults(func=cmd_linear)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _setup(args)
     try:
+        _setup(args)
         args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -70,6 +70,10 @@ def sgd(lr: float, momentum: float = 0.0) -> InnerOptimizer:
     return InnerOptimizer(init, update, name="sgd")
 
 
+def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(v.clamp_min(torch.finfo(v.dtype).tiny))
+
+
 def adam(
     lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
 ) -> InnerOptimizer:
@@ -80,6 +84,9 @@ def adam(
 
         \phi_t = \phi_{t-1} - \frac{\eta}{1-\beta_1^t}\,
             \frac{m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t} + \epsilon}.
+
+    The square root's argument is clamped at the smallest normal float so that
+    differentiating through a step stays finite where a gradient entry is exactly zero.
 
     Note (PAPER.md §2, note 2): the first step from a fresh state is
     :math:`\approx -\eta\,\mathrm{sign}(g)`, whose derivative in :math:`g` is nearly zero.
@@ -107,7 +114,9 @@ def adam(
         v = {k: b2 * state["v"][k] + (1 - b2) * g * g for k, g in grads.items()}
         step_size = lr / (1 - b1**t)
         sqrt_bc2 = math.sqrt(1 - b2**t)
-        updates = {k: -step_size * m[k] / (torch.sqrt(v[k]) / sqrt_bc2 + eps) for k in grads}
+        # sqrt on v clamped to the smallest normal number: the same value as torch.optim (unless
+        # v < 1e-38), but a finite derivative where a gradient entry is exactly 0 (MAML).
+        updates = {k: -step_size * m[k] / (_safe_sqrt(v[k]) / sqrt_bc2 + eps) for k in grads}
         return updates, {"step": t, "m": m, "v": v}
 
     return InnerOptimizer(init, update, name="adam")

@@ -12,12 +12,14 @@ the steps stay in the autograd graph, so :math:`\phi_K` is a differentiable func
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metaprior.losses import data_loss, proximal_term
-from metaprior.meta.inner import InnerOptimizer, apply_updates
+from metaprior.losses import data_loss, proximal_term, supervised_loss
+from metaprior.meta.inner import InnerOptimizer, apply_updates, make_inner_optimizer
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 
@@ -56,3 +58,105 @@ def inner_step(
     if not create_graph:
         new_phi = {k: p.detach().requires_grad_(True) for k, p in new_phi.items()}
     return new_phi, state, loss.detach()
+
+
+HYPERGRADIENTS = ("maml", "first_order", "implicit")
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """The bilevel problem and how its hypergradient is computed (PAPER.md §2, §6)."""
+
+    tasks: tuple[str, ...] = ("denoise", "tv", "deblur", "inpaint")  # training family T1–T4
+    tasks_per_step: int = 0  # tasks sampled per outer step; 0 = all of ``tasks``
+    inner_loss: str = "supervised"  # "supervised" | "unsupervised"
+    inner_steps: int = 1  # K (the paper uses 1 Adam step for PDNet)
+    inner_optimizer: str = "adam"  # "adam" | "sgd"
+    inner_lr: float = 1e-3  # η, also used for test-time fine-tuning
+    prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² (no effect with K = 1 from φ = θ)
+    hypergradient: str = "maml"  # "maml" | "first_order" | "implicit"
+    cg_iters: int = 20  # implicit: conjugate-gradient iterations
+    cg_tol: float = 1e-6  # implicit: relative residual at which CG stops
+
+    def __post_init__(self) -> None:
+        if self.hypergradient not in HYPERGRADIENTS:
+            raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, "
+                             f"got {self.hypergradient!r}")
+        if self.inner_loss not in ("supervised", "unsupervised"):
+            raise ValueError(f"inner_loss must be 'supervised' or 'unsupervised', "
+                             f"got {self.inner_loss!r}")
+        if self.inner_steps < 1:
+            raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
+        if self.hypergradient == "implicit" and self.prox_lambda <= 0:
+            raise ValueError("hypergradient 'implicit' needs prox_lambda > 0 (iMAML solves "
+                             "(I + H/λ) v = g)")
+        if not self.tasks:
+            raise ValueError("tasks is empty: name at least one registered task")
+
+
+@dataclass
+class TaskHypergradient:
+    """One task's contribution to the outer step."""
+
+    task: str
+    grads: Params
+    inner_loss: float
+    outer_loss: float
+    info: dict = field(default_factory=dict)
+
+
+def inner_adapt(
+    model: nn.Module, theta: Params, batch: TaskBatch, config: MetaConfig,
+    create_graph: bool,
+) -> tuple[Params, float]:
+    r"""K inner steps from :math:`\phi_0 = \theta` on ``batch``. Returns :math:`\phi_K` and the
+    inner loss at :math:`\phi_0`. With ``create_graph`` the result depends differentiably on
+    ``theta``; otherwise every step is detached (constant memory in K)."""
+    opt = make_inner_optimizer(config.inner_optimizer, config.inner_lr)
+    anchor = theta if create_graph else {k: v.detach() for k, v in theta.items()}
+    phi = theta if create_graph else {k: v.detach().requires_grad_(True) for k, v in
+                                      theta.items()}
+    state = opt.init(phi)
+    first = None
+    for _ in range(config.inner_steps):
+        phi, state, loss = inner_step(model, phi, anchor, state, batch, opt, config.inner_loss,
+                                      config.prox_lambda, create_graph=create_graph)
+        first = float(loss) if first is None else first
+    return phi, first
+
+
+def outer_loss(model: nn.Module, phi: Params, batch: TaskBatch) -> Tensor:
+    """The supervised outer loss on the task's held-out batch."""
+    return supervised_loss(reconstruct(model, phi, batch), batch.target)
+
+
+def _grad_dict(loss: Tensor, params: Params) -> Params:
+    names = list(params)
+    grads = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
+    return {k: torch.zeros_like(params[k]) if g is None else g
+            for k, g in zip(names, grads, strict=True)}
+
+
+def maml_hypergradient(
+    model: nn.Module, theta: Params, inner_batch: TaskBatch, outer_batch: TaskBatch,
+    config: MetaConfig,
+) -> TaskHypergradient:
+    r"""Second-order MAML: :math:`\nabla_\theta \mathcal L_{\rm outer}(\phi_K(\theta))` by
+    backpropagation through the K inner steps (``create_graph=True``)."""
+    theta = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+    phi, inner = inner_adapt(model, theta, inner_batch, config, create_graph=True)
+    loss = outer_loss(model, phi, outer_batch)
+    return TaskHypergradient(inner_batch.task, _grad_dict(loss, theta), inner,
+                             float(loss.detach()))
+
+
+def first_order_hypergradient(
+    model: nn.Module, theta: Params, inner_batch: TaskBatch, outer_batch: TaskBatch,
+    config: MetaConfig,
+) -> TaskHypergradient:
+    r"""First-order MAML: :math:`\nabla_\phi \mathcal L_{\rm outer}(\phi_K)`, treating
+    :math:`d\phi_K/d\theta` as the identity."""
+    phi, inner = inner_adapt(model, theta, inner_batch, config, create_graph=False)
+    loss = outer_loss(model, phi, outer_batch)
+    return TaskHypergradient(inner_batch.task, _grad_dict(loss, phi), inner,
+                             float(loss.detach()))

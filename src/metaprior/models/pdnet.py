@@ -45,9 +45,13 @@ class PDNetConfig:
     step_safety: float = 0.99  # s in τ_k = s / (‖A‖²/2 + γ‖W_k‖²)
     weight_init_std: float = 0.01  # W_k ~ N(0, std²)
     lam_init: float = 0.01  # λ_k initial value
+    # True: τ_k are constants in the backward pass (PAPER.md §5 [D]). False: differentiate
+    # through Condat's rule too, so gradients are exact derivatives of the forward map (what
+    # finite-difference checks compare against).
+    detach_step_sizes: bool = True
 
 
-def conv_norm_sq(weight: Tensor, grid: int = _FREQ_GRID) -> Tensor:
+def conv_norm_sq(weight: Tensor, grid: int = _FREQ_GRID, detach: bool = True) -> Tensor:
     r"""Upper bound of :math:`\|W\|^2` for the 1 → C convolution with kernel ``weight``.
 
     :math:`W^\top W` is the convolution with the channel-summed autocorrelation
@@ -55,7 +59,8 @@ def conv_norm_sq(weight: Tensor, grid: int = _FREQ_GRID) -> Tensor:
     is a non-negative trigonometric polynomial of degree :math:`d = k-1` per axis; its supremum
     bounds the norm for any image size and boundary. We take its maximum on a ``grid``×``grid``
     frequency grid times :math:`1/\cos^2(\pi d/\text{grid})`, which covers the gap between the
-    grid maximum and the supremum. Detached (no gradient).
+    grid maximum and the supremum. Detached unless ``detach=False`` (then differentiable almost
+    everywhere).
 
     Args:
         weight: (C, 1, k, k) kernel.
@@ -63,31 +68,86 @@ def conv_norm_sq(weight: Tensor, grid: int = _FREQ_GRID) -> Tensor:
     Returns:
         scalar tensor.
     """
-    w = weight.detach()
+    w = weight.detach() if detach else weight
     k = w.shape[-1]
     autocorr = F.conv2d(w.transpose(0, 1), w.transpose(0, 1), padding=k - 1)  # (1, 1, 2k-1, 2k-1)
     response = torch.fft.fft2(autocorr[0, 0], s=(grid, grid)).abs()
     return response.max() / math.cos(math.pi * (k - 1) / grid) ** 2
 
 
+class _SymmetricClip(torch.autograd.Function):
+    """clip(v, -λ, λ) for a scalar λ ≥ 0 with gradients to v and λ, through the fast
+    ``hardtanh`` kernel (clamp with tensor bounds is several times slower on CPU). The backward
+    is written with differentiable ops, so it can itself be differentiated (MAML)."""
+
+    @staticmethod
+    def forward(v: Tensor, lam: Tensor) -> Tensor:
+        bound = float(lam.detach())
+        return F.hardtanh(v, -bound, bound)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        v, lam = inputs
+        ctx.save_for_backward(v, lam)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        v, lam = ctx.saved_tensors
+        bound = float(lam.detach())
+        grad_v = torch.ops.aten.hardtanh_backward(grad, v, -bound, bound)
+        # d clip / d λ = sign(v) where |v| > λ, else 0.
+        grad_lam = ((grad - grad_v) * torch.sign(v)).sum()
+        return grad_v, grad_lam.reshape(lam.shape)
+
+
+def symmetric_clip(v: Tensor, lam: Tensor) -> Tensor:
+    r""":math:`\mathrm{clip}(v, -\lambda, \lambda)` for a scalar tensor :math:`\lambda \ge 0`."""
+    return _SymmetricClip.apply(v, lam)
+
+
 class PDLayer(nn.Module):
     r"""One primal-dual layer: parameters ``weight`` :math:`W_k` (width, 1, k, k) and ``lam``
-    :math:`\lambda_k` (scalar)."""
+    :math:`\lambda_k` (scalar).
+
+    :math:`W_k` is applied as im2col + one GEMM (``unfold``, then a (width × k²) matrix times
+    the (k² × HW) patch matrix) and :math:`W_k^\top` as the transposed GEMM + ``fold``
+    (col2im): the same zero-padded cross-correlation as ``conv2d`` / ``conv_transpose2d``
+    (``tests/test_pdnet.py`` keeps those as the oracle), several times faster for a
+    single-channel input on CPU, and twice differentiable.
+    """
 
     def __init__(self, config: PDNetConfig) -> None:
         super().__init__()
         k = config.kernel_size
         self.weight = nn.Parameter(config.weight_init_std * torch.randn(config.width, 1, k, k))
         self.lam = nn.Parameter(torch.tensor(float(config.lam_init)))
+        self.kernel_size = k
         self.padding = k // 2
+
+    def _matrix(self) -> Tensor:
+        return self.weight.view(self.weight.shape[0], -1)  # (width, k²)
+
+    def _cols(self, x: Tensor) -> Tensor:
+        return F.unfold(x, self.kernel_size, padding=self.padding)  # (N, k², HW)
 
     def W(self, x: Tensor) -> Tensor:
         """(N, 1, H, W) -> (N, width, H, W)."""
-        return F.conv2d(x, self.weight, padding=self.padding)
+        n, _, h, w = x.shape
+        return torch.bmm(self._matrix().expand(n, -1, -1), self._cols(x)).view(n, -1, h, w)
 
     def W_adjoint(self, u: Tensor) -> Tensor:
         """(N, width, H, W) -> (N, 1, H, W), the exact adjoint of :meth:`W`."""
-        return F.conv_transpose2d(u, self.weight, padding=self.padding)
+        n, c, h, w = u.shape
+        cols = torch.bmm(self._matrix().t().expand(n, -1, -1), u.reshape(n, c, h * w))
+        return F.fold(cols, (h, w), self.kernel_size, padding=self.padding)
+
+    def dual_update(self, u: Tensor, x_bar: Tensor, gamma: float) -> Tensor:
+        r""":math:`\mathrm{clip}(u + \gamma W x_{\rm bar}, -|\lambda|, |\lambda|)`, the add fused
+        into the GEMM. Shapes: u (N, width, H, W), x_bar (N, 1, H, W)."""
+        n, c, h, w = u.shape
+        v = torch.baddbmm(u.view(n, c, h * w), self._matrix().expand(n, -1, -1),
+                          self._cols(x_bar), alpha=gamma)
+        return symmetric_clip(v, self.lam.abs()).view(n, c, h, w)
 
 
 class PDNet(Reconstructor):
@@ -122,11 +182,11 @@ class PDNet(Reconstructor):
         return sum(p.numel() for p in self.parameters())
 
     def step_sizes(self, a_norm_sq: float) -> list[Tensor]:
-        r"""Primal step sizes :math:`\tau_k` (detached) for an operator with
-        :math:`\|A\|^2 \le` ``a_norm_sq``."""
+        r"""Primal step sizes :math:`\tau_k` for an operator with :math:`\|A\|^2 \le`
+        ``a_norm_sq`` (detached if ``config.detach_step_sizes``)."""
         c = self.config
-        return [c.step_safety / (a_norm_sq / 2 + c.gamma * conv_norm_sq(layer.weight))
-                for layer in self.layers]
+        return [c.step_safety / (a_norm_sq / 2 + c.gamma * conv_norm_sq(
+                    layer.weight, detach=c.detach_step_sizes)) for layer in self.layers]
 
     def forward(
         self, y: Tensor, physics: LinearPhysics, step_sizes: list[Tensor] | None = None, **kwargs
@@ -154,8 +214,6 @@ class PDNet(Reconstructor):
             grad = physics.A_adjoint_A(x) - aty + layer.W_adjoint(u).view(b, c, h, w)
             x_next = x - tau * grad
             if k < last:
-                lam = layer.lam.abs()
-                v = u + gamma * layer.W((2 * x_next - x).view(b * c, 1, h, w))
-                u = torch.minimum(torch.maximum(v, -lam), lam)
+                u = layer.dual_update(u, (2 * x_next - x).view(b * c, 1, h, w), gamma)
             x = x_next
         return x

@@ -1,0 +1,165 @@
+"""Atomic checkpoints and model files (safetensors only: no pickle is ever loaded).
+
+A *model file* is one ``.safetensors`` with the PDNet weights and, in its metadata, the
+architecture (``pdnet_config``) and anything else worth keeping (e.g. the meta-learning
+configuration whose inner learning rate adaptation should reuse).
+
+A *training checkpoint* is a folder ``checkpoints/step_XXXXXXX/`` with ``model.safetensors``,
+``state.safetensors`` (outer-optimizer moments, RNG states) and ``state.json`` (step, config,
+counters). It is written to a temporary folder, flushed, then renamed; ``checkpoints/latest``
+names the newest complete one and is replaced atomically, so a run killed at any instant
+leaves the last good checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from metaprior.models import PDNet, PDNetConfig
+from metaprior.typing import Params
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata=metadata)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model(path: str | Path, model: PDNet, params: Params | None = None,
+               metadata: dict | None = None) -> Path:
+    """Write a model file atomically. ``params`` (default: the model's own) are the weights."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"model files end in .safetensors, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = params if params is not None else dict(model.named_parameters())
+    meta = {"pdnet_config": json.dumps(model.config.__dict__)}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in
+                 (metadata or {}).items()})
+    _save_tensors(path, dict(weights), meta)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    out = {}
+    for k, v in meta.items():
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def load_tensors(path: str | Path, device="cpu") -> dict[str, Tensor]:
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A model file from a file path, a checkpoint folder or a run folder (its latest)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / "model.safetensors").is_file():
+        return path / "model.safetensors"
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return latest / "model.safetensors"
+    raise FileNotFoundError(f"no model at {path}: give a .safetensors file, a checkpoint folder "
+                            f"or a meta-train output folder")
+
+
+def load_model(path: str | Path, device="cpu") -> tuple[PDNet, dict]:
+    """Build the PDNet stored in a model file (or checkpoint / run folder). Returns
+    (model, metadata)."""
+    path = resolve_model_path(path)
+    meta = read_metadata(path)
+    if "pdnet_config" not in meta:
+        raise ValueError(f"{path} has no 'pdnet_config' metadata: not a metaprior model file")
+    model = PDNet(PDNetConfig(**meta["pdnet_config"]))
+    state = load_tensors(path)
+    missing = set(dict(model.named_parameters())) ^ set(state)
+    if missing:
+        raise ValueError(f"{path} does not match its PDNet config (tensors {sorted(missing)[:3]})")
+    model.load_state_dict(state)
+    return model.to(device), meta
+
+
+# --- training checkpoints -------------------------------------------------------------------
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    pointer = checkpoint_dir(run_dir) / "latest"
+    if not pointer.is_file():
+        return None
+    target = checkpoint_dir(run_dir) / pointer.read_text().strip()
+    return target if (target / "state.json").is_file() else None
+
+
+def save_checkpoint(
+    run_dir: str | Path, step: int, model: nn.Module, tensors: dict[str, Tensor], state: dict,
+    model_metadata: dict | None = None, keep: int = 2,
+) -> Path:
+    """Write ``checkpoints/step_{step:07d}`` atomically and point ``latest`` at it."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:07d}"
+    final = root / name
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(tmp / "model.safetensors", model, metadata=model_metadata)
+    _save_tensors(tmp / "state.safetensors", tensors, {})
+    _write_bytes_atomic(tmp / "state.json", json.dumps(state, indent=1).encode())
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    _write_bytes_atomic(root / "latest", name.encode())
+    _fsync_dir(root)
+    done = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
+    """(model weights, state tensors, state JSON) of a checkpoint folder."""
+    return (load_tensors(path / "model.safetensors"), load_tensors(path / "state.safetensors"),
+            json.loads((path / "state.json").read_text()))
+
+
+

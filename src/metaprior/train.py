@@ -1,0 +1,293 @@
+r"""Meta-training (PAPER.md eq. 2, §6): outer Adam on the sum of per-task hypergradients.
+
+Each outer step draws the meta-batch of tasks, an inner batch per task from the inner pool
+(BSDS500 train+test patches) and an outer batch from the outer pool (BSDS500 val patches),
+computes every task's hypergradient (:mod:`metaprior.meta.step`) and takes one Adam step on
+their sum. Every step is logged to ``log.jsonl``; checkpoints are atomic and ``resume``
+continues bitwise-identically (same seed, CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from metaprior import checkpoint as ckpt
+from metaprior.config import from_dict, to_dict
+from metaprior.data import PatchSampler, bsds500, demo_images
+from metaprior.meta.maml import MetaConfig, inner_adapt, reconstruct
+from metaprior.meta.step import meta_gradient
+from metaprior.metrics import psnr
+from metaprior.models import PDNet, PDNetConfig
+from metaprior.tasks import TaskBatch, get_task
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "bsds"  # "bsds": inner BSDS500 train+test, outer val | "demo": scikit-image
+    data_root: str | None = None  # data root; default: $METAPRIOR_DATA
+    patch_size: int = 64  # random grayscale crops with flips
+    inner_batch: int = 8  # patches per task for the inner loss
+    outer_batch: int = 8  # patches per task for the outer loss
+    val_batch: int = 8  # fixed validation patches per task (from the outer pool)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 10000  # outer steps
+    lr: float = 1e-3  # outer Adam learning rate
+    schedule: str = "cosine"  # "cosine" (to 0 at the last step) | "constant"
+    warmup_steps: int = 0  # linear warm-up
+    grad_clip: float = 0.0  # clip the global hypergradient norm (0: off)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/meta"  # output folder: config.json, log.jsonl, checkpoints/, model
+    seed: int = 0
+    device: str = "cpu"
+    val_every: int = 100  # validation PSNR every N steps (0: never)
+    ckpt_every: int = 100  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 2
+    max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: PDNetConfig = field(default_factory=PDNetConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS = {"model": PDNetConfig, "meta": MetaConfig, "data": DataConfig, "optim": OptimConfig,
+            "run": RunConfig}
+
+
+class TrainingDivergedError(RuntimeError):
+    pass
+
+
+def learning_rate(config: OptimConfig, step: int) -> float:
+    """Outer learning rate at (0-based) ``step``: warm-up, then cosine decay or constant."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule != "cosine":
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {config.schedule!r}")
+    span = max(1, config.steps - config.warmup_steps)
+    t = min(1.0, (step - config.warmup_steps) / span)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def image_pools(config: DataConfig) -> tuple[list, list]:
+    """(inner pool, outer pool) of full images."""
+    if config.dataset == "bsds":
+        return (bsds500(config.data_root, ("train", "test")),
+                bsds500(config.data_root, ("val",)))
+    if config.dataset == "demo":
+        images = demo_images("train", size=128)
+        return images[:6], images[6:]
+    raise ValueError(f"dataset must be 'bsds' or 'demo', got {config.dataset!r}")
+
+
+class MetaTrainer:
+    """Holds the model, outer optimizer and all random streams of a run."""
+
+    def __init__(self, config: TrainConfig, log=print) -> None:
+        self.config = config
+        self.log = log
+        self.device = torch.device(config.run.device)
+        seed = config.run.seed
+        torch.manual_seed(seed)  # parameter initialisation only
+        self.model = PDNet(config.model).to(self.device)
+        self.tasks = [get_task(name) for name in config.meta.tasks]
+        inner_pool, outer_pool = image_pools(config.data)
+        p = config.data.patch_size
+        self.inner_sampler = PatchSampler(inner_pool, p, seed=seed + 1)
+        self.outer_sampler = PatchSampler(outer_pool, p, seed=seed + 2)
+        self.task_rng = torch.Generator().manual_seed(seed + 3)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr,
+                                          foreach=False)
+        self.step = 0
+        self.nonfinite_streak = 0
+        val_images = PatchSampler(outer_pool, p, seed=seed + 4).sample(config.data.val_batch)
+        val_rng = torch.Generator().manual_seed(seed + 5)
+        self.val_batches = [t.sample(val_images.to(self.device), val_rng) for t in self.tasks]
+
+    # --- persistence ----------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"rng.inner": self.inner_sampler.generator.get_state(),
+                   "rng.outer": self.outer_sampler.generator.get_state(),
+                   "rng.tasks": self.task_rng.get_state()}
+        names = dict(zip(map(id, self.model.parameters()), dict(self.model.named_parameters()),
+                         strict=True))
+        for p, st in self.optimizer.state.items():
+            for key, value in st.items():
+                tensors[f"adam.{names[id(p)]}.{key}"] = torch.as_tensor(value)
+        return tensors
+
+    def save(self) -> Path:
+        cfg = self.config
+        state = {"step": self.step, "nonfinite_streak": self.nonfinite_streak,
+                 "config": to_dict(cfg)}
+        return ckpt.save_checkpoint(cfg.run.out, self.step, self.model, self.state_tensors(),
+                                    state, model_metadata=self.model_metadata(),
+                                    keep=cfg.run.keep_checkpoints)
+
+    def model_metadata(self) -> dict:
+        return {"meta_config": to_dict(self.config.meta), "step": self.step,
+                "train_config": to_dict(self.config)}
+
+    def restore(self, path: Path) -> None:
+        weights, tensors, state = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(weights)
+        self.inner_sampler.generator.set_state(tensors["rng.inner"])
+        self.outer_sampler.generator.set_state(tensors["rng.outer"])
+        self.task_rng.set_state(tensors["rng.tasks"])
+        params = dict(self.model.named_parameters())
+        self.optimizer.state.clear()
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                pname, skey = key[len("adam."):].rsplit(".", 1)
+                self.optimizer.state[params[pname]][skey] = value.to(
+                    self.device if skey != "step" else "cpu")
+        self.step = state["step"]
+        self.nonfinite_streak = state["nonfinite_streak"]
+
+    # --- one outer step ---------------------------------------------------------------------
+    def sample_meta_batch(self) -> list[tuple[TaskBatch, TaskBatch]]:
+        cfg = self.config
+        tasks = self.tasks
+        if 0 < cfg.meta.tasks_per_step < len(tasks):
+            idx = torch.randperm(len(tasks), generator=self.task_rng)[: cfg.meta.tasks_per_step]
+            tasks = [tasks[int(i)] for i in idx]
+        out = []
+        for task in tasks:
+            x_in = self.inner_sampler.sample(cfg.data.inner_batch).to(self.device)
+            x_out = self.outer_sampler.sample(cfg.data.outer_batch).to(self.device)
+            out.append((task.sample(x_in, self.task_rng), task.sample(x_out, self.task_rng)))
+        return out
+
+    def outer_step(self) -> dict:
+        cfg = self.config
+        t0 = time.perf_counter()
+        lr = learning_rate(cfg.optim, self.step)
+        theta = dict(self.model.named_parameters())
+        total, results = meta_gradient(self.model, theta, self.sample_meta_batch(), cfg.meta)
+        outer = sum(r.outer_loss for r in results)
+        finite = math.isfinite(outer) and all(bool(torch.isfinite(g).all())
+                                              for g in total.values())
+        record = {"step": self.step, "lr": lr, "outer_loss": outer,
+                  "tasks": {r.task: {"inner_loss": r.inner_loss, "outer_loss": r.outer_loss,
+                                     **r.info} for r in results}}
+        if finite:
+            for name, p in self.model.named_parameters():
+                p.grad = total[name].to(p.dtype)
+            if cfg.optim.grad_clip > 0:
+                record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), cfg.optim.grad_clip))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_streak = 0
+        else:
+            self.nonfinite_streak += 1
+            record["skipped"] = "non-finite loss or hypergradient"
+            warnings.warn(f"step {self.step}: non-finite outer loss or hypergradient, step "
+                          f"skipped ({self.nonfinite_streak} in a row)", RuntimeWarning,
+                          stacklevel=2)
+        self.step += 1
+        record["seconds"] = time.perf_counter() - t0
+        return record
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """PSNR (dB) on the fixed validation patches: the meta-model f_θ and the model after
+        the K inner steps on that batch (the "inner" model of PAPER.md Fig. 3)."""
+        theta = {k: v.detach() for k, v in self.model.named_parameters()}
+        out = {}
+        for batch in self.val_batches:
+            meta_psnr = float(psnr(reconstruct(self.model, theta, batch), batch.target).mean())
+            with torch.enable_grad():
+                phi, _ = inner_adapt(self.model, theta, batch, self.config.meta,
+                                     create_graph=False)
+            inner_psnr = float(psnr(reconstruct(self.model, phi, batch), batch.target).mean())
+            out[batch.task] = {"meta_psnr": meta_psnr, "inner_psnr": inner_psnr}
+        return out
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines of steps >= ``step`` (written after the checkpoint we resume from)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", -1) < step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def meta_train(config: TrainConfig, resume: bool = False, log=print, progress: bool = True,
+               steps: int | None = None) -> Path:
+    """Run (or resume) meta-training; returns the path of the final model file.
+
+    With ``resume``, the configuration saved in the run's last checkpoint is used (``config``
+    only gives the output folder), and ``steps``, if given, extends the run.
+    """
+    out = Path(config.run.out)
+    if resume:
+        latest = ckpt.latest_checkpoint(out)
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+        saved = json.loads((latest / "state.json").read_text())["config"]
+        if steps is not None:
+            saved["optim"]["steps"] = steps
+        config = from_dict(TrainConfig, saved)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
+    trainer = MetaTrainer(config, log)
+    log_path = out / "log.jsonl"
+    if resume:
+        trainer.restore(latest)
+        _truncate_log(log_path, trainer.step)
+        log(f"resumed from {latest} at step {trainer.step}")
+    elif log_path.exists():
+        log_path.unlink()
+    run = config.run
+    bar = tqdm(total=config.optim.steps, initial=trainer.step, disable=not progress,
+               desc="meta-train", unit="step", dynamic_ncols=True)
+    with open(log_path, "a") as log_file:
+        while trainer.step < config.optim.steps:
+            record = trainer.outer_step()
+            if trainer.nonfinite_streak >= run.max_nonfinite:
+                log_file.write(json.dumps(record) + "\n")
+                last = ckpt.latest_checkpoint(out)
+                raise TrainingDivergedError(
+                    f"{trainer.nonfinite_streak} non-finite steps in a row at step "
+                    f"{trainer.step - 1}: stopped; last good checkpoint: {last} (lower --lr or "
+                    f"--inner-lr)")
+            if run.val_every and trainer.step % run.val_every == 0:
+                record["val"] = trainer.validate()
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            due = (run.ckpt_every and trainer.step % run.ckpt_every == 0) or \
+                trainer.step == config.optim.steps
+            if due and trainer.nonfinite_streak == 0:  # only good states are checkpointed
+                trainer.save()
+            bar.set_postfix(loss=f"{record['outer_loss']:.4g}",
+                            s_per_step=f"{record['seconds']:.2f}")
+            bar.update(1)
+    bar.close()
+    final = ckpt.save_model(out / "model.safetensors", trainer.model,
+                            metadata=trainer.model_metadata())
+    log(f"wrote {final}")
+    return final

@@ -1,0 +1,144 @@
+"""Hypergradients against finite differences and a dense linear solve (float64, tiny PDNet)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaprior.adapt import parameters_of
+from metaprior.losses import data_loss
+from metaprior.meta.implicit import conjugate_gradient, implicit_hypergradient
+from metaprior.meta.maml import (
+    MetaConfig,
+    first_order_hypergradient,
+    inner_adapt,
+    maml_hypergradient,
+    outer_loss,
+    reconstruct,
+)
+from metaprior.meta.step import meta_gradient, sum_hypergradients
+from metaprior.models import PDNet, PDNetConfig
+from metaprior.tasks import get_task
+
+
+def tiny_problem(seed: int = 0):
+    torch.manual_seed(seed)
+    # detach_step_sizes=False: gradients are exact derivatives of the forward map, which is
+    # what finite differences measure.
+    model = PDNet(PDNetConfig(depth=2, width=3, weight_init_std=0.3, lam_init=0.05,
+                              detach_step_sizes=False)).double()
+    g = torch.Generator().manual_seed(seed)
+    task = get_task("inpaint")
+    inner = task.sample(torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64), g)
+    outer = task.sample(torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64), g)
+    inner.physics.mask = inner.physics.mask.double()
+    outer.physics.mask = outer.physics.mask.double()
+    return model, parameters_of(model), inner, outer
+
+
+def flat(params):
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def unflat(vec, like):
+    out, i = {}, 0
+    for k, p in like.items():
+        out[k] = vec[i : i + p.numel()].view_as(p)
+        i += p.numel()
+    return out
+
+
+def outer_objective(model, theta, inner, outer, config):
+    phi, _ = inner_adapt(model, theta, inner, config, create_graph=False)
+    with torch.no_grad():
+        return float(outer_loss(model, phi, outer))
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.5), ("adam", 0.01)])
+@pytest.mark.parametrize("loss", ["supervised", "unsupervised"])
+def test_maml_matches_finite_differences(optimizer, lr, loss):
+    model, theta, inner, outer = tiny_problem()
+    config = MetaConfig(inner_steps=2, inner_optimizer=optimizer, inner_lr=lr, inner_loss=loss,
+                        prox_lambda=0.1)
+    ad = flat(maml_hypergradient(model, theta, inner, outer, config).grads)
+    x0, h = flat(theta).detach(), 1e-7
+    fd = torch.zeros_like(x0)
+    for i in range(x0.numel()):
+        e = torch.zeros_like(x0)
+        e[i] = h
+        fp = outer_objective(model, unflat(x0 + e, theta), inner, outer, config)
+        fm = outer_objective(model, unflat(x0 - e, theta), inner, outer, config)
+        fd[i] = (fp - fm) / (2 * h)
+    rel = float(torch.linalg.vector_norm(ad - fd) / torch.linalg.vector_norm(fd))
+    assert rel <= 1e-5, rel
+
+
+def test_implicit_matches_dense_solve():
+    model, theta, inner, outer = tiny_problem(1)
+    lam = 10.0  # (I + H/λ) well conditioned
+    config = MetaConfig(inner_steps=3, inner_optimizer="sgd", inner_lr=0.05, prox_lambda=lam,
+                        hypergradient="implicit", cg_iters=500, cg_tol=1e-13)
+    res = implicit_hypergradient(model, theta, inner, outer, config)
+    assert res.info["cg_residual"] <= 1e-12
+
+    phi, _ = inner_adapt(model, theta, inner, config, create_graph=False)
+    phi0 = flat(phi).detach()
+
+    def f_in(vec):
+        return data_loss("supervised", reconstruct(model, unflat(vec, phi), inner), inner)
+
+    hess = torch.autograd.functional.hessian(f_in, phi0)
+    phi_req = unflat(phi0.clone().requires_grad_(True), phi)
+    g_out = torch.autograd.grad(outer_loss(model, phi_req, outer), list(phi_req.values()),
+                                allow_unused=True)
+    g_out = torch.cat([torch.zeros(p.numel(), dtype=p.dtype) if g is None else g.reshape(-1)
+                       for g, p in zip(g_out, phi.values(), strict=True)])
+    dense = torch.linalg.solve(torch.eye(len(phi0), dtype=torch.float64) + hess / lam, g_out)
+    rel = float(torch.linalg.vector_norm(flat(res.grads) - dense) / torch.linalg.vector_norm(dense))
+    assert rel <= 1e-6, rel
+
+
+def test_first_order_is_outer_gradient_at_phi_k():
+    model, theta, inner, outer = tiny_problem(2)
+    config = MetaConfig(inner_steps=2, inner_optimizer="adam", inner_lr=0.01,
+                        hypergradient="first_order")
+    res = first_order_hypergradient(model, theta, inner, outer, config)
+    phi, _ = inner_adapt(model, theta, inner, config, create_graph=False)
+    grads = torch.autograd.grad(outer_loss(model, phi, outer), list(phi.values()),
+                                allow_unused=True)
+    for (k, a), b in zip(res.grads.items(), grads, strict=True):
+        assert torch.equal(a, torch.zeros_like(a) if b is None else b), k
+
+
+def test_second_order_matters_for_sgd_inner_steps():
+    model, theta, inner, outer = tiny_problem(3)
+    config = MetaConfig(inner_steps=2, inner_optimizer="sgd", inner_lr=0.5)
+    a = flat(maml_hypergradient(model, theta, inner, outer, config).grads)
+    b = flat(first_order_hypergradient(model, theta, inner, outer, config).grads)
+    assert float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(a)) > 1e-3
+
+
+def test_meta_gradient_is_the_sum_over_tasks():
+    model, theta, inner, outer = tiny_problem(4)
+    config = MetaConfig(inner_steps=1)
+    total, results = meta_gradient(model, theta, [(inner, outer), (outer, inner)], config)
+    manual = flat(results[0].grads) + flat(results[1].grads)
+    assert torch.allclose(flat(total), manual)
+    assert torch.equal(flat(sum_hypergradients(results)), flat(total))
+
+
+def test_conjugate_gradient_solves_spd_system():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    m = a @ a.T + 6 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    x, res, it = conjugate_gradient(lambda v: m @ v, b, max_iter=50, tol=1e-12)
+    assert res <= 1e-12 and it <= 7
+    assert torch.allclose(x, torch.linalg.solve(m, b))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="hypergradient must be one of"):
+        MetaConfig(hypergradient="reptile")
+    with pytest.raises(ValueError, match="prox_lambda > 0"):
+        MetaConfig(hypergradient="implicit", prox_lambda=0.0)

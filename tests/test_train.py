@@ -1,0 +1,176 @@
+"""Meta-training: config layering, logging, atomic checkpoints, bitwise resume after SIGKILL,
+non-finite steps; and the adapt / measure / reconstruct commands end to end (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from metaprior import train
+from metaprior.checkpoint import latest_checkpoint, load_model, load_tensors
+from metaprior.cli import build_parser, main
+from metaprior.config import build_config, load_config_file
+
+TINY = ["--dataset", "demo", "--depth", "2", "--patch-size", "32", "--inner-batch", "2",
+        "--outer-batch", "2", "--val-batch", "2", "--inner-lr", "0.01", "--lr", "0.01"]
+
+
+def tiny_config(out: Path, steps: int = 4, **meta) -> train.TrainConfig:
+    args = build_parser().parse_args(["meta-train", *TINY, "--steps", str(steps), "--out",
+                                      str(out), "--ckpt-every", "2", "--val-every", "2"])
+    cfg = build_config(train.TrainConfig, {}, args)
+    if meta:
+        from dataclasses import replace
+
+        cfg = replace(cfg, meta=replace(cfg.meta, **meta))
+    return cfg
+
+
+def test_config_layering(tmp_path):
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"model": {"depth": 7, "width": 8}, "meta": {"tasks": ["tv"]}}))
+    args = build_parser().parse_args(["meta-train", "--config", str(file), "--depth", "3",
+                                      "--hypergradient", "implicit", "--detach-step-sizes",
+                                      "false"])
+    cfg = build_config(train.TrainConfig, load_config_file(args.config), args)
+    assert cfg.model.depth == 3 and cfg.model.width == 8 and not cfg.model.detach_step_sizes
+    assert cfg.meta.tasks == ("tv",) and cfg.meta.hypergradient == "implicit"
+    assert cfg.optim.lr == 1e-3  # dataclass default
+    file.write_text(json.dumps({"model": {"dpth": 7}}))
+    with pytest.raises(ValueError, match="unknown key"):
+        build_config(train.TrainConfig, load_config_file(file))
+
+
+def test_learning_rate_schedule():
+    cfg = train.OptimConfig(steps=100, lr=1.0, warmup_steps=10)
+    assert train.learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert train.learning_rate(cfg, 10) == pytest.approx(1.0)
+    assert train.learning_rate(cfg, 55) == pytest.approx(0.5)
+    assert train.learning_rate(cfg, 100) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("mode", ["maml", "first_order", "implicit"])
+def test_meta_train_writes_log_checkpoints_and_model(tmp_path, mode):
+    cfg = tiny_config(tmp_path / "run", steps=2, hypergradient=mode)
+    path = train.meta_train(cfg, progress=False, log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert [r["step"] for r in records] == [0, 1]
+    assert set(records[0]["tasks"]) == {"denoise", "tv", "deblur", "inpaint"}
+    assert "val" in records[1] and records[1]["val"]["tv"]["meta_psnr"] > 0
+    if mode == "implicit":
+        assert "cg_residual" in records[0]["tasks"]["tv"]
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000002"
+    model, meta = load_model(path)
+    assert model.num_params() == 2 * 361 and meta["meta_config"]["hypergradient"] == mode
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["depth"] == 2
+
+
+def test_outer_steps_change_parameters(tmp_path):
+    trainer = train.MetaTrainer(tiny_config(tmp_path))
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.outer_step()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def _run_cli(args, **kw):
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    return subprocess.Popen([sys.executable, "-m", "metaprior.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
+    """A run killed with SIGKILL right after its step-4 checkpoint and resumed ends with the
+    same weights, bit for bit, as an uninterrupted run of the same length."""
+    flags = [*TINY, "--steps", "8", "--ckpt-every", "2", "--val-every", "0"]
+    victim = _run_cli(["meta-train", *flags, "--no-progress", "--out", str(tmp_path / "kill")])
+    target = tmp_path / "kill" / "checkpoints" / "step_0000004"
+    deadline = time.time() + 300
+    while not target.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+
+    def config(out):
+        args = build_parser().parse_args(["meta-train", *flags, "--out", str(out)])
+        return build_config(train.TrainConfig, {}, args)
+
+    train.meta_train(config(tmp_path / "ref"), progress=False, log=lambda *_: None)
+    train.meta_train(config(tmp_path / "kill"), resume=True, progress=False, log=lambda *_: None)
+    a = load_tensors(tmp_path / "ref" / "model.safetensors")
+    b = load_tensors(tmp_path / "kill" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "kill" / "log.jsonl").open()]
+    assert steps == list(range(8))
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path / "run", steps=6)
+    real = train.meta_gradient
+    calls = {"n": 0}
+
+    def flaky(model, theta, batches, config):
+        calls["n"] += 1
+        total, results = real(model, theta, batches, config)
+        if calls["n"] >= 3:  # steps 0-1 fine (checkpoint at 2), then NaN forever
+            total = {k: torch.full_like(v, float("nan")) for k, v in total.items()}
+        return total, results
+
+    monkeypatch.setattr(train, "meta_gradient", flaky)
+    from dataclasses import replace
+
+    cfg = replace(cfg, run=replace(cfg.run, max_nonfinite=3))
+    with pytest.warns(RuntimeWarning, match="non-finite"), \
+            pytest.raises(train.TrainingDivergedError, match="last good checkpoint"):
+        train.meta_train(cfg, progress=False, log=lambda *_: None)
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000002"
+    weights = load_tensors(latest_checkpoint(tmp_path / "run") / "model.safetensors")
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values())
+
+
+def test_adapt_measure_reconstruct_cli(tmp_path, capsys):
+    from PIL import Image
+
+    cfg = tiny_config(tmp_path / "run", steps=1)
+    train.meta_train(cfg, progress=False, log=lambda *_: None)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        arr = (torch.rand(32, 32, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(imgs / f"{i}.png")
+    y = tmp_path / "y.safetensors"
+    main(["measure", "--task", "sr2", "--images", str(imgs), "--out", str(y)])
+    adapted = tmp_path / "adapted.safetensors"
+    main(["adapt", "--model", str(tmp_path / "run"), "--measurements", str(y), "--steps", "3",
+          "--out", str(adapted)])
+    out = capsys.readouterr().out
+    assert "before:" in out and "after 3 unsupervised steps:" in out
+    _, meta = load_model(adapted)
+    assert meta["adapted"]["task"] == "sr2" and meta["adapted"]["loss"] == "unsupervised"
+    main(["adapt", "--model", str(tmp_path / "run" / "model.safetensors"), "--images", str(imgs),
+          "--task", "sr2", "--patch-size", "16", "--batch-size", "2", "--steps", "2",
+          "--loss", "supervised", "--eval-measurements", str(y), "--out", str(adapted)])
+    main(["reconstruct", "--model", str(adapted), "--measurements", str(y), "--out",
+          str(tmp_path / "rec")])
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recon_000.png",
+                                                                    "recon_001.png"]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="no model at"):
+        main(["reconstruct", "--model", str(tmp_path / "none"), "--measurements", "x",
+              "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--resume: no checkpoint"):
+        main(["meta-train", "--out", str(tmp_path / "empty"), "--resume", "--dataset", "demo"])
+    with pytest.raises(SystemExit, match="hypergradient must be one of"):
+        main(["meta-train", "--hypergradient", "reptile", "--out", str(tmp_path / "x")])
