@@ -57,9 +57,11 @@ def gemm_gflops(n: int = 1024, dtype=torch.float32, device="cpu") -> float:
     return 2 * n**3 / t / 1e9
 
 
-def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
+def write_json(name: str | Path, payload: dict) -> Path:
+    """Write ``payload`` atomically to ``benchmarks/results/<name>`` (or to ``name`` if it is
+    a path with a folder)."""
+    path = Path(name) if Path(name).parent != Path(".") else RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(path)

@@ -26,10 +26,13 @@ def test_W_adjoint():
     layer = PDNet(PDNetConfig(depth=1)).layers[0].double()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 9, 11, generator=g, dtype=torch.float64)
-    u = torch.randn(2, 40, 9, 11, generator=g, dtype=torch.float64)
+    u = torch.randn(40, 2 * 9 * 11, generator=g, dtype=torch.float64)
     with torch.no_grad():
         lhs = (layer.W(x) * u).sum()
-        rhs = (x * layer.W_adjoint(u)).sum()
+        rhs = (x * layer.W_adjoint(u, (2, 9, 11))).sum()
+        # the channel-major W is conv2d with the batch moved behind the channels
+        ref = F.conv2d(x, layer.weight, padding=1).transpose(0, 1).reshape(40, -1)
+        assert torch.allclose(layer.W(x), ref, atol=1e-12)
     assert abs(float(lhs - rhs)) < 1e-10 * abs(float(lhs))
 
 

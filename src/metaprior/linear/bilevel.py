@@ -283,6 +283,38 @@ def inner_fixed_point(
     return torch.linalg.solve(system, rhs.reshape(-1)).reshape(n, m)
 
 
+def mask_inner_solution(theta: Tensor, A: Tensor, y: Tensor, lam: float) -> Tensor:
+    r"""Exact unsupervised inner minimizer for diagonal 0/1 operators (masks), batched.
+
+    For :math:`A = \mathrm{diag}(m)` the Stein system of :func:`inner_fixed_point` decouples
+    by rows: a hidden row (:math:`m_p = 0`) has zero data gradient and stays at
+    :math:`\theta_p`; an observed row solves :math:`\phi_p(C + \lambda I) = C_p +
+    \lambda\theta_p`. Both cases read
+
+    .. math::
+        \phi = \theta + M\,(I - \theta)\,C\,(C + \lambda I)^{-1},\qquad
+        M = \mathrm{diag}(m),\ C = \tfrac1N Y^\top Y,
+
+    affine in :math:`\theta` (differentiable, one :math:`n \times n` solve per task instead of
+    the :math:`nm \times nm` system of :func:`inner_fixed_point`).
+
+    Args:
+        theta: (n, n) meta weights.
+        A: (..., n, n) diagonal 0/1 operators.
+        y: (..., N, n) measurements (``x * m``).
+        lam: :math:`\lambda > 0`.
+
+    Returns:
+        (..., n, n) task weights :math:`\theta_i`.
+    """
+    n = theta.shape[-1]
+    mask = A.diagonal(dim1=-2, dim2=-1)
+    c = y.mT @ y / y.shape[-2]
+    eye = torch.eye(n, dtype=c.dtype, device=c.device)
+    gain = torch.linalg.solve(c + lam * eye, c, left=False)  # C (C + lam I)^-1
+    return theta + mask[..., :, None] * ((eye - theta) @ gain)
+
+
 def affine_inner_map(A: Tensor, lam: float) -> tuple[Tensor, Tensor]:
     r"""Closed-form inner solution with :math:`C_i = I` (eqs. 15–16):
     :math:`\theta_i = P_i\theta + B_i`.

@@ -28,11 +28,17 @@ import torch
 from torch import Tensor
 
 from metaprior.linear.bayes import bayes_mask_block
-from metaprior.linear.bilevel import LinearTasks, inner_solve, meta_loss, supervised_loss
+from metaprior.linear.bilevel import (
+    LinearTasks,
+    inner_solve,
+    mask_inner_solution,
+    supervised_loss,
+)
 from metaprior.linear.gaussian import (
     Placement,
     area_a_placements,
     corner_placement,
+    grid_placements,
     hidden_observed_indices,
     sample_gaussian,
     sample_placements,
@@ -54,10 +60,12 @@ class LinearExperimentConfig:
     n_tasks_per_batch: int = 4  # tasks per outer step, new ones every step
     n_train_samples: int = 100  # per task, inner problem
     n_test_samples: int = 100  # per task, outer loss
-    n_train_placements: int = 0  # size of the area-A placement pool; 0 = all of area A
+    placements: str = "all"  # area-A pool: "all" placements or the disjoint "grid" tiles
+    n_train_placements: int = 0  # random sub-pool of that size; 0 = the whole pool
     outer_steps: int = 180  # [D] says 5k; ~0.45 s/step, so 180 keeps a run under 2 min
     outer_lr: float = 3e-3  # outer Adam; [D] 1e-3 constant (chosen on the validation meta-loss)
     outer_lr_final: float = 3e-4  # cosine-decayed to this value (= outer_lr: constant)
+    inner_solver: str = "adam"  # "adam": inner_steps Adam steps (paper); "exact": argmin
     inner_steps: int = 20  # Adam steps of the inner problem
     inner_lr: float = 1e-2
     lam: float = 0.1  # proximal weight
@@ -122,6 +130,45 @@ def population_kernel_rows(cov: Tensor, masks: Tensor) -> Tensor:
     return out
 
 
+def task_weights(
+    theta: Tensor,
+    tasks: LinearTasks,
+    cfg: LinearExperimentConfig,
+    *,
+    steps: int | None = None,
+    lr: float | None = None,
+    create_graph: bool = False,
+) -> Tensor:
+    r"""Unsupervised inner problem of eq. (3) from ``theta`` (measurements only).
+
+    ``cfg.inner_solver == "adam"``: ``steps`` Adam steps of rate ``lr`` (defaults
+    ``cfg.inner_steps``, ``cfg.inner_lr``), the paper's setting. ``"exact"``: the minimizer
+    itself, :func:`~metaprior.linear.bilevel.mask_inner_solution` (eq. 2 as written).
+
+    Returns:
+        (T, n, n) task weights :math:`\theta_i`, differentiable in ``theta`` if
+        ``create_graph``.
+    """
+    if cfg.inner_solver == "exact":
+        return mask_inner_solution(theta, tasks.A, tasks.y_train, cfg.lam)
+    if cfg.inner_solver != "adam":
+        raise ValueError(f"inner_solver must be 'adam' or 'exact', got {cfg.inner_solver!r}")
+    return inner_solve(
+        theta,
+        tasks.A,
+        tasks.y_train,
+        lam=cfg.lam,
+        optimizer=adam(cfg.inner_lr if lr is None else lr),
+        num_steps=cfg.inner_steps if steps is None else steps,
+        create_graph=create_graph,
+    )
+
+
+def _outer_loss(theta: Tensor, tasks: LinearTasks, cfg: LinearExperimentConfig) -> Tensor:
+    theta_i = task_weights(theta, tasks, cfg, create_graph=theta.requires_grad)
+    return supervised_loss(theta_i, tasks.x_test, tasks.y_test).mean()
+
+
 def _sample_tasks(
     placements: list[Placement],
     cfg: LinearExperimentConfig,
@@ -171,9 +218,7 @@ def meta_train(
         tasks = _sample_tasks(
             sample_placements(pool, cfg.n_tasks_per_batch, generator), cfg, cov, generator, dtype
         )
-        loss = meta_loss(
-            theta, tasks, lam=cfg.lam, optimizer=adam(cfg.inner_lr), num_steps=cfg.inner_steps
-        )
+        loss = _outer_loss(theta, tasks, cfg)
         outer.zero_grad()
         loss.backward()
         outer.step()
@@ -191,7 +236,7 @@ def finetune(
     Args:
         theta: (n, n) meta weights.
         tasks: tasks to adapt to; only ``A`` and ``y_train`` are used.
-        cfg: supplies :math:`\lambda`.
+        cfg: supplies :math:`\lambda` and the inner solver (see :func:`task_weights`).
         steps: Adam steps.
         lr: Adam learning rate.
 
@@ -199,9 +244,7 @@ def finetune(
         (T, n, n) task weights, one per task of ``tasks``.
     """
     with torch.no_grad():
-        return inner_solve(
-            theta, tasks.A, tasks.y_train, lam=cfg.lam, optimizer=adam(lr), num_steps=steps
-        )
+        return task_weights(theta, tasks, cfg, steps=steps, lr=lr)
 
 
 def _mse_per_task(theta: Tensor, tasks: LinearTasks) -> list[float]:
@@ -239,14 +282,7 @@ def evaluate(
         sample_placements(pool, 16, generator), cfg, cov, generator, cov.dtype
     )
     with torch.no_grad():
-        validation_loss = meta_loss(
-            theta_star,
-            validation,
-            lam=cfg.lam,
-            optimizer=adam(cfg.inner_lr),
-            num_steps=cfg.inner_steps,
-            create_graph=False,
-        )
+        validation_loss = _outer_loss(theta_star, validation, cfg)
     pool_masks = torch.stack([square_mask(size, sq, q) for q in pool])
     pool_err = [block_errors(theta_star, m, cov) for m in pool_masks]
     population = population_kernel_rows(cov, pool_masks)
@@ -319,11 +355,23 @@ def plot_figure2(path: Path, adapted: Tensor, masks: Tensor, cov: Tensor, errors
     plt.close(fig)
 
 
+def training_pool(size: int, square: int, kind: str) -> list[Placement]:
+    """Area-A placements: ``"all"`` (:func:`area_a_placements`) or ``"grid"``
+    (:func:`grid_placements`, disjoint hidden squares)."""
+    if kind == "all":
+        return area_a_placements(size, square)
+    if kind == "grid":
+        return grid_placements(size, square)
+    raise ValueError(f"placements must be 'all' or 'grid', got {kind!r}")
+
+
 def _train_and_evaluate(cfg: LinearExperimentConfig) -> tuple[dict, tuple[Tensor, Tensor], Tensor]:
     generator = torch.Generator().manual_seed(cfg.seed)
     cov = squared_exponential_covariance(cfg.image_size, cfg.length_scale, cfg.nugget)
     pool = subsample_pool(
-        area_a_placements(cfg.image_size, cfg.mask_size), cfg.n_train_placements, generator
+        training_pool(cfg.image_size, cfg.mask_size, cfg.placements),
+        cfg.n_train_placements,
+        generator,
     )
     start = time.perf_counter()
     theta_star, history = meta_train(cfg, pool, cov, generator)

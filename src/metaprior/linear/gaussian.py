@@ -161,6 +161,18 @@ def area_a_placements(size: int, square: int) -> list[Placement]:
     ]
 
 
+def grid_placements(size: int, square: int) -> list[Placement]:
+    """Area-A placements on the ``square``-aligned grid: disjoint hidden squares.
+
+    Every pixel outside area B is hidden by exactly one of them (when ``square`` divides
+    ``size``); for ``size=16, square=4`` there are :math:`4^2 - 1 = 15`.
+
+    Returns:
+        Row-major sorted sub-list of :func:`area_a_placements`.
+    """
+    return [q for q in area_a_placements(size, square) if q[0] % square == 0 == q[1] % square]
+
+
 def sample_placements(
     pool: list[Placement], num: int, generator: torch.Generator
 ) -> list[Placement]:

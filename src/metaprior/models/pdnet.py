@@ -76,9 +76,10 @@ def conv_norm_sq(weight: Tensor, grid: int = _FREQ_GRID, detach: bool = True) ->
 
 
 class _SymmetricClip(torch.autograd.Function):
-    """clip(v, -λ, λ) for a scalar λ ≥ 0 with gradients to v and λ, through the fast
-    ``hardtanh`` kernel (clamp with tensor bounds is several times slower on CPU). The backward
-    is written with differentiable ops, so it can itself be differentiated (MAML)."""
+    """clip(v, -λ, λ) for a scalar λ > 0 with gradients to v and λ, through the fast
+    ``hardtanh`` kernel (clamp with tensor bounds is several times slower on CPU). Only the
+    output is saved; the backward uses differentiable ops, so it can itself be differentiated
+    (MAML), and computes the λ-gradient with dot products instead of full-size temporaries."""
 
     @staticmethod
     def forward(v: Tensor, lam: Tensor) -> Tensor:
@@ -87,16 +88,20 @@ class _SymmetricClip(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        v, lam = inputs
-        ctx.save_for_backward(v, lam)
+        ctx.save_for_backward(output, inputs[1])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
-        v, lam = ctx.saved_tensors
+        out, lam = ctx.saved_tensors
         bound = float(lam.detach())
-        grad_v = torch.ops.aten.hardtanh_backward(grad, v, -bound, bound)
-        # d clip / d λ = sign(v) where |v| > λ, else 0.
-        grad_lam = ((grad - grad_v) * torch.sign(v)).sum()
+        # Inside (-λ, λ) the output equals the input, so the output gives the same mask.
+        grad_v = torch.ops.aten.hardtanh_backward(grad, out, -bound, bound)
+        if bound <= 0:
+            return grad_v, torch.zeros_like(lam)
+        # d clip/dλ = sign(v) outside, 0 inside; outside out = λ sign(v), so
+        # Σ g sign(v) 1[outside] = (⟨g, out⟩ − ⟨g 1[inside], out⟩) / λ.
+        g, o, gv = grad.reshape(-1), out.reshape(-1), grad_v.reshape(-1)
+        grad_lam = (torch.dot(g, o) - torch.dot(gv, o)) / lam
         return grad_v, grad_lam.reshape(lam.shape)
 
 
@@ -109,11 +114,12 @@ class PDLayer(nn.Module):
     r"""One primal-dual layer: parameters ``weight`` :math:`W_k` (width, 1, k, k) and ``lam``
     :math:`\lambda_k` (scalar).
 
-    :math:`W_k` is applied as im2col + one GEMM (``unfold``, then a (width × k²) matrix times
-    the (k² × HW) patch matrix) and :math:`W_k^\top` as the transposed GEMM + ``fold``
-    (col2im): the same zero-padded cross-correlation as ``conv2d`` / ``conv_transpose2d``
-    (``tests/test_pdnet.py`` keeps those as the oracle), several times faster for a
-    single-channel input on CPU, and twice differentiable.
+    The dual variable is kept *channel-major*, shape (width, N·H·W), so that :math:`W_k` is one
+    GEMM of the (width × k²) weight matrix with the (k² × N·H·W) im2col patch matrix and
+    :math:`W_k^\top` one GEMM followed by col2im (``fold``): the same zero-padded
+    cross-correlation as ``conv2d`` / ``conv_transpose2d`` (kept as the oracle in
+    ``tests/test_pdnet.py``), several times faster for a single-channel input on CPU, with
+    single large GEMMs in the backward pass too, and twice differentiable.
     """
 
     def __init__(self, config: PDNetConfig) -> None:
@@ -127,27 +133,31 @@ class PDLayer(nn.Module):
     def _matrix(self) -> Tensor:
         return self.weight.view(self.weight.shape[0], -1)  # (width, k²)
 
-    def _cols(self, x: Tensor) -> Tensor:
-        return F.unfold(x, self.kernel_size, padding=self.padding)  # (N, k², HW)
+    def im2col(self, x: Tensor) -> Tensor:
+        """(N, 1, H, W) -> (k², N·H·W) patch matrix."""
+        n = x.shape[0]
+        cols = F.unfold(x, self.kernel_size, padding=self.padding)  # (N, k², HW)
+        return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+
+    def col2im(self, cols: Tensor, shape: tuple[int, int, int]) -> Tensor:
+        """(k², N·H·W) -> (N, 1, H, W), the adjoint of :meth:`im2col`."""
+        n, h, w = shape
+        cols = cols.view(cols.shape[0], n, h * w).transpose(0, 1)
+        return F.fold(cols, (h, w), self.kernel_size, padding=self.padding)
 
     def W(self, x: Tensor) -> Tensor:
-        """(N, 1, H, W) -> (N, width, H, W)."""
-        n, _, h, w = x.shape
-        return torch.bmm(self._matrix().expand(n, -1, -1), self._cols(x)).view(n, -1, h, w)
+        """(N, 1, H, W) -> (width, N·H·W) channel-major dual variable."""
+        return self._matrix() @ self.im2col(x)
 
-    def W_adjoint(self, u: Tensor) -> Tensor:
-        """(N, width, H, W) -> (N, 1, H, W), the exact adjoint of :meth:`W`."""
-        n, c, h, w = u.shape
-        cols = torch.bmm(self._matrix().t().expand(n, -1, -1), u.reshape(n, c, h * w))
-        return F.fold(cols, (h, w), self.kernel_size, padding=self.padding)
+    def W_adjoint(self, u: Tensor, shape: tuple[int, int, int]) -> Tensor:
+        """(width, N·H·W) -> (N, 1, H, W) with ``shape`` = (N, H, W); the adjoint of :meth:`W`."""
+        return self.col2im(self._matrix().t() @ u, shape)
 
     def dual_update(self, u: Tensor, x_bar: Tensor, gamma: float) -> Tensor:
         r""":math:`\mathrm{clip}(u + \gamma W x_{\rm bar}, -|\lambda|, |\lambda|)`, the add fused
-        into the GEMM. Shapes: u (N, width, H, W), x_bar (N, 1, H, W)."""
-        n, c, h, w = u.shape
-        v = torch.baddbmm(u.view(n, c, h * w), self._matrix().expand(n, -1, -1),
-                          self._cols(x_bar), alpha=gamma)
-        return symmetric_clip(v, self.lam.abs()).view(n, c, h, w)
+        into the GEMM. Shapes: u (width, N·H·W), x_bar (N, 1, H, W)."""
+        v = torch.addmm(u, self._matrix(), self.im2col(x_bar), alpha=gamma)
+        return symmetric_clip(v, self.lam.abs())
 
 
 class PDNet(Reconstructor):
@@ -206,12 +216,13 @@ class PDNet(Reconstructor):
                              "as in metaprior.physics.RealMRI")
         taus = step_sizes or self.step_sizes(operator_norm_sq(physics, aty))
         b, c, h, w = aty.shape
+        planes = (b * c, h, w)  # colour channels folded into the batch
         x = aty
-        u = aty.new_zeros(b * c, self.config.width, h, w)
+        u = aty.new_zeros(self.config.width, b * c * h * w)  # channel-major dual variable
         last = len(self.layers) - 1
         gamma = self.config.gamma
         for k, (layer, tau) in enumerate(zip(self.layers, taus, strict=True)):
-            grad = physics.A_adjoint_A(x) - aty + layer.W_adjoint(u).view(b, c, h, w)
+            grad = physics.A_adjoint_A(x) - aty + layer.W_adjoint(u, planes).view(b, c, h, w)
             x_next = x - tau * grad
             if k < last:
                 u = layer.dual_update(u, (2 * x_next - x).view(b * c, 1, h, w), gamma)
