@@ -18,7 +18,8 @@ The peers are installed in the benchmark's own folder, not as project dependenci
     # learn2learn 0.2.0's shipped C files predate Python 3.11: rebuild them with Cython 3
     pip download --no-deps --no-binary :all: learn2learn==0.2.0 && tar xzf learn2learn-0.2.0.tar.gz
     cd learn2learn-0.2.0 && rm learn2learn/data/*.c && pip install --target /tmp/cy cython
-    PYTHONPATH=/tmp/cy python setup.py build_ext --inplace && cp -r learn2learn ../benchmarks/.peers/
+    PYTHONPATH=/tmp/cy python setup.py build_ext --inplace
+    cp -r learn2learn ../benchmarks/.peers/
 
 A worker whose resident memory passes ``--mem-limit-gb`` stops itself and is recorded as
 out of memory (no OOM killer involved). Results: ``benchmarks/results/meta_step.json``.
@@ -71,7 +72,7 @@ def _problem(args):
     from metaprior.tasks import TRAIN_TASKS, get_task
 
     torch.manual_seed(0)
-    model = PDNet(PDNetConfig(depth=args.depth))
+    model = PDNet(PDNetConfig(depth=args.depth, checkpoint_segment=args.checkpoint_segment))
     sampler = PatchSampler(demo_images("train", size=128), args.patch, seed=0)
     g = torch.Generator().manual_seed(1)
     tasks = [get_task(t) for t in TRAIN_TASKS[: args.tasks]]
@@ -195,6 +196,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=1, help="timed steps after the warm-up")
     ap.add_argument("--mem-limit-gb", type=float, default=18.0)
+    ap.add_argument("--checkpoint-segment", type=int, default=0,
+                    help="PDNet gradient checkpointing segment (0: off)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     ap.add_argument("--out", default=str(HERE / "results" / "meta_step.json"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -216,7 +219,7 @@ def main() -> None:
         for impl in args.impls.split(","):
             cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--k", str(k)]
             for name in ("depth", "tasks", "batch", "patch", "inner_lr", "threads", "repeat",
-                         "mem_limit_gb"):
+                         "mem_limit_gb", "checkpoint_segment"):
                 cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
             row = {"impl": impl, "K": k}
             try:
@@ -235,7 +238,8 @@ def main() -> None:
             print(f"K={k:<3d} {impl:18s} {shown}", flush=True)
     path = write_json(args.out, {"machine": info, "config": {
         k: getattr(args, k) for k in ("depth", "tasks", "batch", "patch", "inner_lr", "threads",
-                                      "repeat", "mem_limit_gb")}, "results": rows})
+                                      "repeat", "mem_limit_gb", "checkpoint_segment")},
+        "results": rows})
     print(f"wrote {path}")
 
 

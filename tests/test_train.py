@@ -162,6 +162,10 @@ def test_adapt_measure_reconstruct_cli(tmp_path, capsys):
           "--loss", "supervised", "--eval-measurements", str(y), "--out", str(adapted)])
     main(["reconstruct", "--model", str(adapted), "--measurements", str(y), "--out",
           str(tmp_path / "rec")])
+    main(["evaluate", "--model", str(adapted), "--images", str(imgs), "--tasks", "inpaint,sr2",
+          "--json", str(tmp_path / "eval.json")])
+    rows = json.loads((tmp_path / "eval.json").read_text())
+    assert [r["task"] for r in rows] == ["inpaint", "sr2"] and len(rows[0]["model"]) == 2
     assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recon_000.png",
                                                                     "recon_001.png"]
 

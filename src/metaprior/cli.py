@@ -230,6 +230,22 @@ def cmd_demo(args) -> None:
     run_demo(DemoConfig(seed=args.seed, out=args.out), device=args.device)
 
 
+def cmd_evaluate(args) -> None:
+    from metaprior.adapt import parameters_of
+    from metaprior.checkpoint import load_model
+    from metaprior.evaluate import load_eval_images, summarize, task_table
+
+    model, _ = load_model(args.model, args.device)
+    images = [im.to(args.device) for im in load_eval_images(args.images, args.data_root)]
+    rows = task_table(model, parameters_of(model), args.tasks.split(","), images, args.seed)
+    print(f"{'task':10s} {'A^+ y (dB)':>15s} {'model (dB)':>15s}   [{args.images}, "
+          f"{len(images)} images, peak 1]")
+    for r in rows:
+        print(f"{r['task']:10s} {summarize(r['pseudo_inverse']):>15s} {summarize(r['model']):>15s}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
 def cmd_linear(args) -> None:
     from dataclasses import replace
 
@@ -253,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     _add_meta_train(sub)
     _add_io(sub)
+    p = sub.add_parser("evaluate", help="PSNR of a model on each task (Set3C, the demo "
+                       "pictures or a folder)")
+    p.add_argument("--model", required=True, help="model .safetensors or run folder")
+    p.add_argument("--tasks", default="denoise,tv,deblur,inpaint,sr2,mri4",
+                   help="comma-separated task names")
+    p.add_argument("--images", default="set3c", help="set3c | demo | a folder (default set3c)")
+    p.add_argument("--data-root", default=None, help="data root (default $METAPRIOR_DATA)")
+    p.add_argument("--json", default=None, help="also write the per-image PSNRs here")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("linear", help="linear Gaussian toy of PAPER.md §3: meta-train θy on "
                        "masks of area A, fine-tune without ground truth on area B, Fig. 2 + JSON")
     p.add_argument("--out", default="runs/linear", help="output folder (default runs/linear)")

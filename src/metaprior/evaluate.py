@@ -34,3 +34,28 @@ def score(method: Method, batches: Sequence[TaskBatch], peak: float | str = 1.0)
 def summarize(values: Sequence[float]) -> str:
     m, s = mean_std(values)
     return f"{m:6.2f} ± {s:4.2f}"
+
+
+def load_eval_images(name: str, data_root: str | None = None) -> list[Tensor]:
+    """Evaluation images by name: ``set3c`` (RGB, colour folded into the batch), ``demo``
+    (scikit-image's held-out pictures) or a folder path (grayscale)."""
+    from metaprior.data import demo_images, list_images, load_image, set3c
+
+    if name == "set3c":
+        return set3c(data_root)
+    if name == "demo":
+        return demo_images("test")
+    return [load_image(p) for p in list_images(name)]
+
+
+def task_table(model, params, task_names, images, seed: int = 0) -> list[dict]:
+    """PSNR (dB) of the pseudo-inverse and of ``model`` with ``params`` for each task."""
+    from metaprior.meta.maml import reconstruct
+    from metaprior.tasks import get_task
+
+    rows = []
+    for name in task_names:
+        batches = task_batches(get_task(name), images, seed=seed)
+        rows.append({"task": name, "pseudo_inverse": score(pseudo_inverse, batches),
+                     "model": score(lambda b: reconstruct(model, params, b), batches)})
+    return rows

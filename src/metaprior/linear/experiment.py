@@ -71,6 +71,7 @@ class LinearExperimentConfig:
     lam: float = 0.1  # proximal weight
     finetune_steps: int = 20  # Adam steps of the unsupervised fine-tuning on area B
     finetune_lr: float = 1e-2
+    theta_init: str = "zero"  # "zero" or "identity" (f_theta(y) = y = A^+ y for masks)
     dtype: str = "float32"  # meta-training dtype (closed forms and errors use float64)
     seed: int = 0
     log_every: int = 10  # meta-loss history stride
@@ -192,7 +193,7 @@ def meta_train(
     cov: Tensor,
     generator: torch.Generator,
 ) -> tuple[Tensor, list[float]]:
-    r"""Outer Adam on eq. (3) with a new batch of tasks every step; :math:`\theta_0 = 0`.
+    r"""Outer Adam on eq. (3) with a new batch of tasks every step from ``cfg.theta_init``.
 
     Args:
         cfg: experiment settings.
@@ -206,7 +207,14 @@ def meta_train(
     """
     dtype = getattr(torch, cfg.dtype)
     n = cov.shape[0]
-    theta = torch.zeros(n, n, dtype=dtype, requires_grad=True)
+    if cfg.theta_init not in ("zero", "identity"):
+        raise ValueError(f"theta_init must be 'zero' or 'identity', got {cfg.theta_init!r}")
+    theta = (
+        torch.eye(n, dtype=dtype)
+        if cfg.theta_init == "identity"
+        else torch.zeros(n, n, dtype=dtype)
+    )
+    theta.requires_grad_(True)
     outer = torch.optim.Adam([theta], lr=cfg.outer_lr)
     ratio = cfg.outer_lr_final / cfg.outer_lr
     schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from deepinv.models import Reconstructor
 from deepinv.physics import LinearPhysics
 from torch import Tensor, nn
@@ -49,6 +50,9 @@ class PDNetConfig:
     # through Condat's rule too, so gradients are exact derivatives of the forward map (what
     # finite-difference checks compare against).
     detach_step_sizes: bool = True
+    # Gradient checkpointing: recompute each segment of this many layers in the backward pass
+    # instead of storing its activations (0: off). Memory ~ depth/segment + segment layers.
+    checkpoint_segment: int = 0
 
 
 def conv_norm_sq(weight: Tensor, grid: int = _FREQ_GRID, detach: bool = True) -> Tensor:
@@ -110,6 +114,36 @@ def symmetric_clip(v: Tensor, lam: Tensor) -> Tensor:
     return _SymmetricClip.apply(v, lam)
 
 
+def im2col(x: Tensor, k: int) -> Tensor:
+    """(N, 1, H, W) -> (k², N·H·W) patch matrix of k×k zero-padded neighbourhoods."""
+    cols = F.unfold(x, k, padding=k // 2)  # (N, k², HW)
+    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+
+
+def col2im(cols: Tensor, shape: tuple[int, int, int], k: int) -> Tensor:
+    """(k², N·H·W) -> (N, 1, H, W) with ``shape`` = (N, H, W), the adjoint of :func:`im2col`."""
+    n, h, w = shape
+    cols = cols.view(cols.shape[0], n, h * w).transpose(0, 1)
+    return F.fold(cols, (h, w), k, padding=k // 2)
+
+
+def W(weight: Tensor, x: Tensor) -> Tensor:
+    """:math:`W x`: (N, 1, H, W) -> (width, N·H·W), ``weight`` (width, 1, k, k)."""
+    return weight.flatten(1) @ im2col(x, weight.shape[-1])
+
+
+def W_adjoint(weight: Tensor, u: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """:math:`W^\top u`: (width, N·H·W) -> (N, 1, H, W), ``shape`` = (N, H, W)."""
+    return col2im(weight.flatten(1).t() @ u, shape, weight.shape[-1])
+
+
+def dual_update(weight: Tensor, lam: Tensor, u: Tensor, x_bar: Tensor, gamma: float) -> Tensor:
+    r""":math:`\mathrm{clip}(u + \gamma W x_{\rm bar}, -|\lambda|, |\lambda|)`, the add fused
+    into the GEMM. Shapes: u (width, N·H·W), x_bar (N, 1, H, W)."""
+    v = torch.addmm(u, weight.flatten(1), im2col(x_bar, weight.shape[-1]), alpha=gamma)
+    return symmetric_clip(v, lam.abs())
+
+
 class PDLayer(nn.Module):
     r"""One primal-dual layer: parameters ``weight`` :math:`W_k` (width, 1, k, k) and ``lam``
     :math:`\lambda_k` (scalar).
@@ -119,7 +153,8 @@ class PDLayer(nn.Module):
     :math:`W_k^\top` one GEMM followed by col2im (``fold``): the same zero-padded
     cross-correlation as ``conv2d`` / ``conv_transpose2d`` (kept as the oracle in
     ``tests/test_pdnet.py``), several times faster for a single-channel input on CPU, with
-    single large GEMMs in the backward pass too, and twice differentiable.
+    single large GEMMs in the backward pass too, and twice differentiable. The math lives in
+    the pure functions :func:`W`, :func:`W_adjoint` and :func:`dual_update`.
     """
 
     def __init__(self, config: PDNetConfig) -> None:
@@ -127,37 +162,14 @@ class PDLayer(nn.Module):
         k = config.kernel_size
         self.weight = nn.Parameter(config.weight_init_std * torch.randn(config.width, 1, k, k))
         self.lam = nn.Parameter(torch.tensor(float(config.lam_init)))
-        self.kernel_size = k
-        self.padding = k // 2
-
-    def _matrix(self) -> Tensor:
-        return self.weight.view(self.weight.shape[0], -1)  # (width, k²)
-
-    def im2col(self, x: Tensor) -> Tensor:
-        """(N, 1, H, W) -> (k², N·H·W) patch matrix."""
-        n = x.shape[0]
-        cols = F.unfold(x, self.kernel_size, padding=self.padding)  # (N, k², HW)
-        return cols.transpose(0, 1).reshape(cols.shape[1], -1)
-
-    def col2im(self, cols: Tensor, shape: tuple[int, int, int]) -> Tensor:
-        """(k², N·H·W) -> (N, 1, H, W), the adjoint of :meth:`im2col`."""
-        n, h, w = shape
-        cols = cols.view(cols.shape[0], n, h * w).transpose(0, 1)
-        return F.fold(cols, (h, w), self.kernel_size, padding=self.padding)
 
     def W(self, x: Tensor) -> Tensor:
         """(N, 1, H, W) -> (width, N·H·W) channel-major dual variable."""
-        return self._matrix() @ self.im2col(x)
+        return W(self.weight, x)
 
     def W_adjoint(self, u: Tensor, shape: tuple[int, int, int]) -> Tensor:
         """(width, N·H·W) -> (N, 1, H, W) with ``shape`` = (N, H, W); the adjoint of :meth:`W`."""
-        return self.col2im(self._matrix().t() @ u, shape)
-
-    def dual_update(self, u: Tensor, x_bar: Tensor, gamma: float) -> Tensor:
-        r""":math:`\mathrm{clip}(u + \gamma W x_{\rm bar}, -|\lambda|, |\lambda|)`, the add fused
-        into the GEMM. Shapes: u (width, N·H·W), x_bar (N, 1, H, W)."""
-        v = torch.addmm(u, self._matrix(), self.im2col(x_bar), alpha=gamma)
-        return symmetric_clip(v, self.lam.abs())
+        return W_adjoint(self.weight, u, shape)
 
 
 class PDNet(Reconstructor):
@@ -216,15 +228,39 @@ class PDNet(Reconstructor):
                              "as in metaprior.physics.RealMRI")
         taus = step_sizes or self.step_sizes(operator_norm_sq(physics, aty))
         b, c, h, w = aty.shape
-        planes = (b * c, h, w)  # colour channels folded into the batch
         x = aty
         u = aty.new_zeros(self.config.width, b * c * h * w)  # channel-major dual variable
+        depth = len(self.layers)
+        seg = self.config.checkpoint_segment
+        if seg <= 0 or not torch.is_grad_enabled():
+            return self._layers(0, depth, x, u, aty, physics, taus)[0]
+        for start in range(0, depth, seg):
+            stop = min(start + seg, depth)
+            # The segment's weights are passed explicitly: the recomputation in the backward
+            # pass must see the tensors of this call (e.g. φ under functional_call), not
+            # whatever the module holds by then.
+            weights = [t for k in range(start, stop)
+                       for t in (self.layers[k].weight, self.layers[k].lam)]
+            x, u = torch.utils.checkpoint.checkpoint(
+                self._layers, start, stop, x, u, aty, physics, taus, *weights,
+                use_reentrant=False)
+        return x
+
+    def _layers(self, start: int, stop: int, x: Tensor, u: Tensor, aty: Tensor,
+                physics: LinearPhysics, taus: list[Tensor], *weights: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        """Layers ``start .. stop-1`` from the state (x, u); ``weights`` optionally gives
+        (W_k, λ_k) for each of them (default: the layers' own parameters)."""
+        b, c, h, w = x.shape
+        planes = (b * c, h, w)  # colour channels folded into the batch
         last = len(self.layers) - 1
-        gamma = self.config.gamma
-        for k, (layer, tau) in enumerate(zip(self.layers, taus, strict=True)):
-            grad = physics.A_adjoint_A(x) - aty + layer.W_adjoint(u, planes).view(b, c, h, w)
+        for i, k in enumerate(range(start, stop)):
+            layer, tau = self.layers[k], taus[k]
+            weight, lam = weights[2 * i: 2 * i + 2] if weights else (layer.weight, layer.lam)
+            grad = physics.A_adjoint_A(x) - aty + W_adjoint(weight, u, planes).view(b, c, h, w)
             x_next = x - tau * grad
             if k < last:
-                u = layer.dual_update(u, (2 * x_next - x).view(b * c, 1, h, w), gamma)
+                u = dual_update(weight, lam, u, (2 * x_next - x).view(b * c, 1, h, w),
+                                self.config.gamma)
             x = x_next
-        return x
+        return x, u
