@@ -163,9 +163,9 @@ def test_adapt_measure_reconstruct_cli(tmp_path, capsys):
     main(["reconstruct", "--model", str(adapted), "--measurements", str(y), "--out",
           str(tmp_path / "rec")])
     main(["evaluate", "--model", str(adapted), "--images", str(imgs), "--tasks", "inpaint,sr2",
-          "--json", str(tmp_path / "eval.json")])
+          "--json", str(tmp_path / "eval.json"), "--adapt-steps", "1"])
     rows = json.loads((tmp_path / "eval.json").read_text())
-    assert [r["task"] for r in rows] == ["inpaint", "sr2"] and len(rows[0]["model"]) == 2
+    assert [r["task"] for r in rows] == ["inpaint", "sr2"] and len(rows[0]["adapted"]) == 2
     assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recon_000.png",
                                                                     "recon_001.png"]
 

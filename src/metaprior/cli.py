@@ -231,17 +231,32 @@ def cmd_demo(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from metaprior.adapt import parameters_of
+    from metaprior.adapt import AdaptConfig, parameters_of
     from metaprior.checkpoint import load_model
     from metaprior.evaluate import load_eval_images, summarize, task_table
 
-    model, _ = load_model(args.model, args.device)
+    model, meta = load_model(args.model, args.device)
     images = [im.to(args.device) for im in load_eval_images(args.images, args.data_root)]
-    rows = task_table(model, parameters_of(model), args.tasks.split(","), images, args.seed)
-    print(f"{'task':10s} {'A^+ y (dB)':>15s} {'model (dB)':>15s}   [{args.images}, "
+    adapt = None
+    if args.adapt_steps:
+        inner = meta.get("meta_config", {})
+        adapt = AdaptConfig(steps=args.adapt_steps, lr=inner.get("inner_lr", 1e-3),
+                            loss=inner.get("inner_loss", "unsupervised"),
+                            prox_lambda=inner.get("prox_lambda", 0.0),
+                            optimizer=inner.get("inner_optimizer", "adam"))
+    rows = task_table(model, parameters_of(model), args.tasks.split(","), images, args.seed,
+                      adapt)
+    extra = f" {'adapted (dB)':>15s}" if adapt else ""
+    print(f"{'task':10s} {'A^+ y (dB)':>15s} {'model (dB)':>15s}{extra}   [{args.images}, "
           f"{len(images)} images, peak 1]")
     for r in rows:
-        print(f"{r['task']:10s} {summarize(r['pseudo_inverse']):>15s} {summarize(r['model']):>15s}")
+        extra = f" {summarize(r['adapted']):>15s}" if adapt else ""
+        print(f"{r['task']:10s} {summarize(r['pseudo_inverse']):>15s} "
+              f"{summarize(r['model']):>15s}{extra}")
+    if adapt:
+        print(f"adapted: {adapt.steps} {adapt.loss} {adapt.optimizer} steps (lr {adapt.lr}, "
+              f"λ {adapt.prox_lambda}) on each image's own measurements"
+              + (" and ground truth" if adapt.loss == "supervised" else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
@@ -277,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default="set3c", help="set3c | demo | a folder (default set3c)")
     p.add_argument("--data-root", default=None, help="data root (default $METAPRIOR_DATA)")
     p.add_argument("--json", default=None, help="also write the per-image PSNRs here")
+    p.add_argument("--adapt-steps", type=int, default=0,
+                   help="also score after N steps of the model's inner problem on each test "
+                   "image (PAPER.md Fig. 3's inner model; default 0: off)")
     _common(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("linear", help="linear Gaussian toy of PAPER.md §3: meta-train θy on "

@@ -48,14 +48,27 @@ def load_eval_images(name: str, data_root: str | None = None) -> list[Tensor]:
     return [load_image(p) for p in list_images(name)]
 
 
-def task_table(model, params, task_names, images, seed: int = 0) -> list[dict]:
-    """PSNR (dB) of the pseudo-inverse and of ``model`` with ``params`` for each task."""
+def task_table(model, params, task_names, images, seed: int = 0, adapt=None) -> list[dict]:
+    """PSNR (dB) of the pseudo-inverse and of ``model`` with ``params`` for each task.
+
+    With ``adapt`` (an :class:`metaprior.adapt.AdaptConfig`), also the PSNR after solving the
+    inner problem on each test image's own batch (the "inner" model of PAPER.md Fig. 3; with a
+    supervised loss this uses the image's ground truth).
+    """
+    from metaprior.adapt import fine_tune
     from metaprior.meta.maml import reconstruct
     from metaprior.tasks import get_task
 
     rows = []
     for name in task_names:
         batches = task_batches(get_task(name), images, seed=seed)
-        rows.append({"task": name, "pseudo_inverse": score(pseudo_inverse, batches),
-                     "model": score(lambda b: reconstruct(model, params, b), batches)})
+        row = {"task": name, "pseudo_inverse": score(pseudo_inverse, batches),
+               "model": score(lambda b: reconstruct(model, params, b), batches)}
+        if adapt is not None:
+            adapted = []
+            for b in batches:
+                phi = fine_tune(model, params, lambda step, b=b: b, adapt).params
+                adapted += score(lambda bb, phi=phi: reconstruct(model, phi, bb), [b])
+            row["adapted"] = adapted
+        rows.append(row)
     return rows

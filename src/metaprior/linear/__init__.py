@@ -29,6 +29,7 @@ from metaprior.linear.bilevel import (
 from metaprior.linear.experiment import (
     LinearExperimentConfig,
     block_errors,
+    exact_inner_config,
     population_kernel_rows,
     run_linear_experiment,
     sweep_num_tasks,
@@ -62,6 +63,7 @@ __all__ = [
     "bayes_mask_block",
     "block_errors",
     "corner_placement",
+    "exact_inner_config",
     "gradient_support",
     "grid_placements",
     "hidden_observed_indices",

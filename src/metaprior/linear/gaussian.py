@@ -68,7 +68,12 @@ def squared_exponential_covariance(
 
 
 def sample_gaussian(
-    mean: Tensor, cov: Tensor, num_samples: int, generator: torch.Generator
+    mean: Tensor,
+    cov: Tensor,
+    num_samples: int,
+    generator: torch.Generator,
+    *,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     r"""Draw :math:`x_j = \mu + L z_j`, :math:`z_j \sim \mathcal N(0, I)`, :math:`LL^\top = \Sigma`.
 
@@ -77,15 +82,16 @@ def sample_gaussian(
         cov: (n, n) positive definite covariance :math:`\Sigma`.
         num_samples: :math:`N`.
         generator: the only source of randomness (global RNG untouched).
+        dtype: dtype of :math:`z` and of the result (default ``cov.dtype``); :math:`L` is
+            always factored in ``cov.dtype``.
 
     Returns:
         (N, n) samples, one per row.
     """
-    chol = torch.linalg.cholesky(cov)
-    z = torch.randn(
-        num_samples, cov.shape[0], generator=generator, dtype=cov.dtype, device=cov.device
-    )
-    return mean + z @ chol.T
+    dtype = cov.dtype if dtype is None else dtype
+    chol = torch.linalg.cholesky(cov).to(dtype)
+    z = torch.randn(num_samples, cov.shape[0], generator=generator, dtype=dtype, device=cov.device)
+    return mean.to(dtype) + z @ chol.T
 
 
 def square_mask(
