@@ -502,7 +502,7 @@ def test_run_linear_experiment_smoke(tmp_path) -> None:
     result = run_linear_experiment(LinearExperimentConfig(**TINY), tmp_path)
     assert (tmp_path / "figure2.png").stat().st_size > 0
     saved = json.loads((tmp_path / "linear.json").read_text())
-    assert saved["config"]["image_size"] == 6 and saved["n_pool"] == 5 * 5 - 2 * 2
+    assert saved["config"]["image_size"] == 6 and saved["n_pool"] == 3 * 3 - 1  # grid squares
     assert saved["kernel_rows_max_change"] == 0.0  # Theorem 3.1 (ii) inside the experiment
     # unsupervised fine-tuning cannot change the test task's hidden-from-observed block
     assert saved["test_task_after_finetune"] == saved["test_task_before_finetune"]
@@ -510,15 +510,19 @@ def test_run_linear_experiment_smoke(tmp_path) -> None:
 
 
 def test_meta_training_learns_the_bayes_block_of_a_single_task() -> None:
-    """One placement, many outer steps: theta*[K, O] approaches Sigma_KO Sigma_O^-1."""
+    """One placement, many outer steps: theta*[K, O] approaches Sigma_KO Sigma_O^-1.
+
+    With a single placement its hidden pixels are never observed, so their rows feel no pull
+    toward the identity through the Adam inner loop (docs/theory.md): the Adam path works.
+    """
     overrides = {"outer_steps": 150, "inner_steps": 5, "n_train_samples": 50}
     overrides |= {"n_test_samples": 50, "outer_lr": 3e-2, "outer_lr_final": 1e-3}
     cfg = LinearExperimentConfig(**(TINY | overrides))
     (row,) = sweep_num_tasks(cfg, counts=[1])
     assert row["n_pool"] == 1
-    # theta = 0 gives 1.0; measured 0.15 (the weight-space error stays ~0.8: directions of
-    # small variance in Sigma_O are barely trained, see docs/theory.md)
-    assert row["train_task"]["rel_pred"] < 0.25
+    # theta_init gives 1.0 / 1.0; measured 0.063 / 0.028 (nugget 0.1; with the earlier
+    # nugget 1e-3, e_F stayed ~0.8: directions of variance ~1e-3 are barely trained)
+    assert row["train_task"]["rel_fro"] < 0.15 and row["train_task"]["rel_pred"] < 0.1
 
 
 def test_area_b_block_is_set_by_meta_training_alone() -> None:
