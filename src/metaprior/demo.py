@@ -71,19 +71,20 @@ def run_demo(config: DemoConfig, device: str = "cpu", log=print, progress: bool 
     t1 = time.perf_counter()
 
     task = get_task(config.adapt_task)
-    sampler = PatchSampler(demo_images("train"), config.adapt_patch_size, seed=config.seed)
-    g = torch.Generator().manual_seed(config.seed + 1)
+    train_images = demo_images("train")
+
+    def batches():
+        """A fresh, seeded stream of SR patches (the same one for both fine-tunings)."""
+        sampler = PatchSampler(train_images, config.adapt_patch_size, seed=config.seed)
+        g = torch.Generator().manual_seed(config.seed + 1)
+        return lambda step: task.sample(sampler.sample(8).to(device), g)
+
     adapt = AdaptConfig(steps=config.adapt_steps, lr=config.inner_lr, loss="unsupervised",
                         prox_lambda=config.prox_lambda)
     log(f"2/3 adapting to '{task.name}' without ground truth ({adapt.steps} Adam steps) ...")
-    result = fine_tune(model, theta,
-                       lambda step: task.sample(sampler.sample(8).to(device), g), adapt)
+    result = fine_tune(model, theta, batches(), adapt)
     save_model(Path(config.out) / f"adapted_{task.name}.safetensors", model, result.params)
-    sampler = PatchSampler(demo_images("train"), config.adapt_patch_size, seed=config.seed)
-    g = torch.Generator().manual_seed(config.seed + 1)
-    supervised = fine_tune(model, theta,
-                           lambda step: task.sample(sampler.sample(8).to(device), g),
-                           replace(adapt, loss="supervised"))
+    supervised = fine_tune(model, theta, batches(), replace(adapt, loss="supervised"))
 
     test = [im.to(device) for im in demo_images("test")]
     batches = task_batches(task, test, seed=config.seed)

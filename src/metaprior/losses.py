@@ -14,7 +14,6 @@ once, :math:`|\cdot|^2`). The proximal term is a plain sum over all parameters,
 
 from __future__ import annotations
 
-import torch
 from deepinv.physics import LinearPhysics
 from torch import Tensor
 
@@ -48,7 +47,3 @@ def data_loss(kind: str, x_hat: Tensor, batch) -> Tensor:
     if kind == "unsupervised":
         return measurement_consistency_loss(x_hat, batch.y, batch.physics)
     raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
-
-
-def is_finite(t: Tensor) -> bool:
-    return bool(torch.isfinite(t).all())

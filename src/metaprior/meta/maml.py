@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metaprior.losses import data_loss, proximal_term, supervised_loss
+from metaprior.losses import LOSSES, data_loss, proximal_term, supervised_loss
 from metaprior.meta.inner import InnerOptimizer, apply_updates, make_inner_optimizer
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
@@ -82,9 +82,8 @@ class MetaConfig:
         if self.hypergradient not in HYPERGRADIENTS:
             raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, "
                              f"got {self.hypergradient!r}")
-        if self.inner_loss not in ("supervised", "unsupervised"):
-            raise ValueError(f"inner_loss must be 'supervised' or 'unsupervised', "
-                             f"got {self.inner_loss!r}")
+        if self.inner_loss not in LOSSES:
+            raise ValueError(f"inner_loss must be one of {LOSSES}, got {self.inner_loss!r}")
         if self.inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
         if self.hypergradient == "implicit" and self.prox_lambda <= 0:
