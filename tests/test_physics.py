@@ -58,6 +58,18 @@ def test_pseudo_inverse(name, device):
 
 
 @pytest.mark.parametrize("name", OPERATORS)
+def test_prox_l2_is_optimal(name, device):
+    """prox_l2(z, y, γ) zeroes the gradient Aᵀ(Ax − y) + (x − z)/γ (exact or deepinv's CG)."""
+    physics, x = make(name, device)
+    y = physics.A(x)
+    z = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(4)).to(device)
+    gamma = 0.7
+    p = physics.prox_l2(z, y, gamma)
+    residual = physics.A_adjoint(physics.A(p) - y) + (p - z) / gamma
+    assert torch.linalg.vector_norm(residual) <= 1e-4 * torch.linalg.vector_norm(z / gamma)
+
+
+@pytest.mark.parametrize("name", OPERATORS)
 def test_norm_at_most_one(name, device):
     physics, x = make(name, device)
     v = x / torch.linalg.vector_norm(x)

@@ -129,6 +129,12 @@ class Decimation(dinv.physics.Downsampling):
     def A_dagger(self, y: Tensor, **kwargs) -> Tensor:
         return self.A_adjoint(y, **kwargs)
 
+    def prox_l2(self, z: Tensor, y: Tensor, gamma: float, **kwargs) -> Tensor:
+        r"""Exact :math:`\arg\min_x \tfrac12\|Ax-y\|^2 + \tfrac1{2\gamma}\|x-z\|^2`:
+        :math:`A^\top A` is the diagonal 0/1 mask of the kept pixels."""
+        kept = self.A_adjoint(self.A(torch.ones_like(z)))
+        return (self.A_adjoint(y) + z / gamma) / (kept + 1.0 / gamma)
+
 
 def column_mask(
     width: int, acceleration: int = 4, center_fraction: float = 0.08, seed: int = 0
@@ -202,6 +208,12 @@ class RealMRI(LinearPhysics):
     def A_dagger(self, y: Tensor, **kwargs) -> Tensor:
         z = self.A_adjoint(y)
         return torch.real(torch.fft.ifft2(self.ata_eig_pinv * torch.fft.fft2(z)))
+
+    def prox_l2(self, z: Tensor, y: Tensor, gamma: float, **kwargs) -> Tensor:
+        r"""Exact :math:`\arg\min_x \tfrac12\|Ax-y\|^2 + \tfrac1{2\gamma}\|x-z\|^2
+        = F^H (D + 1/\gamma)^{-1} F (A^\top y + z/\gamma)`."""
+        rhs = self.A_adjoint(y) + z / gamma
+        return torch.real(torch.fft.ifft2(torch.fft.fft2(rhs) / (self.ata_eig + 1.0 / gamma)))
 
 
 def mri(

