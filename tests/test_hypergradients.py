@@ -12,6 +12,7 @@ from metaprior.meta.maml import (
     MetaConfig,
     first_order_hypergradient,
     inner_adapt,
+    joint_gradient,
     maml_hypergradient,
     outer_loss,
     reconstruct,
@@ -55,7 +56,7 @@ def outer_objective(model, theta, inner, outer, config):
 
 
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 0.5), ("adam", 0.01)])
-@pytest.mark.parametrize("loss", ["supervised", "unsupervised"])
+@pytest.mark.parametrize("loss", ["supervised", "unsupervised", "equivariant"])
 def test_maml_matches_finite_differences(optimizer, lr, loss):
     model, theta, inner, outer = tiny_problem()
     config = MetaConfig(inner_steps=2, inner_optimizer=optimizer, inner_lr=lr, inner_loss=loss,
@@ -110,6 +111,26 @@ def test_first_order_is_outer_gradient_at_phi_k():
         assert torch.equal(a, torch.zeros_like(a) if b is None else b), k
 
 
+def test_joint_gradient_is_gradient_of_summed_supervised_losses():
+    """Joint pre-training: no inner step; the gradient equals central finite differences of
+    L_sup(θ; train batch) + L_sup(θ; test batch)."""
+    model, theta, inner, outer = tiny_problem(5)
+    res = joint_gradient(model, theta, inner, outer, MetaConfig(hypergradient="joint"))
+    th0, eps = flat(theta).detach(), 1e-6
+
+    def objective(vec):
+        with torch.no_grad():
+            p = unflat(vec, theta)
+            return float(outer_loss(model, p, inner) + outer_loss(model, p, outer))
+
+    g = flat(res.grads)
+    for i in range(0, len(th0), 5):
+        e = torch.zeros_like(th0)
+        e[i] = eps
+        fd = (objective(th0 + e) - objective(th0 - e)) / (2 * eps)
+        assert abs(fd - float(g[i])) <= 1e-6 + 1e-5 * abs(fd), i
+
+
 def test_second_order_matters_for_sgd_inner_steps():
     model, theta, inner, outer = tiny_problem(3)
     config = MetaConfig(inner_steps=2, inner_optimizer="sgd", inner_lr=0.5)
@@ -142,3 +163,13 @@ def test_config_errors():
         MetaConfig(hypergradient="reptile")
     with pytest.raises(ValueError, match="prox_lambda > 0"):
         MetaConfig(hypergradient="implicit", prox_lambda=0.0)
+
+
+def test_equivariant_loss_needs_no_ground_truth():
+    from metaprior.meta.maml import inner_loss
+
+    model, theta, inner, _ = tiny_problem(6)
+    inner.target = torch.full_like(inner.target, float("nan"))
+    loss = inner_loss(model, theta, theta, inner, "equivariant", 0.0)
+    assert torch.isfinite(loss) and float(loss) > float(
+        inner_loss(model, theta, theta, inner, "unsupervised", 0.0))

@@ -7,7 +7,7 @@ with ``prox_lambda=0``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +23,7 @@ from metaprior.typing import Params
 class AdaptConfig:
     steps: int = 50  # Adam steps (Table 1: 50)
     lr: float = 1e-3  # inner learning rate η, the same as in meta-training
-    loss: str = "unsupervised"  # "supervised" | "unsupervised" (no ground truth)
+    loss: str = "unsupervised"  # "supervised" | "unsupervised" | "equivariant" (no ground truth)
     prox_lambda: float = 0.0  # λ of λ/2‖φ − θ‖²
     optimizer: str = "adam"  # "adam" | "sgd"
 
@@ -32,6 +32,7 @@ class AdaptConfig:
 class AdaptResult:
     params: Params
     losses: list[float] = field(default_factory=list)
+    snapshots: dict[int, Params] = field(default_factory=dict)  # step -> φ after that step
 
 
 def parameters_of(model: nn.Module) -> Params:
@@ -42,6 +43,7 @@ def parameters_of(model: nn.Module) -> Params:
 def fine_tune(
     model: nn.Module, theta: Params, next_batch: Callable[[int], TaskBatch],
     config: AdaptConfig, callback: Callable[[int, float], None] | None = None,
+    keep: Sequence[int] = (),
 ) -> AdaptResult:
     """Solve the inner problem approximately by ``config.steps`` optimizer steps from θ.
 
@@ -51,15 +53,17 @@ def fine_tune(
         next_batch: ``next_batch(step)`` returns the step's :class:`TaskBatch`.
         config: steps, learning rate, loss kind, λ, optimizer.
         callback: called as ``callback(step, loss)`` after each step.
+        keep: also return the parameters after these numbers of steps (0 = θ itself).
 
     Returns:
-        the adapted parameters and the loss of every step.
+        the adapted parameters, the loss of every step and the kept snapshots.
     """
     opt = make_inner_optimizer(config.optimizer, config.lr)
     anchor = {k: v.detach() for k, v in theta.items()}
     phi = {k: v.detach().clone().requires_grad_(True) for k, v in theta.items()}
     state = opt.init(phi)
     losses = []
+    snapshots = {0: dict(anchor)} if 0 in keep else {}
     for step in range(config.steps):
         phi, state, loss = inner_step(model, phi, anchor, state, next_batch(step), opt,
                                       config.loss, config.prox_lambda)
@@ -67,9 +71,11 @@ def fine_tune(
             raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step {step}: "
                                      f"lower --lr")
         losses.append(float(loss))
+        if step + 1 in keep:
+            snapshots[step + 1] = {k: v.detach().clone() for k, v in phi.items()}
         if callback is not None:
             callback(step, float(loss))
-    return AdaptResult({k: v.detach() for k, v in phi.items()}, losses)
+    return AdaptResult({k: v.detach() for k, v in phi.items()}, losses, snapshots)
 
 
 def load_into(model: nn.Module, params: Params) -> nn.Module:

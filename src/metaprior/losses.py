@@ -14,6 +14,7 @@ once, :math:`|\cdot|^2`). The proximal term is a plain sum over all parameters,
 
 from __future__ import annotations
 
+import torch
 from deepinv.physics import LinearPhysics
 from torch import Tensor
 
@@ -36,7 +37,17 @@ def proximal_term(phi: Params, theta: Params, lam: float) -> Tensor:
     return 0.5 * lam * sum((phi[k] - theta[k]).pow(2).sum() for k in phi)
 
 
-LOSSES = ("supervised", "unsupervised")
+def rotate(x: Tensor) -> Tensor:
+    r"""The transform :math:`T` of the equivariant loss: a 90° rotation of (B, C, H, H) images."""
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"the equivariant loss rotates images by 90°: it needs square images, "
+                         f"got {tuple(x.shape[-2:])}")
+    return torch.rot90(x, 1, dims=(-2, -1))
+
+
+#: "equivariant" = measurement consistency + equivariant imaging (needs the model, see
+#: :func:`metaprior.meta.maml.inner_loss`); it uses no ground truth.
+LOSSES = ("supervised", "unsupervised", "equivariant")
 
 
 def data_loss(kind: str, x_hat: Tensor, batch) -> Tensor:
@@ -46,4 +57,6 @@ def data_loss(kind: str, x_hat: Tensor, batch) -> Tensor:
         return supervised_loss(x_hat, batch.target)
     if kind == "unsupervised":
         return measurement_consistency_loss(x_hat, batch.y, batch.physics)
+    if kind == "equivariant":
+        raise ValueError("the equivariant loss needs the model: use metaprior.meta.maml.inner_loss")
     raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")

@@ -18,7 +18,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metaprior.losses import LOSSES, data_loss, proximal_term, supervised_loss
+from metaprior.losses import (
+    LOSSES,
+    data_loss,
+    measurement_consistency_loss,
+    proximal_term,
+    rotate,
+    supervised_loss,
+)
 from metaprior.meta.inner import InnerOptimizer, apply_updates, make_inner_optimizer
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
@@ -32,8 +39,22 @@ def reconstruct(model: nn.Module, params: Params, batch: TaskBatch) -> Tensor:
 def inner_loss(
     model: nn.Module, phi: Params, theta: Params, batch: TaskBatch, kind: str, prox_lambda: float
 ) -> Tensor:
-    r""":math:`\mathcal L_{\rm inner}(f_\phi) + \frac\lambda2\|\phi - \theta\|^2` on ``batch``."""
-    loss = data_loss(kind, reconstruct(model, phi, batch), batch)
+    r""":math:`\mathcal L_{\rm inner}(f_\phi) + \frac\lambda2\|\phi - \theta\|^2` on ``batch``.
+
+    ``kind="equivariant"`` is measurement consistency plus equivariant imaging (Chen, Tachella &
+    Davies 2021), still without ground truth: with :math:`T` a 90° rotation and
+    :math:`\hat x = f_\phi(y)`, it adds :math:`\tfrac{1}{2N}\|f_\phi(A T\hat x) - T\hat x\|^2`,
+    which sees the part of :math:`\mathrm{Ker}(A)` that :math:`T` moves into the range of
+    :math:`A^\top` (column-sampled k-space becomes row-sampled; the SR grid changes phase).
+    """
+    x_hat = reconstruct(model, phi, batch)
+    if kind == "equivariant":
+        tx = rotate(x_hat)
+        x_eq = functional_call(model, phi, (batch.physics.A(tx), batch.physics))
+        loss = (measurement_consistency_loss(x_hat, batch.y, batch.physics)
+                + supervised_loss(x_eq, tx))
+    else:
+        loss = data_loss(kind, x_hat, batch)
     if prox_lambda:
         loss = loss + proximal_term(phi, theta, prox_lambda)
     return loss
@@ -60,7 +81,7 @@ def inner_step(
     return new_phi, state, loss.detach()
 
 
-HYPERGRADIENTS = ("maml", "first_order", "implicit")
+HYPERGRADIENTS = ("maml", "first_order", "implicit", "joint")
 
 
 @dataclass(frozen=True)
@@ -74,7 +95,7 @@ class MetaConfig:
     inner_optimizer: str = "adam"  # "adam" | "sgd"
     inner_lr: float = 1e-3  # η, also used for test-time fine-tuning
     prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² (no effect with K = 1 from φ = θ)
-    hypergradient: str = "maml"  # "maml" | "first_order" | "implicit"
+    hypergradient: str = "maml"  # "maml" | "first_order" | "implicit" | "joint" (no inner step)
     cg_iters: int = 20  # implicit: conjugate-gradient iterations
     cg_tol: float = 1e-6  # implicit: relative residual at which CG stops
 
@@ -159,3 +180,19 @@ def first_order_hypergradient(
     loss = outer_loss(model, phi, outer_batch)
     return TaskHypergradient(inner_batch.task, _grad_dict(loss, phi), inner,
                              float(loss.detach()))
+
+
+def joint_gradient(
+    model: nn.Module, theta: Params, inner_batch: TaskBatch, outer_batch: TaskBatch,
+    config: MetaConfig,
+) -> TaskHypergradient:
+    r"""Joint multi-task pre-training, the non-meta baseline: no inner problem, the gradient of
+    the supervised loss at :math:`\theta` on both of the task's batches,
+    :math:`\nabla_\theta[\mathcal L_{\rm sup}(\theta; \mathcal D^{\rm train}_i) +
+    \mathcal L_{\rm sup}(\theta; \mathcal D^{\rm test}_i)]`, so it sees the same images as
+    meta-training step for step."""
+    theta = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+    train = outer_loss(model, theta, inner_batch)
+    test = outer_loss(model, theta, outer_batch)
+    return TaskHypergradient(inner_batch.task, _grad_dict(train + test, theta),
+                             float(train.detach()), float(test.detach()))

@@ -12,6 +12,7 @@ from metaprior.meta.maml import (
     MetaConfig,
     TaskHypergradient,
     first_order_hypergradient,
+    joint_gradient,
     maml_hypergradient,
 )
 from metaprior.tasks import TaskBatch
@@ -21,6 +22,7 @@ _MODES = {
     "maml": maml_hypergradient,
     "first_order": first_order_hypergradient,
     "implicit": implicit_hypergradient,
+    "joint": joint_gradient,
 }
 
 
