@@ -85,17 +85,24 @@ def load_tensors(path: str | Path, device="cpu") -> dict[str, Tensor]:
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """A model file from a file path, a checkpoint folder or a run folder (its latest)."""
+    """A model file from a file path, a checkpoint folder, a run folder (its latest) or the
+    name of a shipped model (:mod:`metaprior.pretrained`)."""
+    from metaprior import pretrained
+
+    name = str(path)
     path = Path(path)
     if path.is_file():
         return path
+    if not path.exists() and name in pretrained.available():
+        return pretrained.path(name)
     if (path / "model.safetensors").is_file():
         return path / "model.safetensors"
     latest = latest_checkpoint(path)
     if latest is not None:
         return latest / "model.safetensors"
-    raise FileNotFoundError(f"no model at {path}: give a .safetensors file, a checkpoint folder "
-                            f"or a meta-train output folder")
+    raise FileNotFoundError(f"no model at {path}: give a .safetensors file, a checkpoint folder, "
+                            f"a meta-train output folder or a shipped model name "
+                            f"({', '.join(pretrained.available())})")
 
 
 def load_model(path: str | Path, device="cpu") -> tuple[PDNet, dict]:

@@ -50,7 +50,8 @@ def _add_meta_train(sub) -> None:
         "meta-train", help="meta-train PDNet on the training tasks (bilevel, eq. 2)",
         description="Meta-train a PDNet. Each outer step: per task, K inner steps on BSDS "
         "train+test patches, supervised outer loss on BSDS val patches, hypergradient by "
-        "maml | first_order | implicit; outer Adam on their sum. Writes OUT/config.json, "
+        "maml | first_order | implicit (or 'joint': plain multi-task pre-training on the same "
+        "batches, no inner step); outer Adam on their sum. Writes OUT/config.json, "
         "OUT/log.jsonl, OUT/checkpoints/, OUT/model.safetensors.")
     p.add_argument("--config", help="JSON file of overrides: {\"model\": {...}, \"meta\": {...}}")
     p.add_argument("--resume", action="store_true",
@@ -202,8 +203,11 @@ def _add_io(sub) -> None:
     p.add_argument("--eval-measurements", help="with --images: held-out measurement file to "
                    "score before/after")
     p.add_argument("--steps", type=int, default=50, help="Adam steps (default 50)")
-    p.add_argument("--loss", choices=["supervised", "unsupervised"], default="unsupervised",
-                   help="inner loss (default unsupervised: no ground truth)")
+    p.add_argument("--loss", choices=["supervised", "unsupervised", "equivariant"],
+                   default="unsupervised",
+                   help="inner loss (default unsupervised: measurement consistency, no ground "
+                   "truth; equivariant: plus the 90°-rotation equivariant-imaging term, no ground "
+                   "truth either)")
     p.add_argument("--lr", type=float, default=None, help="default: the model's inner_lr")
     p.add_argument("--prox-lambda", type=float, default=None,
                    help="λ of λ/2‖φ−θ‖² (default: the model's prox_lambda)")
@@ -230,11 +234,43 @@ def cmd_demo(args) -> None:
     run_demo(DemoConfig(seed=args.seed, out=args.out), device=args.device)
 
 
+def _table1_config(args):
+    from dataclasses import fields, replace
+
+    from metaprior.table1 import Table1Config, quick_config
+
+    config = quick_config() if args.quick else Table1Config()
+    overrides = json.loads(Path(args.suite_config).read_text()) if args.suite_config else {}
+    known = {f.name for f in fields(Table1Config)}
+    if set(overrides) - known:
+        raise ValueError(f"--suite-config has unknown field(s) {sorted(set(overrides) - known)}; "
+                         f"fields: {sorted(known)}")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    if args.suite_tasks:
+        overrides["tasks"] = tuple(args.suite_tasks.split(","))
+    if args.scratch_steps is not None:
+        overrides["scratch_steps"] = args.scratch_steps
+    return replace(config, seed=args.seed, **overrides)
+
+
+def cmd_evaluate_suite(args) -> None:
+    from metaprior.table1 import run_table1
+
+    config = _table1_config(args)
+    results = run_table1(config, args.out, args.data_root, args.device, args.grid_cache)
+    print(f"wrote {args.out} ({results['wall_seconds'] / 60:.1f} min); "
+          f"figures: metaprior report --results {args.out}")
+
+
 def cmd_evaluate(args) -> None:
     from metaprior.adapt import AdaptConfig, parameters_of
     from metaprior.checkpoint import load_model
     from metaprior.evaluate import load_eval_images, summarize, task_table
 
+    if args.suite:
+        return cmd_evaluate_suite(args)
+    if args.model is None:
+        raise ValueError("evaluate needs --model (or --suite table1)")
     model, meta = load_model(args.model, args.device)
     images = [im.to(args.device) for im in load_eval_images(args.images, args.data_root)]
     adapt = None
@@ -259,6 +295,16 @@ def cmd_evaluate(args) -> None:
               + (" and ground truth" if adapt.loss == "supervised" else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def cmd_report(args) -> None:
+    from metaprior.report import write_report
+
+    if not Path(args.results).is_file():
+        raise FileNotFoundError(f"--results {args.results} does not exist: run "
+                                f"metaprior evaluate --suite table1 first")
+    for path in write_report(args.results, args.figures, args.markdown or None):
+        print(f"wrote {path}")
 
 
 def cmd_linear(args) -> None:
@@ -293,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_io(sub)
     p = sub.add_parser("evaluate", help="PSNR of a model on each task (Set3C, the demo "
                        "pictures or a folder)")
-    p.add_argument("--model", required=True, help="model .safetensors or run folder")
+    p.add_argument("--model", default=None,
+                   help="model .safetensors, run folder or shipped model name")
     p.add_argument("--tasks", default="denoise,tv,deblur,inpaint,sr2,mri4",
                    help="comma-separated task names")
     p.add_argument("--images", default="set3c", help="set3c | demo | a folder (default set3c)")
@@ -302,8 +349,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt-steps", type=int, default=0,
                    help="also score after N steps of the model's inner problem on each test "
                    "image (PAPER.md Fig. 3's inner model; default 0: off)")
+    g = p.add_argument_group("suite (PAPER.md Table 1; needs the data root)")
+    g.add_argument("--suite", choices=["table1"], default=None,
+                   help="run the Table 1 protocol: SR x2 and MRI x4, baselines with grid "
+                   "search on fine-tuning images, shipped meta-models / joint pre-training / "
+                   "random init fine-tuned 0-50 steps, supervised and unsupervised")
+    g.add_argument("--out", default="benchmarks/results/table1.json",
+                   help="suite results JSON (default benchmarks/results/table1.json); the "
+                   "first test image of every method goes to <stem>_visuals.safetensors")
+    g.add_argument("--grid-cache", default=None,
+                   help="JSON of grid-search choices to reuse and update (e.g. "
+                   "benchmarks/results/table1_grid.json)")
+    g.add_argument("--suite-tasks", default=None, help="comma-separated subset of sr2,mri4")
+    g.add_argument("--scratch-steps", type=int, default=None,
+                   help="also train PDNet from scratch on each task for N steps (paper: 10k)")
+    g.add_argument("--suite-config", default=None,
+                   help="JSON of Table1Config overrides (see metaprior.table1.Table1Config)")
+    g.add_argument("--quick", action="store_true",
+                   help="smoke-sized protocol: 2 steps, 1 test image, 1 grid image")
     _common(p)
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("report", help="rebuild the Table 1 figures (fine-tuning curves, "
+                       "visual comparisons) and the RESULTS.md table from the suite's JSON")
+    p.add_argument("--results", default="benchmarks/results/table1.json",
+                   help="suite JSON (default benchmarks/results/table1.json)")
+    p.add_argument("--figures", default="docs/figures", help="figure folder (default "
+                   "docs/figures)")
+    p.add_argument("--markdown", default="docs/RESULTS.md",
+                   help="markdown file whose table1 section is rewritten ('' to skip; "
+                   "default docs/RESULTS.md)")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("linear", help="linear Gaussian toy of PAPER.md §3: meta-train θy on "
                        "masks of area A, fine-tune without ground truth on area B, Fig. 2 + JSON")
     p.add_argument("--out", default="runs/linear", help="output folder (default runs/linear)")

@@ -1,0 +1,162 @@
+r"""Figures and the markdown table of Table 1, rebuilt from the suite's JSON
+(:mod:`metaprior.table1`) without re-running anything.
+
+* ``finetune_curves_<task>.png``: PSNR vs fine-tuning steps for the meta-models, joint
+  pre-training and random initialisation, supervised and unsupervised (PAPER.md Fig. B.2),
+  with the best baselines as horizontal lines.
+* ``visual_<task>.png``: the first test image for every method (Fig. 4 for SR, Fig. B.3 for MRI).
+* the markdown table (ours beside the paper's numbers) between the markers
+  ``<!-- table1:begin -->`` / ``<!-- table1:end -->`` of ``RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+INIT_LABELS = {"meta_sup": "meta-model (sup. inner)", "meta_unsup": "meta-model (unsup. inner)",
+               "joint": "joint pre-training", "random": "random init"}
+TASK_TITLES = {"sr2": "SR ×2 (Set3C)", "mri4": "MRI ×4 (fastMRI knee)"}
+BEGIN, END = "<!-- table1:begin -->", "<!-- table1:end -->"
+
+
+def _mean(values):
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals)
+
+
+def finetune_curves(results: dict, task: str, path: Path) -> Path:
+    """PSNR vs fine-tuning steps (Fig. B.2), one panel per fine-tuning loss."""
+    r = results["tasks"][task]
+    tags = [t for t in ("sup", "unsup", "ei") if any(k.endswith(f"_ft_{t}") for k in r["pdnet"])]
+    titles = {"sup": "supervised", "unsup": "unsupervised", "ei": "equivariant (no GT)"}
+    fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 3.8), sharey=True)
+    for ax, tag in zip(axes, tags, strict=True):
+        title = titles[tag]
+        for init, label in INIT_LABELS.items():
+            run = r["pdnet"].get(f"{init}_ft_{tag}")
+            if run is None:
+                continue
+            steps = sorted(int(s) for s in run["steps"])
+            ax.plot([max(s, 0.5) for s in steps],
+                    [_mean(run["steps"][str(s)]["psnr"]) for s in steps], marker="o",
+                    label=label)
+        for name, style in (("tgv", ":"), ("dpir-ffdnet", "--")):
+            if name in r["baselines"]:
+                ax.axhline(_mean(r["baselines"][name]["psnr"]), color="gray", ls=style,
+                           label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("fine-tuning steps (0 plotted at 0.5)")
+        ax.set_title(f"{TASK_TITLES.get(task, task)}: {title}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("PSNR (dB)")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
+    """The first test image of ``task`` for every method, PSNR in the titles (Fig. 4 / B.3)."""
+    from metaprior.checkpoint import load_tensors
+
+    vis = load_tensors(visuals_path)
+    r = results["tasks"][task]
+    steps = results["config"]["steps"]
+    panels = [("target", "ground truth", None)]
+    for name in ("pinv", "wavelet", "tv", "tgv", "dpir-ffdnet", "dpir-bm3d"):
+        if f"{task}/{name}" in vis:
+            panels.append((name, name if name != "pinv" else "A⁺y",
+                           r["baselines"][name]["psnr"][0]))
+    for init, tag, n in (("meta_sup", "sup", 0), ("meta_sup", "sup", 1), ("meta_sup", "sup", 20),
+                         ("meta_unsup", "unsup", 1), ("meta_unsup", "unsup", 20),
+                         ("meta_unsup", "unsup", steps), ("meta_unsup", "ei", steps),
+                         ("random", "sup", steps)):
+        key = f"{init}_ft_{tag}_{n}"
+        if f"{task}/{key}" in vis:
+            panels.append((key, f"{init} {tag} {n} st.",
+                           r["pdnet"][f"{init}_ft_{tag}"]["steps"][str(n)]["psnr"][0]))
+    if f"{task}/scratch" in vis:
+        run = r["pdnet"]["scratch"]
+        last = max(int(s) for s in run["steps"])
+        panels.append(("scratch", f"scratch {last} st.", run["steps"][str(last)]["psnr"][0]))
+    cols = 4
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (key, title, value) in zip(axes.flat, panels, strict=False):
+        img = vis[f"{task}/{key}"][0].float().clamp(0, 1)
+        if img.shape[0] == 3:
+            ax.imshow(img.permute(1, 2, 0).numpy())
+        else:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title if value is None else f"{title}\n{value:.2f} dB", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _paper_key(name: str, steps: int) -> str:
+    """Our table key -> the paper's column (``dpir-ffdnet`` stands for DPIR)."""
+    if name.startswith("dpir"):
+        return "dpir"
+    if name.endswith(f"_{steps}"):
+        return name.rsplit("_", 1)[0] + "_50"
+    return name
+
+
+def markdown_table(results: dict) -> str:
+    """Ours beside the paper's Table 1 (PSNR dB mean ± std, SSIM, seconds per image)."""
+    steps = results["config"]["steps"]
+    shown = {0, 1, 20, steps}
+    lines = []
+    for task, row in results["table"].items():
+        paper = results["paper"].get(task, {})
+        n_test = len(results["tasks"][task]["test_images"])
+        lines += [f"**{TASK_TITLES.get(task, task)}**, {n_test} test images", "",
+                  "| method | PSNR (dB) | SSIM | s / image | paper (dB) |",
+                  "|---|---|---|---|---|"]
+        for name, v in row.items():
+            last = name.rpartition("_")[2]
+            if "_ft_" in name and last.isdigit() and int(last) not in shown:
+                continue
+            ref = paper.get(_paper_key(name, steps))
+            ref_s = f"{ref[0]:.2f} ± {ref[1]:.2f}" if ref else ""
+            lines.append(f"| {name} | {v['psnr_mean']:.2f} ± {v['psnr_std']:.2f} | "
+                         f"{v['ssim_mean']:.3f} | {v['sec_per_image']:.2f} | {ref_s} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(results_path: str | Path, figures: str | Path, markdown: str | Path | None
+                 ) -> list[Path]:
+    """Rebuild every figure (and the RESULTS.md table) from ``results_path``."""
+    results_path = Path(results_path)
+    results = json.loads(results_path.read_text())
+    figures = Path(figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    visuals_path = results_path.with_name(results_path.stem + "_visuals.safetensors")
+    written = []
+    for task in results["tasks"]:
+        written.append(finetune_curves(results, task, figures / f"finetune_curves_{task}.png"))
+        if visuals_path.is_file():
+            written.append(visual(results, visuals_path, task, figures / f"visual_{task}.png"))
+    if markdown:
+        markdown = Path(markdown)
+        text = markdown.read_text() if markdown.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
+        if BEGIN not in text or END not in text:
+            text += f"\n{BEGIN}\n{END}\n"
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = f"{head}{BEGIN}\n{markdown_table(results)}\n{END}{tail}"
+        markdown.write_text(text)
+        written.append(markdown)
+    return written

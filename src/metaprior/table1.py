@@ -1,0 +1,390 @@
+r"""Table 1 of PAPER.md §7: the unseen tasks, every method side by side.
+
+Protocol (PAPER.md §4, §6, §7; [D] choices recorded in the output):
+
+* **SR ×2**: fine-tuning data = BSDS500 train+test (random 64×64 grayscale patches, batch 8);
+  test = Set3C, RGB with the three channels folded into the batch (each channel is a grayscale
+  image for the operator and the network; PSNR is over the whole RGB image, peak 1).
+* **MRI ×4**: fine-tuning data = the 10 ``finetune`` slices of ``fastmri/splits.json`` (whole
+  320×320 slices, ``mri_batch`` per step, one fixed mask); test = the 10 ``test`` slices, PSNR
+  with the ground truth's maximum as peak.
+
+Methods: :math:`A^\dagger y`; wavelet-ℓ1, TV, TGV and DPIR (FFDNet / BM3D denoisers) with their
+hyper-parameter grid-searched on fine-tuning images (:mod:`metaprior.baselines`); and PDNet from
+four initialisations — the supervised- and unsupervised-inner meta-models, joint multi-task
+pre-training and a random initialisation — each fine-tuned with Adam on the task's fine-tuning
+data, supervised and unsupervised (the meta-models also with the equivariant-imaging loss, the
+variant tried against the paper's unsupervised-MRI failure), scored on the test images after 0,
+1, 2, 5, 10, 20 and ``steps`` steps (one run per curve). An optional long from-scratch run
+(``scratch_steps``) is the paper's "PDNet" column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from metaprior.metrics import mean_std, psnr, ssim
+from metaprior.tasks import TaskBatch, get_task
+
+#: PAPER.md Table 1 (dB, mean ± std), for the side-by-side report.
+PAPER_TABLE1 = {
+    "sr2": {"wavelet": (23.84, 1.22), "tgv": (25.52, 1.33), "dpir": (27.34, 0.67),
+            "meta_sup_ft_sup_50": (26.73, 0.78), "meta_unsup_ft_unsup_50": (27.36, 0.79),
+            "scratch": (28.20, 0.76)},
+    "mri4": {"wavelet": (28.71, 2.05), "tgv": (28.69, 2.10), "dpir": (29.12, 2.18),
+             "meta_sup_ft_sup_50": (29.04, 1.89), "meta_unsup_ft_unsup_50": (27.64, 1.97),
+             "scratch": (30.04, 2.08)},
+}
+
+INITS = ("meta_sup", "meta_unsup", "joint", "random")
+LOSS_TAGS = {"supervised": "sup", "unsupervised": "unsup", "equivariant": "ei"}
+
+
+@dataclass(frozen=True)
+class Table1Config:
+    tasks: tuple[str, ...] = ("sr2", "mri4")  # unseen tasks to evaluate
+    meta_sup: str = "meta-sup-d20"  # supervised-inner meta-model (shipped name or path)
+    meta_unsup: str = "meta-unsup-d20"  # unsupervised-inner meta-model (shipped name or path)
+    joint: str = "joint-d20"  # joint multi-task pre-trained model (shipped name or path)
+    steps: int = 50  # fine-tuning Adam steps (Table 1: 50)
+    curve: tuple[int, ...] = (0, 1, 2, 5, 10, 20)  # also score after these steps (Fig. B.2)
+    lr: float = 1e-2  # fine-tuning Adam learning rate (the meta-models' inner lr)
+    prox_lambda: float = 0.0  # λ/2‖φ − θ‖² during fine-tuning (0: plain fine-tuning)
+    batch: int = 8  # SR fine-tuning batch (64×64 patches)
+    patch_size: int = 64  # SR fine-tuning patch side
+    mri_batch: int = 1  # MRI fine-tuning batch (whole slices)
+    variants: tuple[str, ...] = ("equivariant",)  # extra ground-truth-free losses (meta inits)
+    baselines: tuple[str, ...] = ("wavelet", "tv", "tgv", "dpir-ffdnet", "dpir-bm3d")
+    grid_images: int = 4  # fine-tuning images used by the baselines' grid search
+    grid_crop: int = 128  # SR grid search: centre crops of this side (BSDS images)
+    scratch_steps: int = 0  # long from-scratch PDNet per task (paper: 10k; 0 = skip)
+    scratch_lr: float = 1e-3  # its Adam learning rate (PAPER.md §6 [D])
+    pdnet: bool = True  # also fine-tune the PDNets (False: baselines only, e.g. to fill the cache)
+    seed: int = 0  # fine-tuning streams, random init, measurement noise/masks
+    max_test_images: int = 0  # 0 = all (Set3C: 3, MRI: 10); small values for smoke tests
+
+    def __post_init__(self) -> None:
+        for t in self.tasks:
+            if t not in ("sr2", "mri4"):
+                raise ValueError(f"tasks must be among sr2, mri4, got {t!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if set(self.variants) - {"equivariant"}:
+            raise ValueError(f"variants must be among ('equivariant',), got {self.variants}")
+        if any(s < 0 or s > self.steps for s in self.curve):
+            raise ValueError(f"curve steps must lie in [0, steps={self.steps}], got {self.curve}")
+
+
+# --- data ----------------------------------------------------------------------------------
+
+@dataclass
+class TaskData:
+    """Everything a task's evaluation needs."""
+
+    name: str
+    peak: float | str
+    next_batch: Callable[[int], TaskBatch]  # fine-tuning stream
+    grid: list[TaskBatch]  # fine-tuning images for the baselines' grid search
+    test: list[TaskBatch]  # one batch per test image
+    test_names: list[str]
+    about: dict
+
+
+def _centre_crop(x: Tensor, size: int) -> Tensor:
+    h, w = x.shape[-2:]
+    s = min(size, h, w) // 2 * 2
+    return x[..., (h - s) // 2: (h - s) // 2 + s, (w - s) // 2: (w - s) // 2 + s]
+
+
+def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu") -> TaskData:
+    """Fine-tuning stream, grid-search batches and test batches of ``name`` (sr2 | mri4)."""
+    from metaprior.data import PatchSampler, bsds500, fastmri_knee, fastmri_split, set3c
+    from metaprior.data.datasets import list_images, resolve_data_root
+
+    task = get_task(name)
+    g = torch.Generator().manual_seed(config.seed + 1)
+    test_g = torch.Generator().manual_seed(config.seed + 2)
+    if name == "sr2":
+        train = bsds500(data_root, ("train", "test"))
+        sampler = PatchSampler(train, config.patch_size, seed=config.seed)
+
+        def next_batch(step):
+            return task.sample(sampler.sample(config.batch).to(device), g)
+
+        grid_images = [_centre_crop(im, config.grid_crop) for im in train[: config.grid_images]]
+        test_images = set3c(data_root)
+        test_names = [p.stem for p in list_images(resolve_data_root(data_root) / "set3c")]
+        peak: float | str = 1.0
+        about = {"finetune": "BSDS500 train+test, 400 images, random 64x64 grayscale patches",
+                 "test": "Set3C RGB, channels folded into the batch", "peak": 1.0}
+    else:
+        train = fastmri_knee(data_root, "finetune")
+        order = torch.Generator().manual_seed(config.seed)
+
+        def next_batch(step):
+            idx = torch.randint(len(train), (config.mri_batch,), generator=order)
+            return task.sample(torch.stack([train[int(i)] for i in idx]).to(device), g)
+
+        grid_images = train[: config.grid_images]
+        test_images = fastmri_knee(data_root, "test")
+        test_names = fastmri_split(data_root)["test"]
+        peak = "max"
+        about = {"finetune": "fastMRI knee, the 10 'finetune' slices of splits.json, whole "
+                 "320x320 slices", "test": "the 10 'test' slices", "peak": "max of the target",
+                 "mask": task.params}
+    if config.max_test_images:
+        test_images = test_images[: config.max_test_images]
+        test_names = test_names[: config.max_test_images]
+    grid = [task.sample(im.unsqueeze(0).to(device), g) for im in grid_images]
+    test = [task.sample(im.unsqueeze(0).to(device), test_g) for im in test_images]
+    return TaskData(name, peak, next_batch, grid, test, test_names, about)
+
+
+# --- scoring -------------------------------------------------------------------------------
+
+def evaluate_method(method: Callable[[TaskBatch], Tensor], batches: Sequence[TaskBatch],
+                    peak: float | str, keep_first: bool = False) -> dict:
+    """PSNR and SSIM per test image, seconds per image, and (optionally) the first output."""
+    out: dict = {"psnr": [], "ssim": []}
+    seconds = 0.0
+    with torch.no_grad():
+        for i, b in enumerate(batches):
+            t0 = time.perf_counter()
+            x_hat = method(b)
+            seconds += time.perf_counter() - t0
+            if not bool(torch.isfinite(x_hat).all()):
+                raise FloatingPointError("a method returned non-finite values")
+            out["psnr"] += psnr(x_hat, b.target, peak).tolist()
+            out["ssim"] += ssim(x_hat, b.target, peak).tolist()
+            if keep_first and i == 0:
+                out["first"] = x_hat.detach().cpu()
+    out["sec_per_image"] = seconds / max(len(batches), 1)
+    return out
+
+
+def _summary(record: dict) -> dict:
+    m, s = mean_std(record["psnr"])
+    ms, ss = mean_std(record["ssim"])
+    return {"psnr_mean": m, "psnr_std": s, "ssim_mean": ms, "ssim_std": ss}
+
+
+# --- PDNet runs ----------------------------------------------------------------------------
+
+def _load(name_or_path: str, device):
+    from metaprior.adapt import parameters_of
+    from metaprior.checkpoint import load_model
+
+    model, meta = load_model(name_or_path, device)
+    return model, parameters_of(model), meta
+
+
+def finetune_curve(model, theta, data: TaskData, loss: str, steps: int, lr: float,
+                   prox_lambda: float, curve: Sequence[int], visual_at: Sequence[int] = ()
+                   ) -> dict:
+    """Fine-tune from θ for ``steps`` Adam steps (one run) and score the test images after each
+    number of steps in ``curve`` and ``steps``.
+
+    Returns:
+        ``{"steps": {n: per-image record}, "finetune_seconds", "final_loss", "visuals"}``.
+    """
+    from metaprior.adapt import AdaptConfig, fine_tune
+    from metaprior.meta.maml import reconstruct
+
+    keep = sorted({s for s in curve if s <= steps} | {steps})
+    cfg = AdaptConfig(steps=steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
+    t0 = time.perf_counter()
+    result = fine_tune(model, theta, data.next_batch, cfg, keep=keep)
+    seconds = time.perf_counter() - t0
+    records, visuals = {}, {}
+    for n in keep:
+        phi = result.snapshots[n]
+        rec = evaluate_method(lambda b, phi=phi: reconstruct(model, phi, b), data.test,
+                              data.peak, keep_first=n in visual_at)
+        if "first" in rec:
+            visuals[n] = rec.pop("first")
+        records[n] = rec
+    return {"steps": records, "finetune_seconds": seconds,
+            "final_loss": result.losses[-1] if result.losses else math.nan, "visuals": visuals}
+
+
+def _random_init(model, seed: int):
+    """θ of a freshly initialised PDNet of ``model``'s configuration (seeded)."""
+    from metaprior.adapt import parameters_of
+    from metaprior.models import PDNet
+
+    torch.manual_seed(seed)
+    return parameters_of(PDNet(model.config).to(next(model.parameters()).device))
+
+
+# --- baselines -----------------------------------------------------------------------------
+
+def run_baselines(data: TaskData, config: Table1Config, cache: dict, device="cpu",
+                  log=print) -> tuple[dict, dict]:
+    """Grid-search (or take from ``cache``) each baseline's hyper-parameter on the
+    fine-tuning images, then score it on the test images."""
+    from metaprior import baselines as bl
+    from metaprior.evaluate import pseudo_inverse
+
+    rows = {"pinv": evaluate_method(pseudo_inverse, data.test, data.peak, keep_first=True)}
+    visuals = {"pinv": rows["pinv"].pop("first")}
+    denoisers: dict = {}
+    for name in config.baselines:
+        kind, _, den = name.partition("-")
+        if den and den not in denoisers:
+            denoisers[den] = bl.make_denoiser(den, device)
+        make = partial(_baseline, kind, denoisers.get(den))
+        key = f"{data.name}/{name}"
+        t0 = time.perf_counter()
+        if key in cache:
+            best, grid = cache[key]["best"], cache[key]["grid"]
+            grid_seconds = cache[key].get("seconds", math.nan)
+        else:
+            best, means = bl.grid_search(make, bl.GRIDS[kind], data.grid, data.peak)
+            grid = {str(v): m for v, m in means.items()}
+            grid_seconds = time.perf_counter() - t0
+            cache[key] = {"best": best, "grid": grid, "seconds": grid_seconds}
+        rec = evaluate_method(make(best), data.test, data.peak, keep_first=True)
+        visuals[name] = rec.pop("first")
+        rows[name] = {**rec, "hyper": best, "grid": grid, "grid_seconds": grid_seconds}
+        log(f"  {data.name} {name:12s} {_fmt(rec)}  (hyper {best:g})")
+    return rows, visuals
+
+
+def _baseline(kind: str, denoiser, value: float):
+    from metaprior import baselines as bl
+
+    return bl.method(kind, value, denoiser)
+
+
+def _fmt(rec: dict) -> str:
+    m, s = mean_std(rec["psnr"])
+    return f"{m:6.2f} ± {s:4.2f} dB"
+
+
+# --- the suite -----------------------------------------------------------------------------
+
+def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cpu",
+               grid_cache: str | Path | None = None, log=print) -> dict:
+    """Run the whole Table 1 protocol and write ``out`` (JSON) and, next to it,
+    ``<stem>_visuals.safetensors`` (the first test image of every task, every method).
+
+    Args:
+        config: what to run.
+        out: the results JSON path.
+        data_root: data root (default ``$METAPRIOR_DATA``).
+        device: torch device.
+        grid_cache: JSON of earlier grid-search choices to reuse (and update).
+    """
+    from metaprior.checkpoint import _save_tensors, _write_bytes_atomic
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    cache_path = Path(grid_cache) if grid_cache else None
+    cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
+    inits = {name: _load(getattr(config, name), device)
+             for name in ("meta_sup", "meta_unsup", "joint")} if config.pdnet else {}
+    results: dict = {"config": asdict(config), "tasks": {}, "paper": PAPER_TABLE1,
+                     "models": {k: {"source": getattr(config, k), **_describe(v[2])}
+                                for k, v in inits.items()}}
+    visuals: dict[str, Tensor] = {}
+    for task_name in config.tasks:
+        t_task = time.perf_counter()
+        data = load_task_data(task_name, config, data_root, device)
+        log(f"{task_name}: {len(data.test)} test images, {len(data.grid)} grid-search images")
+        rows, vis = run_baselines(data, config, cache, device, log)
+        visuals.update({f"{task_name}/{k}": v for k, v in vis.items()})
+        visuals[f"{task_name}/target"] = data.test[0].target.cpu()
+        runs = {}
+        for init in INITS if config.pdnet else ():
+            if init == "random":
+                model = inits["meta_sup"][0]
+                theta = _random_init(model, config.seed)
+            else:
+                model, theta = inits[init][0], inits[init][1]
+            losses = ("supervised", "unsupervised",
+                      *(config.variants if init.startswith("meta") else ()))
+            for loss in losses:
+                tag = LOSS_TAGS[loss]
+                run = finetune_curve(model, theta, data, loss, config.steps, config.lr,
+                                     0.0 if init == "random" else config.prox_lambda,
+                                     config.curve, visual_at=(0, 1, 20, config.steps))
+                for n, v in run.pop("visuals").items():
+                    visuals[f"{task_name}/{init}_ft_{tag}_{n}"] = v
+                runs[f"{init}_ft_{tag}"] = run
+                start = _fmt(run["steps"][0]) if 0 in run["steps"] else "-"
+                log(f"  {task_name} {init:10s} {loss:12s} 0: {start}  {config.steps}: "
+                    f"{_fmt(run['steps'][config.steps])}  ({run['finetune_seconds']:.0f} s)")
+        if config.scratch_steps and config.pdnet:
+            model = inits["meta_sup"][0]
+            run = finetune_curve(model, _random_init(model, config.seed + 7), data, "supervised",
+                                 config.scratch_steps, config.scratch_lr, 0.0, (),
+                                 visual_at=(config.scratch_steps,))
+            for v in run.pop("visuals").values():
+                visuals[f"{task_name}/scratch"] = v
+            runs["scratch"] = run
+            log(f"  {task_name} scratch {config.scratch_steps} steps "
+                f"{_fmt(run['steps'][config.scratch_steps])}")
+        results["tasks"][task_name] = {
+            "about": data.about, "test_images": data.test_names, "baselines": rows,
+            "pdnet": runs, "seconds": time.perf_counter() - t_task,
+        }
+    results["table"] = table_rows(results)
+    results["wall_seconds"] = time.perf_counter() - t_start
+    results["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
+                          "torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "device": str(device)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes_atomic(out, json.dumps(_jsonable(results), indent=1).encode())
+    vis_path = out.with_name(out.stem + "_visuals.safetensors")
+    _save_tensors(vis_path, {k: v.to(torch.float16).contiguous() for k, v in visuals.items()},
+                  {"about": "first test image of each task, every method, float16"})
+    if cache_path:
+        _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
+    return results
+
+
+def _describe(meta: dict) -> dict:
+    keep = ("pdnet_config", "meta_config", "produced_by", "train_steps")
+    return {k: meta[k] for k in keep if k in meta}
+
+
+def table_rows(results: dict) -> dict:
+    """The summary table: ``{task: {column: {psnr_mean, psnr_std, ssim_mean, ...}}}``."""
+    table = {}
+    for task, r in results["tasks"].items():
+        row = {name: {**_summary(rec), "sec_per_image": rec["sec_per_image"]}
+               for name, rec in r["baselines"].items()}
+        for name, run in r["pdnet"].items():
+            for n, rec in run["steps"].items():
+                row[f"{name}_{n}" if name != "scratch" else "scratch"] = {
+                    **_summary(rec), "sec_per_image": rec["sec_per_image"]}
+        table[task] = row
+    return table
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def quick_config(**overrides) -> Table1Config:
+    """A minutes-long smoke configuration of the same protocol (tests, ``--quick``)."""
+    base = Table1Config(steps=2, curve=(0, 1), batch=2, patch_size=32, variants=(),
+                        baselines=("wavelet", "tv", "tgv", "dpir-ffdnet"), grid_images=1,
+                        grid_crop=64, max_test_images=1)
+    return replace(base, **overrides)
