@@ -248,15 +248,24 @@ def _table1_config(args):
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     if args.suite_tasks:
         overrides["tasks"] = tuple(args.suite_tasks.split(","))
-    if args.scratch_steps is not None:
-        overrides["scratch_steps"] = args.scratch_steps
+    if args.scratch_models:
+        overrides["scratch_models"] = tuple(args.scratch_models.split(","))
     return replace(config, seed=args.seed, **overrides)
 
 
 def cmd_evaluate_suite(args) -> None:
-    from metaprior.table1 import run_table1
+    from metaprior.table1 import run_table1, train_scratch
 
     config = _table1_config(args)
+    if args.suite == "scratch":
+        if len(config.tasks) != 1 or args.scratch_steps is None:
+            raise ValueError("--suite scratch needs one --suite-tasks TASK and --scratch-steps N")
+        if not args.out.endswith(".safetensors"):
+            raise ValueError("--suite scratch writes a model: give --out PATH.safetensors")
+        path = train_scratch(config.tasks[0], config, args.scratch_steps, args.out,
+                             args.data_root, args.device)
+        print(f"wrote {path}")
+        return
     results = run_table1(config, args.out, args.data_root, args.device, args.grid_cache)
     print(f"wrote {args.out} ({results['wall_seconds'] / 60:.1f} min); "
           f"figures: metaprior report --results {args.out}")
@@ -350,10 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score after N steps of the model's inner problem on each test "
                    "image (PAPER.md Fig. 3's inner model; default 0: off)")
     g = p.add_argument_group("suite (PAPER.md Table 1; needs the data root)")
-    g.add_argument("--suite", choices=["table1"], default=None,
-                   help="run the Table 1 protocol: SR x2 and MRI x4, baselines with grid "
+    g.add_argument("--suite", choices=["table1", "scratch"], default=None,
+                   help="table1: the Table 1 protocol: SR x2 and MRI x4, baselines with grid "
                    "search on fine-tuning images, shipped meta-models / joint pre-training / "
-                   "random init fine-tuned 0-50 steps, supervised and unsupervised")
+                   "random init fine-tuned 0-50 steps, supervised and unsupervised; scratch: "
+                   "train the paper's from-scratch PDNet for one task (--scratch-steps) and "
+                   "write it to --out (.safetensors)")
     g.add_argument("--out", default="benchmarks/results/table1.json",
                    help="suite results JSON (default benchmarks/results/table1.json); the "
                    "first test image of every method goes to <stem>_visuals.safetensors")
@@ -362,7 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "benchmarks/results/table1_grid.json)")
     g.add_argument("--suite-tasks", default=None, help="comma-separated subset of sr2,mri4")
     g.add_argument("--scratch-steps", type=int, default=None,
-                   help="also train PDNet from scratch on each task for N steps (paper: 10k)")
+                   help="--suite scratch: training steps (paper: 10k)")
+    g.add_argument("--scratch-models", default=None,
+                   help="table1: comma-separated TASK=MODEL from-scratch PDNets to score as "
+                   "the paper's PDNet column (e.g. sr2=runs/scratch-sr2.safetensors)")
     g.add_argument("--suite-config", default=None,
                    help="JSON of Table1Config overrides (see metaprior.table1.Table1Config)")
     g.add_argument("--quick", action="store_true",

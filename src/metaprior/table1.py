@@ -15,8 +15,9 @@ four initialisations — the supervised- and unsupervised-inner meta-models, joi
 pre-training and a random initialisation — each fine-tuned with Adam on the task's fine-tuning
 data, supervised and unsupervised (the meta-models also with the equivariant-imaging loss, the
 variant tried against the paper's unsupervised-MRI failure), scored on the test images after 0,
-1, 2, 5, 10, 20 and ``steps`` steps (one run per curve). An optional long from-scratch run
-(``scratch_steps``) is the paper's "PDNet" column.
+1, 2, 5, 10, 20 and ``steps`` steps (one run per curve). The paper's "PDNet" column, a PDNet
+trained from scratch on the task for many steps, is :func:`train_scratch` (``--suite scratch``),
+evaluated here when ``scratch_models`` names it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from metaprior.meta.maml import reconstruct
 from metaprior.metrics import mean_std, psnr, ssim
 from metaprior.tasks import TaskBatch, get_task
 
@@ -67,8 +69,8 @@ class Table1Config:
     baselines: tuple[str, ...] = ("wavelet", "tv", "tgv", "dpir-ffdnet", "dpir-bm3d")
     grid_images: int = 4  # fine-tuning images used by the baselines' grid search
     grid_crop: int = 128  # SR grid search: centre crops of this side (BSDS images)
-    scratch_steps: int = 0  # long from-scratch PDNet per task (paper: 10k; 0 = skip)
-    scratch_lr: float = 1e-3  # its Adam learning rate (PAPER.md §6 [D])
+    scratch_models: tuple[str, ...] = ()  # "task=model" from-scratch PDNets (--suite scratch)
+    scratch_lr: float = 1e-3  # Adam learning rate of --suite scratch (PAPER.md §6 [D])
     pdnet: bool = True  # also fine-tune the PDNets (False: baselines only, e.g. to fill the cache)
     seed: int = 0  # fine-tuning streams, random init, measurement noise/masks
     max_test_images: int = 0  # 0 = all (Set3C: 3, MRI: 10); small values for smoke tests
@@ -198,7 +200,6 @@ def finetune_curve(model, theta, data: TaskData, loss: str, steps: int, lr: floa
         ``{"steps": {n: per-image record}, "finetune_seconds", "final_loss", "visuals"}``.
     """
     from metaprior.adapt import AdaptConfig, fine_tune
-    from metaprior.meta.maml import reconstruct
 
     keep = sorted({s for s in curve if s <= steps} | {steps})
     cfg = AdaptConfig(steps=steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
@@ -324,16 +325,16 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 start = _fmt(run["steps"][0]) if 0 in run["steps"] else "-"
                 log(f"  {task_name} {init:10s} {loss:12s} 0: {start}  {config.steps}: "
                     f"{_fmt(run['steps'][config.steps])}  ({run['finetune_seconds']:.0f} s)")
-        if config.scratch_steps and config.pdnet:
-            model = inits["meta_sup"][0]
-            run = finetune_curve(model, _random_init(model, config.seed + 7), data, "supervised",
-                                 config.scratch_steps, config.scratch_lr, 0.0, (),
-                                 visual_at=(config.scratch_steps,))
-            for v in run.pop("visuals").values():
-                visuals[f"{task_name}/scratch"] = v
-            runs["scratch"] = run
-            log(f"  {task_name} scratch {config.scratch_steps} steps "
-                f"{_fmt(run['steps'][config.scratch_steps])}")
+        scratch = dict(item.split("=", 1) for item in config.scratch_models)
+        if task_name in scratch:
+            model, theta, meta = _load(scratch[task_name], device)
+            steps = int(meta.get("scratch", {}).get("steps", 0))
+            rec = evaluate_method(lambda b, m=model, t=theta: reconstruct(m, t, b), data.test,
+                                  data.peak, keep_first=True)
+            visuals[f"{task_name}/scratch"] = rec.pop("first")
+            runs["scratch"] = {"steps": {steps: rec}, "source": scratch[task_name],
+                               "train": meta.get("scratch", {})}
+            log(f"  {task_name} scratch ({steps} steps) {_fmt(rec)}")
         results["tasks"][task_name] = {
             "about": data.about, "test_images": data.test_names, "baselines": rows,
             "pdnet": runs, "seconds": time.perf_counter() - t_task,
@@ -388,3 +389,34 @@ def quick_config(**overrides) -> Table1Config:
                         baselines=("wavelet", "tv", "tgv", "dpir-ffdnet"), grid_images=1,
                         grid_crop=64, max_test_images=1)
     return replace(base, **overrides)
+
+
+def train_scratch(task_name: str, config: Table1Config, steps: int, out: str | Path,
+                  data_root=None, device="cpu", depth: int = 20, log=print) -> Path:
+    """The paper's "PDNet" baseline: a depth-``depth`` PDNet trained from a random
+    initialisation on ``task_name``'s fine-tuning stream (the one Table 1 fine-tunes on),
+    supervised Adam at ``config.scratch_lr``; written to ``out`` (.safetensors)."""
+    from metaprior.adapt import AdaptConfig, fine_tune
+    from metaprior.checkpoint import save_model
+    from metaprior.models import PDNet, PDNetConfig
+
+    if steps < 1:
+        raise ValueError(f"--scratch-steps must be >= 1, got {steps}")
+    data = load_task_data(task_name, replace(config, max_test_images=1), data_root, device)
+    model = PDNet(PDNetConfig(depth=depth)).to(device)
+    theta = _random_init(model, config.seed + 7)
+    t0 = time.perf_counter()
+
+    def progress(step, loss):
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            log(f"  {task_name} scratch step {step + 1}/{steps} loss {loss:.3e} "
+                f"({time.perf_counter() - t0:.0f} s)")
+
+    result = fine_tune(model, theta, data.next_batch,
+                       AdaptConfig(steps=steps, lr=config.scratch_lr, loss="supervised"),
+                       callback=progress)
+    meta = {"scratch": {"task": task_name, "steps": steps, "lr": config.scratch_lr,
+                        "seed": config.seed, "seconds": time.perf_counter() - t0,
+                        "data": data.about["finetune"]},
+            "meta_config": {"inner_steps": 0, "inner_lr": config.scratch_lr}}
+    return save_model(out, model, result.params, metadata=meta)
