@@ -104,6 +104,29 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
     return path
 
 
+def training_tasks(results: dict, path: Path) -> Path:
+    """PAPER.md Fig. 3 at the shipped depth: meta-model vs inner model on T1–T4 (Set3C)."""
+    tt = results["training_tasks"]
+    fig, axes = plt.subplots(1, len(tt), figsize=(5.5 * len(tt), 3.6), sharey=True)
+    axes = axes if len(tt) > 1 else [axes]
+    for ax, (name, entry) in zip(axes, tt.items(), strict=True):
+        rows = entry["rows"]
+        xs = range(len(rows))
+        for offset, key, label in ((-0.27, "pseudo_inverse", "A⁺y"), (0.0, "model", "meta θ"),
+                                   (0.27, "adapted", "inner (1 step)")):
+            ax.bar([x + offset for x in xs], [_mean(r[key]) for r in rows], width=0.27,
+                   label=label)
+        ax.set_xticks(list(xs), [r["task"] for r in rows])
+        ax.set_title(f"{INIT_LABELS.get(name, name)}, depth {entry['depth']}")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_ylabel("PSNR on Set3C (dB)")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _paper_key(name: str, steps: int) -> str:
     """Our table key -> the paper's column (``dpir-ffdnet`` stands for DPIR)."""
     if name.startswith("dpir"):
@@ -133,6 +156,15 @@ def markdown_table(results: dict) -> str:
             lines.append(f"| {name} | {v['psnr_mean']:.2f} ± {v['psnr_std']:.2f} | "
                          f"{v['ssim_mean']:.3f} | {v['sec_per_image']:.2f} | {ref_s} |")
         lines.append("")
+    for name, entry in results.get("training_tasks", {}).items():
+        lines += [f"**Training tasks on Set3C, {INIT_LABELS.get(name, name)}, depth "
+                  f"{entry['depth']}** (inner = 1 {entry['inner']['loss']} step, lr "
+                  f"{entry['inner']['lr']:g}, on each image's own measurements)", "",
+                  "| task | A⁺y | meta θ | inner |", "|---|---|---|---|"]
+        for r in entry["rows"]:
+            lines.append(f"| {r['task']} | {_mean(r['pseudo_inverse']):.2f} | "
+                         f"{_mean(r['model']):.2f} | {_mean(r['adapted']):.2f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -149,6 +181,8 @@ def write_report(results_path: str | Path, figures: str | Path, markdown: str | 
         written.append(finetune_curves(results, task, figures / f"finetune_curves_{task}.png"))
         if visuals_path.is_file():
             written.append(visual(results, visuals_path, task, figures / f"visual_{task}.png"))
+    if "training_tasks" in results:
+        written.append(training_tasks(results, figures / "training_tasks.png"))
     if markdown:
         markdown = Path(markdown)
         text = markdown.read_text() if markdown.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
