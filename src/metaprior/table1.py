@@ -233,10 +233,11 @@ def _random_init(model, seed: int):
 # --- baselines -----------------------------------------------------------------------------
 
 def run_baselines(data: TaskData, config: Table1Config, cache: dict, device="cpu",
-                  log=print) -> tuple[dict, dict]:
-    """Grid-search (or take from ``cache``) each baseline's hyper-parameter on the
-    fine-tuning images, then score it on the test images."""
+                  log=print, cache_path: Path | None = None) -> tuple[dict, dict]:
+    """Grid-search (or take from ``cache``, saved to ``cache_path`` as it grows) each
+    baseline's hyper-parameter on the fine-tuning images, then score it on the test images."""
     from metaprior import baselines as bl
+    from metaprior.checkpoint import _write_bytes_atomic
     from metaprior.evaluate import pseudo_inverse
 
     rows = {"pinv": evaluate_method(pseudo_inverse, data.test, data.peak, keep_first=True)}
@@ -257,6 +258,8 @@ def run_baselines(data: TaskData, config: Table1Config, cache: dict, device="cpu
             grid = {str(v): m for v, m in means.items()}
             grid_seconds = time.perf_counter() - t0
             cache[key] = {"best": best, "grid": grid, "seconds": grid_seconds}
+            if cache_path is not None:  # saved as it grows: a long run keeps what it found
+                _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
         rec = evaluate_method(make(best), data.test, data.peak, keep_first=True)
         visuals[name] = rec.pop("first")
         rows[name] = {**rec, "hyper": best, "grid": grid, "grid_seconds": grid_seconds}
@@ -305,10 +308,10 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
         t_task = time.perf_counter()
         data = load_task_data(task_name, config, data_root, device)
         log(f"{task_name}: {len(data.test)} test images, {len(data.grid)} grid-search images")
-        rows, vis = run_baselines(data, config, cache, device, log)
+        rows, vis = run_baselines(data, config, cache, device, log, cache_path)
         visuals.update({f"{task_name}/{k}": v for k, v in vis.items()})
         visuals[f"{task_name}/target"] = data.test[0].target.cpu()
-        runs = {}
+        runs, notes = {}, {}
         for init in INITS if config.pdnet else ():
             if init == "random":
                 model = inits["meta_sup"][0]
@@ -329,7 +332,10 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 log(f"  {task_name} {init:10s} {loss:12s} 0: {start}  {config.steps}: "
                     f"{_fmt(run['steps'][config.steps])}  ({run['finetune_seconds']:.0f} s)")
         scratch = dict(item.split("=", 1) for item in config.scratch_models)
-        if task_name in scratch:
+        if task_name in scratch and not Path(scratch[task_name]).is_file():
+            log(f"  warning: scratch model {scratch[task_name]} does not exist: column skipped")
+            notes["scratch_missing"] = scratch[task_name]
+        elif task_name in scratch:
             model, theta, meta = _load(scratch[task_name], device)
             steps = int(meta.get("scratch", {}).get("steps", 0))
             rec = evaluate_method(lambda b, m=model, t=theta: reconstruct(m, t, b), data.test,
@@ -340,7 +346,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
             log(f"  {task_name} scratch ({steps} steps) {_fmt(rec)}")
         results["tasks"][task_name] = {
             "about": data.about, "test_images": data.test_names, "baselines": rows,
-            "pdnet": runs, "seconds": time.perf_counter() - t_task,
+            "pdnet": runs, "seconds": time.perf_counter() - t_task, **notes,
         }
     if config.pdnet and config.training_tasks:
         results["training_tasks"] = training_task_scores(inits, config, data_root, device, log)
