@@ -34,8 +34,8 @@ from metaprior.tasks import TaskBatch
 #: Hyper-parameter grids (λ for the variational methods, the assumed noise level for DPIR).
 GRIDS: dict[str, tuple[float, ...]] = {
     "wavelet": (1e-6, 1e-5, 1e-4, 1e-3),
-    "tv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
-    "tgv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    "tv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+    "tgv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
     "dpir": (2e-3, 5e-3, 1e-2, 2e-2, 4e-2),
 }
 

@@ -250,11 +250,12 @@ def run_baselines(data: TaskData, config: Table1Config, cache: dict, device="cpu
         make = partial(_baseline, kind, denoisers.get(den))
         key = f"{data.name}/{name}"
         t0 = time.perf_counter()
-        if key in cache:
+        grid_values = bl.GRIDS[kind]
+        if key in cache and sorted(map(float, cache[key]["grid"])) == sorted(grid_values):
             best, grid = cache[key]["best"], cache[key]["grid"]
             grid_seconds = cache[key].get("seconds", math.nan)
         else:
-            best, means = bl.grid_search(make, bl.GRIDS[kind], data.grid, data.peak)
+            best, means = bl.grid_search(make, grid_values, data.grid, data.peak)
             grid = {str(v): m for v, m in means.items()}
             grid_seconds = time.perf_counter() - t0
             cache[key] = {"best": best, "grid": grid, "seconds": grid_seconds}
@@ -263,7 +264,8 @@ def run_baselines(data: TaskData, config: Table1Config, cache: dict, device="cpu
         rec = evaluate_method(make(best), data.test, data.peak, keep_first=True)
         visuals[name] = rec.pop("first")
         rows[name] = {**rec, "hyper": best, "grid": grid, "grid_seconds": grid_seconds}
-        log(f"  {data.name} {name:12s} {_fmt(rec)}  (hyper {best:g})")
+        edge = " (at the edge of its grid)" if best in (min(grid_values), max(grid_values)) else ""
+        log(f"  {data.name} {name:12s} {_fmt(rec)}  (hyper {best:g}{edge})")
     return rows, visuals
 
 
