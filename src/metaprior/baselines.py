@@ -3,12 +3,15 @@ r"""Baselines for the unseen tasks (PAPER.md §7): variational and plug-and-play
 Every baseline is a :data:`metaprior.evaluate.Method` once its hyper-parameter is fixed: a
 callable ``TaskBatch -> (B, C, H, W)`` estimate, so it is scored exactly like a PDNet.
 
-* **Variational** :math:`\hat x = \arg\min_x \tfrac12\|Ax - y\|_2^2 + \lambda R(x)` with
-  :math:`R` the orthonormal-wavelet :math:`\ell_1` norm (``wavelet``), isotropic total variation
-  (``tv``) or second-order total generalised variation (``tgv``, Bredies 2010), solved by
-  deepinv's FISTA with step 1 (every operator here has :math:`\|A\| \le 1`) and the exact prox
-  of :math:`R` (deepinv's ``WaveletPrior`` / ``TVPrior`` / ``TGVDenoiser``, warm-started),
-  until the relative change of the iterate falls below ``tol``.
+* **Variational** :math:`\min_x \tfrac12\|Ax - y\|_2^2 + \lambda R(x)` with :math:`R` the
+  ℓ1 norm of Daubechies-4 wavelet coefficients (``wavelet``; deepinv's ``WaveletDenoiser`` soft
+  threshold as the prox, FISTA with step 1 since every operator here has :math:`\|A\| \le 1`;
+  with deepinv's zero-padded transform, a Parseval frame, this prox is approximate), isotropic
+  total variation (``tv``) or second-order total generalised variation (``tgv``, Bredies et al.
+  2010), both by Chambolle–Pock with the operator's exact ``prox_l2``. All three start from
+  :func:`smooth_init` and stop when the relative change of the iterate falls below ``tol`` or
+  after ``max_iter`` iterations; at the defaults (1e-5, 500) that is an early stop, not the
+  minimiser, and the iteration count is part of the method (its λ is tuned for it).
 * **DPIR** (Zhang et al. 2021): 8 half-quadratic-splitting iterations, the data step being the
   exact :math:`\mathrm{prox}_{\|A\cdot - y\|^2}` of the operator and the prior step a pretrained
   denoiser with DPIR's annealed noise schedule from 49/255 down to the assumed noise level
@@ -40,14 +43,16 @@ GRIDS: dict[str, tuple[float, ...]] = {
 }
 
 VARIATIONAL = ("wavelet", "tv", "tgv")
+#: Bumped whenever a solver changes, so cached grid-search choices are not reused across it.
+VERSION = 2
 DENOISERS = ("ffdnet", "bm3d", "drunet")
 
 
 def smooth_init(batch: TaskBatch, eps: float = 1e-2, iters: int = 200) -> Tensor:
     r"""Start point of every baseline: :math:`\arg\min_x \tfrac12\|Ax-y\|^2 +
     \tfrac\epsilon2\|Dx\|^2` by conjugate gradients (harmonic interpolation of missing pixels,
-    a smoothed zero filling in MRI). The convex solvers converge to the same minimiser from any
-    start; this one only makes them fast. DPIR starts from it as from its bicubic SR start."""
+    a smoothed zero filling in MRI). A good start matters because the solvers are stopped early
+    (see the module docstring); DPIR starts from it as from its bicubic SR start."""
     from metaprior.meta.implicit import conjugate_gradient
     from metaprior.physics import grad2d, grad2d_adjoint
 
@@ -111,12 +116,12 @@ def _primal_dual(batch: TaskBatch, weight: float, tgv: bool, max_iter: int, tol:
     :math:`\tfrac12\|Ax-y\|^2 + \min_v \lambda\|Dx - v\|_{2,1} + 2\lambda\|\mathcal E v\|_{F,1}`
     (TGV², Bredies et al. 2010, with the usual ratio α₀ = 2α₁). The data term enters through
     its exact prox (``physics.prox_l2``); :math:`\tau = \sigma = 0.99/\|K\|` with
-    :math:`\|K\|^2 \le 8` (TV) or 17 (TGV)."""
+    :math:`\|K\|^2 \le 8` (TV) or 12 (TGV, Bredies et al.)."""
     from metaprior.physics import grad2d, grad2d_adjoint
 
     physics, y = batch.physics, batch.y
     x = smooth_init(batch)
-    step = 0.99 / math.sqrt(17.0 if tgv else 8.0)
+    step = 0.99 / math.sqrt(12.0 if tgv else 8.0)
     p = torch.zeros((2, *x.shape), dtype=x.dtype, device=x.device)
     x_bar = x
     if tgv:
@@ -152,7 +157,7 @@ def variational(batch: TaskBatch, prior: str, weight: float, max_iter: int = 500
         prior: ``"wavelet"`` (FISTA, deepinv's wavelet soft threshold) | ``"tv"`` | ``"tgv"``
             (Chambolle–Pock).
         weight: :math:`\lambda`.
-        max_iter: iteration cap (the relative-change test usually stops it earlier).
+        max_iter: iteration cap.
         tol: stop when :math:`\|x_{k+1}-x_k\| \le` ``tol`` :math:`\|x_{k+1}\|`.
 
     Returns:

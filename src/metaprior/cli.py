@@ -245,7 +245,16 @@ def _table1_config(args):
     if set(overrides) - known:
         raise ValueError(f"--suite-config has unknown field(s) {sorted(set(overrides) - known)}; "
                          f"fields: {sorted(known)}")
+    if "seed" in overrides:
+        raise ValueError("--suite-config: give the seed with --seed, not in the JSON")
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    for f in fields(Table1Config):
+        default = getattr(Table1Config, f.name, None)
+        if f.name in overrides and default is not None and not isinstance(
+                overrides[f.name], type(default)) and not (
+                isinstance(default, float) and isinstance(overrides[f.name], int)):
+            raise ValueError(f"--suite-config: {f.name} must be a {type(default).__name__}, "
+                             f"got {overrides[f.name]!r}")
     if args.suite_tasks:
         overrides["tasks"] = tuple(args.suite_tasks.split(","))
     if args.scratch_models:

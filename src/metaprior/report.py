@@ -30,12 +30,16 @@ def _mean(values):
     return sum(vals) / len(vals)
 
 
-def finetune_curves(results: dict, task: str, path: Path) -> Path:
+def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
     """PSNR vs fine-tuning steps (Fig. B.2), one panel per fine-tuning loss."""
     r = results["tasks"][task]
     tags = [t for t in ("sup", "unsup", "ei") if any(k.endswith(f"_ft_{t}") for k in r["pdnet"])]
+    if not tags:
+        return None
     titles = {"sup": "supervised", "unsup": "unsupervised", "ei": "equivariant (no GT)"}
-    fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 3.8), sharey=True)
+    fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 3.8), sharey=True,
+                             squeeze=False)
+    axes = axes[0]
     for ax, tag in zip(axes, tags, strict=True):
         title = titles[tag]
         for init, label in INIT_LABELS.items():
@@ -151,7 +155,9 @@ def markdown_table(results: dict) -> str:
             last = name.rpartition("_")[2]
             if "_ft_" in name and last.isdigit() and int(last) not in shown:
                 continue
-            ref = paper.get(_paper_key(name, steps))
+            if "_ft_" in name and last == "0" and "_ft_sup_" not in name:
+                continue  # step 0 is the initialisation itself: one row per init
+            ref = paper.get(_paper_key(name, steps)) if steps == 50 else None
             ref_s = f"{ref[0]:.2f} ± {ref[1]:.2f}" if ref else ""
             lines.append(f"| {name} | {v['psnr_mean']:.2f} ± {v['psnr_std']:.2f} | "
                          f"{v['ssim_mean']:.3f} | {v['sec_per_image']:.2f} | {ref_s} |")
@@ -178,7 +184,9 @@ def write_report(results_path: str | Path, figures: str | Path, markdown: str | 
     visuals_path = results_path.with_name(results_path.stem + "_visuals.safetensors")
     written = []
     for task in results["tasks"]:
-        written.append(finetune_curves(results, task, figures / f"finetune_curves_{task}.png"))
+        curves = finetune_curves(results, task, figures / f"finetune_curves_{task}.png")
+        if curves is not None:
+            written.append(curves)
         if visuals_path.is_file():
             written.append(visual(results, visuals_path, task, figures / f"visual_{task}.png"))
     if "training_tasks" in results:

@@ -75,7 +75,7 @@ class Table1Config:
     scratch_lr: float = 1e-3  # Adam learning rate of --suite scratch (PAPER.md §6 [D])
     pdnet: bool = True  # also fine-tune the PDNets (False: baselines only, e.g. to fill the cache)
     training_tasks: bool = True  # also score the meta-models on T1-T4 (Set3C; Fig. 3 at one depth)
-    seed: int = 0  # fine-tuning streams, random init, measurement noise/masks
+    seed: int = 0  # fine-tuning streams, random init, SR patches (the MRI mask is fixed: seed 0)
     max_test_images: int = 0  # 0 = all (Set3C: 3, MRI: 10); small values for smoke tests
 
     def __post_init__(self) -> None:
@@ -84,6 +84,21 @@ class Table1Config:
                 raise ValueError(f"tasks must be among sr2, mri4, got {t!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        from metaprior.baselines import DENOISERS, GRIDS
+
+        for name in self.baselines:
+            kind, _, den = name.partition("-")
+            if kind not in GRIDS or (den and den not in DENOISERS) or (kind == "dpir") != bool(den):
+                raise ValueError(f"unknown baseline {name!r}: use wavelet, tv, tgv or "
+                                 f"dpir-{{{','.join(DENOISERS)}}}")
+        for item in self.scratch_models:
+            if item.count("=") != 1 or item.split("=")[0] not in self.tasks:
+                raise ValueError(f"scratch_models entries are TASK=MODEL with TASK in "
+                                 f"{self.tasks}, got {item!r}")
+        if self.grid_images < 1 or self.max_test_images < 0 or self.mri_batch < 1 or \
+                self.batch < 1:
+            raise ValueError("grid_images, batch and mri_batch must be >= 1 and "
+                             "max_test_images >= 0")
         if set(self.variants) - {"equivariant"}:
             raise ValueError(f"variants must be among ('equivariant',), got {self.variants}")
         if any(s < 0 or s > self.steps for s in self.curve):
@@ -111,6 +126,12 @@ def _centre_crop(x: Tensor, size: int) -> Tensor:
     return x[..., (h - s) // 2: (h - s) // 2 + s, (w - s) // 2: (w - s) // 2 + s]
 
 
+def _spread(items: list, n: int) -> list:
+    """``n`` items evenly spread over ``items`` (MRI: both contrasts of the split)."""
+    step = len(items) / n
+    return [items[int(i * step)] for i in range(n)]
+
+
 def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu") -> TaskData:
     """Fine-tuning stream, grid-search batches and test batches of ``name`` (sr2 | mri4)."""
     from metaprior.data import PatchSampler, bsds500, fastmri_knee, fastmri_split, set3c
@@ -126,7 +147,8 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
         def next_batch(step):
             return task.sample(sampler.sample(config.batch).to(device), g)
 
-        grid_images = [_centre_crop(im, config.grid_crop) for im in train[: config.grid_images]]
+        grid_images = [_centre_crop(im, config.grid_crop)
+                       for im in _spread(train, config.grid_images)]
         test_images = set3c(data_root)
         test_names = [p.stem for p in list_images(resolve_data_root(data_root) / "set3c")]
         peak: float | str = 1.0
@@ -140,7 +162,7 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
             idx = torch.randint(len(train), (config.mri_batch,), generator=order)
             return task.sample(torch.stack([train[int(i)] for i in idx]).to(device), g)
 
-        grid_images = train[: config.grid_images]
+        grid_images = _spread(train, config.grid_images)  # PD and PDFS slices alike
         test_images = fastmri_knee(data_root, "test")
         test_names = fastmri_split(data_root)["test"]
         peak = "max"
@@ -251,20 +273,25 @@ def run_baselines(data: TaskData, config: Table1Config, cache: dict, device="cpu
         key = f"{data.name}/{name}"
         t0 = time.perf_counter()
         grid_values = bl.GRIDS[kind]
-        if key in cache and sorted(map(float, cache[key]["grid"])) == sorted(grid_values):
+        fingerprint = {"grid": list(grid_values), "grid_images": config.grid_images,
+                       "grid_crop": config.grid_crop, "seed": config.seed,
+                       "baselines_version": bl.VERSION}
+        if key in cache and cache[key].get("fingerprint") == fingerprint:
             best, grid = cache[key]["best"], cache[key]["grid"]
             grid_seconds = cache[key].get("seconds", math.nan)
         else:
             best, means = bl.grid_search(make, grid_values, data.grid, data.peak)
             grid = {str(v): m for v, m in means.items()}
             grid_seconds = time.perf_counter() - t0
-            cache[key] = {"best": best, "grid": grid, "seconds": grid_seconds}
+            cache[key] = {"best": best, "grid": grid, "seconds": grid_seconds,
+                          "fingerprint": fingerprint}
             if cache_path is not None:  # saved as it grows: a long run keeps what it found
                 _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
         rec = evaluate_method(make(best), data.test, data.peak, keep_first=True)
         visuals[name] = rec.pop("first")
-        rows[name] = {**rec, "hyper": best, "grid": grid, "grid_seconds": grid_seconds}
         edge = " (at the edge of its grid)" if best in (min(grid_values), max(grid_values)) else ""
+        rows[name] = {**rec, "hyper": best, "grid": grid, "grid_seconds": grid_seconds,
+                      "at_grid_edge": bool(edge)}
         log(f"  {data.name} {name:12s} {_fmt(rec)}  (hyper {best:g}{edge})")
     return rows, visuals
 
@@ -334,7 +361,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 log(f"  {task_name} {init:10s} {loss:12s} 0: {start}  {config.steps}: "
                     f"{_fmt(run['steps'][config.steps])}  ({run['finetune_seconds']:.0f} s)")
         scratch = dict(item.split("=", 1) for item in config.scratch_models)
-        if task_name in scratch and not Path(scratch[task_name]).is_file():
+        if task_name in scratch and not _model_exists(scratch[task_name]):
             log(f"  warning: scratch model {scratch[task_name]} does not exist: column skipped")
             notes["scratch_missing"] = scratch[task_name]
         elif task_name in scratch:
@@ -393,8 +420,18 @@ def training_task_scores(inits: dict, config: Table1Config, data_root, device, l
     return out
 
 
+def _model_exists(name_or_path: str) -> bool:
+    from metaprior.checkpoint import resolve_model_path
+
+    try:
+        resolve_model_path(name_or_path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _describe(meta: dict) -> dict:
-    keep = ("pdnet_config", "meta_config", "produced_by", "train_steps")
+    keep = ("pdnet_config", "meta_config", "step")
     return {k: meta[k] for k in keep if k in meta}
 
 

@@ -107,6 +107,9 @@ class MetaConfig:
             raise ValueError(f"inner_loss must be one of {LOSSES}, got {self.inner_loss!r}")
         if self.inner_steps < 1:
             raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
+        if self.hypergradient == "implicit" and self.inner_loss == "equivariant":
+            raise ValueError("hypergradient 'implicit' supports the supervised and unsupervised "
+                             "inner losses; use maml or first_order with 'equivariant'")
         if self.hypergradient == "implicit" and self.prox_lambda <= 0:
             raise ValueError("hypergradient 'implicit' needs prox_lambda > 0 (iMAML solves "
                              "(I + H/λ) v = g)")
