@@ -59,7 +59,7 @@ def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
         ax.set_title(f"{TASK_TITLES.get(task, task)}: {title}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("PSNR (dB)")
-    axes[-1].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -103,7 +103,7 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
             ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(title if value is None else f"{title}\n{value:.2f} dB", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
     return path
 

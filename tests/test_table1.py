@@ -1,0 +1,87 @@
+"""Table 1 suite: the smoke-sized protocol on the real data sets has the full structure and
+only finite numbers, and ``report`` rebuilds every figure from its JSON; the committed
+``benchmarks/results/table1.json`` has the same structure."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from metaprior.table1 import INITS
+
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "table1.json"
+
+
+def check_structure(results: dict) -> None:
+    config = results["config"]
+    for task in config["tasks"]:
+        r = results["tasks"][task]
+        assert len(r["test_images"]) >= 1
+        baselines = r["baselines"]
+        assert "pinv" in baselines
+        for name in config["baselines"]:
+            rec = baselines[name]
+            assert str(rec["hyper"]) and rec["grid"], name
+            assert all(math.isfinite(v) for v in rec["grid"].values()), name
+        if config["pdnet"]:
+            for init in INITS:
+                for tag in ("sup", "unsup"):
+                    run = r["pdnet"][f"{init}_ft_{tag}"]
+                    assert str(config["steps"]) in run["steps"]
+        for name, rec in [*baselines.items(),
+                          *((f"{k}@{n}", v) for k, run in r["pdnet"].items()
+                            for n, v in run["steps"].items())]:
+            assert len(rec["psnr"]) == len(r["test_images"]) == len(rec["ssim"]), name
+            assert all(math.isfinite(v) for v in rec["psnr"] + rec["ssim"]), name
+            assert math.isfinite(rec["sec_per_image"]), name
+    for task, row in results["table"].items():
+        for name, v in row.items():
+            assert all(math.isfinite(v[k]) for k in ("psnr_mean", "psnr_std", "ssim_mean")), \
+                (task, name)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_quick_suite_structure_and_report(tmp_path):
+    from metaprior.cli import main
+
+    out = tmp_path / "table1.json"
+    main(["evaluate", "--suite", "table1", "--quick", "--out", str(out),
+          "--grid-cache", str(tmp_path / "grid.json")])
+    results = json.loads(out.read_text())
+    check_structure(results)
+    assert set(json.loads((tmp_path / "grid.json").read_text())) == {
+        f"{t}/{b}" for t in results["config"]["tasks"] for b in results["config"]["baselines"]}
+    main(["report", "--results", str(out), "--figures", str(tmp_path / "fig"),
+          "--markdown", str(tmp_path / "RESULTS.md")])
+    for task in results["config"]["tasks"]:
+        assert (tmp_path / "fig" / f"finetune_curves_{task}.png").stat().st_size > 10_000
+        assert (tmp_path / "fig" / f"visual_{task}.png").stat().st_size > 10_000
+    assert "| dpir-ffdnet |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_committed_table_structure():
+    """The committed full-protocol table: every method, every number finite."""
+    if not COMMITTED.is_file():
+        pytest.fail(f"{COMMITTED} is missing: run metaprior evaluate --suite table1")
+    results = json.loads(COMMITTED.read_text())
+    assert results["config"]["steps"] == 50 and set(results["tasks"]) == {"sr2", "mri4"}
+    assert results["config"]["pdnet"]
+    check_structure(results)
+
+
+def test_suite_config_errors_are_one_line(tmp_path):
+    from metaprior.cli import main
+
+    bad = tmp_path / "bad.json"
+    for content, match in (('{"steps": "50"}', "steps must be a int"),
+                           ('{"seed": 3}', "give the seed with --seed"),
+                           ('{"baselines": ["tgv2"]}', "unknown baseline 'tgv2'"),
+                           ('{"nope": 1}', "unknown field")):
+        bad.write_text(content)
+        with pytest.raises(SystemExit, match=match):
+            main(["evaluate", "--suite", "table1", "--suite-config", str(bad), "--out",
+                  str(tmp_path / "t.json")])
