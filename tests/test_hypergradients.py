@@ -170,6 +170,6 @@ def test_equivariant_loss_needs_no_ground_truth():
 
     model, theta, inner, _ = tiny_problem(6)
     inner.target = torch.full_like(inner.target, float("nan"))
-    loss = inner_loss(model, theta, theta, inner, "equivariant", 0.0)
+    loss = inner_loss(model, theta, theta, inner, "equivariant", 0.0).detach()
     assert torch.isfinite(loss) and float(loss) > float(
-        inner_loss(model, theta, theta, inner, "unsupervised", 0.0))
+        inner_loss(model, theta, theta, inner, "unsupervised", 0.0).detach())
