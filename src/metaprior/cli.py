@@ -196,7 +196,8 @@ def _add_io(sub) -> None:
     p = sub.add_parser("adapt", help="fine-tune a (meta-)model on a task, with or without "
                        "ground truth")
     p.add_argument("--model", required=True,
-                   help="model .safetensors, checkpoint folder or meta-train output folder")
+                   help="model .safetensors, checkpoint folder, meta-train output folder or "
+                   "shipped model name (meta-sup-d20, meta-unsup-d20, joint-d20)")
     p.add_argument("--images", help="folder of clean images: measurements simulated per step")
     p.add_argument("--task", help="task of --images (e.g. sr2)")
     p.add_argument("--measurements", help="measurement file (`metaprior measure`): adapt on it")
@@ -219,7 +220,8 @@ def _add_io(sub) -> None:
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("reconstruct", help="apply a model to a measurement file, write PNGs")
-    p.add_argument("--model", required=True, help="model .safetensors or run folder")
+    p.add_argument("--model", required=True,
+                   help="model .safetensors, run folder or shipped model name")
     p.add_argument("--measurements", required=True, help="measurement file")
     p.add_argument("--out", required=True, help="output folder")
     _common(p, seed=False)
