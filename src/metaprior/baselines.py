@@ -68,6 +68,12 @@ def smooth_init(batch: TaskBatch, eps: float = 1e-2, iters: int = 200) -> Tensor
     return x.view(shape)
 
 
+def _relative_change(x_new: Tensor, x: Tensor) -> float:
+    r""":math:`\|x_{k+1} - x_k\| / \|x_{k+1}\|`, the stopping test of every solver here."""
+    return float(torch.linalg.vector_norm(x_new - x)
+                 / torch.linalg.vector_norm(x_new).clamp_min(1e-12))
+
+
 def _wavelet(batch: TaskBatch, weight: float, max_iter: int, tol: float) -> Tensor:
     r"""FISTA (step 1, :math:`\|A\| \le 1`) with deepinv's wavelet soft threshold
     (``WaveletDenoiser``, Daubechies-4, 3 levels) as the prox of :math:`\lambda\|\Psi x\|_1`."""
@@ -79,10 +85,9 @@ def _wavelet(batch: TaskBatch, weight: float, max_iter: int, tol: float) -> Tens
         x_new = shrink(z - physics.A_adjoint(physics.A(z) - y), weight)
         t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
         z = x_new + (t - 1) / t_new * (x_new - x)
-        change = torch.linalg.vector_norm(x_new - x) / torch.linalg.vector_norm(x_new).clamp_min(
-            1e-12)
+        done = _relative_change(x_new, x) <= tol
         x, t = x_new, t_new
-        if float(change) <= tol:
+        if done:
             break
     return x
 
@@ -139,10 +144,9 @@ def _primal_dual(batch: TaskBatch, weight: float, tgv: bool, max_iter: int, tol:
         if tgv:
             v_new = v - step * (_sym_grad_adjoint(q) - p)
             v_bar, v = 2 * v_new - v, v_new
-        change = torch.linalg.vector_norm(x_new - x) / torch.linalg.vector_norm(x_new).clamp_min(
-            1e-12)
+        done = _relative_change(x_new, x) <= tol
         x_bar, x = 2 * x_new - x, x_new
-        if float(change) <= tol:
+        if done:
             break
     return x
 

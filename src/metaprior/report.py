@@ -19,15 +19,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from metaprior.metrics import mean_std
+
 INIT_LABELS = {"meta_sup": "meta-model (sup. inner)", "meta_unsup": "meta-model (unsup. inner)",
                "joint": "joint pre-training", "random": "random init"}
 TASK_TITLES = {"sr2": "SR ×2 (Set3C)", "mri4": "MRI ×4 (fastMRI knee)"}
 BEGIN, END = "<!-- table1:begin -->", "<!-- table1:end -->"
 
 
-def _mean(values):
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals)
+def _mean(values) -> float:
+    """Mean of a JSON list of scores (non-finite values were written as null)."""
+    return mean_std([v for v in values if v is not None])[0]
 
 
 def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
@@ -74,10 +76,9 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
     r = results["tasks"][task]
     steps = results["config"]["steps"]
     panels = [("target", "ground truth", None)]
-    for name in ("pinv", "wavelet", "tv", "tgv", "dpir-ffdnet", "dpir-bm3d"):
+    for name, rec in r["baselines"].items():
         if f"{task}/{name}" in vis:
-            panels.append((name, name if name != "pinv" else "A⁺y",
-                           r["baselines"][name]["psnr"][0]))
+            panels.append((name, name if name != "pinv" else "A⁺y", rec["psnr"][0]))
     for init, tag, n in (("meta_sup", "sup", 0), ("meta_sup", "sup", 1), ("meta_sup", "sup", 20),
                          ("meta_unsup", "unsup", 1), ("meta_unsup", "unsup", 20),
                          ("meta_unsup", "unsup", steps), ("meta_unsup", "ei", steps),
@@ -111,8 +112,9 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
 def training_tasks(results: dict, path: Path) -> Path:
     """PAPER.md Fig. 3 at the shipped depth: meta-model vs inner model on T1–T4 (Set3C)."""
     tt = results["training_tasks"]
-    fig, axes = plt.subplots(1, len(tt), figsize=(5.5 * len(tt), 3.6), sharey=True)
-    axes = axes if len(tt) > 1 else [axes]
+    fig, axes = plt.subplots(1, len(tt), figsize=(5.5 * len(tt), 3.6), sharey=True,
+                             squeeze=False)
+    axes = axes[0]
     for ax, (name, entry) in zip(axes, tt.items(), strict=True):
         rows = entry["rows"]
         xs = range(len(rows))

@@ -389,8 +389,6 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
     vis_path = out.with_name(out.stem + "_visuals.safetensors")
     _save_tensors(vis_path, {k: v.to(torch.float16).contiguous() for k, v in visuals.items()},
                   {"about": "first test image of each task, every method, float16"})
-    if cache_path:
-        _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
     return results
 
 
@@ -462,8 +460,7 @@ def _jsonable(obj):
 def quick_config(**overrides) -> Table1Config:
     """A minutes-long smoke configuration of the same protocol (tests, ``--quick``)."""
     base = Table1Config(steps=2, curve=(0, 1), batch=2, patch_size=32, variants=(),
-                        baselines=("wavelet", "tv", "tgv", "dpir-ffdnet"), grid_images=1,
-                        grid_crop=64, max_test_images=1)
+                        grid_images=1, grid_crop=64, max_test_images=1)
     return replace(base, **overrides)
 
 
