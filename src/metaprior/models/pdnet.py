@@ -82,8 +82,8 @@ def conv_norm_sq(weight: Tensor, grid: int = _FREQ_GRID, detach: bool = True) ->
 class _SymmetricClip(torch.autograd.Function):
     """clip(v, -λ, λ) for a scalar λ > 0 with gradients to v and λ, through the fast
     ``hardtanh`` kernel (clamp with tensor bounds is several times slower on CPU). Only the
-    output is saved; the backward uses differentiable ops, so it can itself be differentiated
-    (MAML), and computes the λ-gradient with dot products instead of full-size temporaries."""
+    output is saved; the backward is :class:`_SymmetricClipBackward`, whose own backward is
+    written out, so MAML's double backward costs one elementwise pass per layer."""
 
     @staticmethod
     def forward(v: Tensor, lam: Tensor) -> Tensor:
@@ -97,16 +97,49 @@ class _SymmetricClip(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
         out, lam = ctx.saved_tensors
+        return _SymmetricClipBackward.apply(grad, out, lam)
+
+
+class _SymmetricClipBackward(torch.autograd.Function):
+    r"""The vector-Jacobian product of :math:`o = \mathrm{clip}(v, -\lambda, \lambda)`, as a
+    function of the incoming gradient :math:`g`:
+
+    .. math::
+        ar v = g\odot m,\qquad ar\lambda = \sum g\odot\mathrm{sign}(o)\odot(1-m),
+        \qquad m = 1[|o| < \lambda].
+
+    It is linear in :math:`g` and piecewise constant in :math:`(o, \lambda)`, so its own
+    backward (second-order MAML) is :math:`\hat g = \hat v\odot m + \hat\lambda\,
+    \mathrm{sign}(o)\odot(1-m)` with zero derivative to :math:`o` and :math:`\lambda` (almost
+    everywhere): one fused pass, no full-size zeros.
+    """
+
+    @staticmethod
+    def forward(grad: Tensor, out: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
         bound = float(lam.detach())
         # Inside (-λ, λ) the output equals the input, so the output gives the same mask.
         grad_v = torch.ops.aten.hardtanh_backward(grad, out, -bound, bound)
         if bound <= 0:
             return grad_v, torch.zeros_like(lam)
-        # d clip/dλ = sign(v) outside, 0 inside; outside out = λ sign(v), so
-        # Σ g sign(v) 1[outside] = (⟨g, out⟩ − ⟨g 1[inside], out⟩) / λ.
+        # Outside, o = λ sign(v): Σ g sign(o) 1[outside] = (⟨g, o⟩ − ⟨g 1[inside], o⟩) / λ,
+        # two dot products instead of full-size temporaries.
         g, o, gv = grad.reshape(-1), out.reshape(-1), grad_v.reshape(-1)
         grad_lam = (torch.dot(g, o) - torch.dot(gv, o)) / lam
         return grad_v, grad_lam.reshape(lam.shape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[1], inputs[2])
+
+    @staticmethod
+    def backward(ctx, grad_grad_v: Tensor, grad_grad_lam: Tensor) -> tuple[Tensor, None, None]:
+        out, lam = ctx.saved_tensors
+        bound = float(lam.detach())
+        if bound <= 0:  # everything clipped: the product is identically zero
+            return torch.zeros_like(grad_grad_v), None, None
+        # On the clipped entries sign(o) = o / λ.
+        outside = out * (grad_grad_lam / lam)
+        return torch.where(out.abs() < bound, grad_grad_v, outside), None, None
 
 
 def symmetric_clip(v: Tensor, lam: Tensor) -> Tensor:
@@ -142,6 +175,54 @@ def dual_update(weight: Tensor, lam: Tensor, u: Tensor, x_bar: Tensor, gamma: fl
     into the GEMM. Shapes: u (width, N·H·W), x_bar (N, 1, H, W)."""
     v = torch.addmm(u, weight.flatten(1), im2col(x_bar, weight.shape[-1]), alpha=gamma)
     return symmetric_clip(v, lam.abs())
+
+
+def checkpoint_twice(run, *inputs: Tensor) -> tuple[Tensor, ...]:
+    r"""``run(*inputs)`` with its activations recomputed in the backward pass, to second order.
+
+    ``torch.utils.checkpoint`` alone saves nothing for MAML: the inner gradient is taken with
+    ``create_graph=True``, and the graph of the recomputed segment becomes part of that
+    gradient, kept until the outer backward. Here the segment's vector-Jacobian product is
+    itself checkpointed: the first backward stores only the segment's inputs and incoming
+    gradients, and the outer backward recomputes forward and VJP once more. Memory of a
+    depth-:math:`D` network in segments of :math:`s` layers is then
+    :math:`O(D/s + s)` layers for plain training, first-order and second-order MAML alike.
+    """
+    return _CheckpointTwice.apply(run, *inputs)
+
+
+def _segment_vjp(run, n: int, *args: Tensor) -> tuple[Tensor | None, ...]:
+    """Recompute ``run`` on ``args[:n]`` and return its VJP with the gradients ``args[n:]``
+    (differentiable when grad mode is on)."""
+    inputs, grads = args[:n], args[n:]
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        inputs = [t if create_graph else t.detach().requires_grad_(t.requires_grad)
+                  for t in inputs]
+        outputs = run(*inputs)
+        wrt = [t for t in inputs if t.requires_grad]
+        vjp = iter(torch.autograd.grad(outputs, wrt, grads, create_graph=create_graph,
+                                       allow_unused=True))
+    return tuple(next(vjp) if t.requires_grad else None for t in inputs)
+
+
+class _CheckpointTwice(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, run, *inputs: Tensor) -> tuple[Tensor, ...]:
+        ctx.run = run
+        ctx.save_for_backward(*inputs)
+        with torch.no_grad():
+            return run(*inputs)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        inputs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a recomputable, differentiable VJP
+            vjp = torch.utils.checkpoint.checkpoint(_segment_vjp, ctx.run, len(inputs), *inputs,
+                                                    *grads, use_reentrant=False)
+        else:
+            vjp = _segment_vjp(ctx.run, len(inputs), *inputs, *grads)
+        return (None, *vjp)
 
 
 class PDLayer(nn.Module):
@@ -241,9 +322,11 @@ class PDNet(Reconstructor):
             # whatever the module holds by then.
             weights = [t for k in range(start, stop)
                        for t in (self.layers[k].weight, self.layers[k].lam)]
-            x, u = torch.utils.checkpoint.checkpoint(
-                self._layers, start, stop, x, u, aty, physics, taus, *weights,
-                use_reentrant=False)
+
+            def run(x, u, aty, *weights, start=start, stop=stop):
+                return self._layers(start, stop, x, u, aty, physics, taus, *weights)
+
+            x, u = checkpoint_twice(run, x, u, aty, *weights)
         return x
 
     def _layers(self, start: int, stop: int, x: Tensor, u: Tensor, aty: Tensor,
