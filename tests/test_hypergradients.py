@@ -148,6 +148,18 @@ def test_meta_gradient_is_the_sum_over_tasks():
     assert torch.equal(flat(sum_hypergradients(results)), flat(total))
 
 
+@pytest.mark.parametrize("mode", ["maml", "first_order", "implicit", "joint"])
+def test_concurrent_tasks_are_bitwise_serial(mode):
+    """workers > 1 runs the tasks in threads on model replicas: same numbers, same order."""
+    model, theta, inner, outer = tiny_problem(5)
+    batches = [(inner, outer), (outer, inner), (inner, inner)]
+    runs = [meta_gradient(model, theta, batches, MetaConfig(inner_steps=2, hypergradient=mode,
+                                                             workers=w)) for w in (1, 2)]
+    assert [r.task for r in runs[0][1]] == [r.task for r in runs[1][1]]
+    assert torch.equal(flat(runs[0][0]), flat(runs[1][0]))
+    assert [r.outer_loss for r in runs[0][1]] == [r.outer_loss for r in runs[1][1]]
+
+
 def test_conjugate_gradient_solves_spd_system():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(6, 6, generator=g, dtype=torch.float64)
@@ -163,6 +175,8 @@ def test_config_errors():
         MetaConfig(hypergradient="reptile")
     with pytest.raises(ValueError, match="prox_lambda > 0"):
         MetaConfig(hypergradient="implicit", prox_lambda=0.0)
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        MetaConfig(workers=-1)
 
 
 def test_equivariant_loss_needs_no_ground_truth():

@@ -98,6 +98,9 @@ class MetaConfig:
     hypergradient: str = "maml"  # "maml" | "first_order" | "implicit" | "joint" (no inner step)
     cg_iters: int = 20  # implicit: conjugate-gradient iterations
     cg_tol: float = 1e-6  # implicit: relative residual at which CG stops
+    # Threads computing the tasks of a meta-batch concurrently (each with its own model replica;
+    # results are bitwise those of one thread). 0: one per core left by torch's intra-op threads.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if self.hypergradient not in HYPERGRADIENTS:
@@ -115,6 +118,8 @@ class MetaConfig:
                              "(I + H/λ) v = g)")
         if not self.tasks:
             raise ValueError("tasks is empty: name at least one registered task")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: one per free core), got {self.workers}")
 
 
 @dataclass

@@ -1,10 +1,22 @@
 r"""The outer step: per-task hypergradients, then their sum (the one place where tasks meet;
-a distributed run all-reduces exactly this sum)."""
+a distributed run all-reduces exactly this sum).
+
+The tasks of a meta-batch are independent until that sum, so they run concurrently in
+``MetaConfig.workers`` threads (torch releases the GIL inside its kernels; each thread gets its
+own replica of the module, since ``functional_call`` swaps a module's tensors while it runs).
+Each task's arithmetic is unchanged, so the result is bitwise that of one thread.
+"""
 
 from __future__ import annotations
 
+import copy
+import functools
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import torch
 from torch import nn
 
 from metaprior.meta.implicit import implicit_hypergradient
@@ -43,11 +55,42 @@ def sum_hypergradients(results: Sequence[TaskHypergradient]) -> Params:
     return total
 
 
+def num_workers(config: MetaConfig, tasks: int) -> int:
+    """Threads for a meta-batch of ``tasks`` tasks: ``config.workers``, or with 0 the cores
+    this process may use divided by torch's intra-op threads; never more than ``tasks``."""
+    workers = config.workers
+    if workers == 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        workers = max(1, cores // torch.get_num_threads())
+    return max(1, min(workers, tasks))
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="metaprior-task")
+
+
 def meta_gradient(
     model: nn.Module, theta: Params, batches: Sequence[tuple[TaskBatch, TaskBatch]],
     config: MetaConfig,
 ) -> tuple[Params, list[TaskHypergradient]]:
     """Hypergradient of the summed outer loss over a meta-batch of (inner, outer) batches."""
-    results = [task_hypergradient(model, theta, inner, outer, config)
-               for inner, outer in batches]
+    workers = num_workers(config, len(batches))
+    if workers == 1:
+        results = [task_hypergradient(model, theta, inner, outer, config)
+                   for inner, outer in batches]
+        return sum_hypergradients(results), results
+    replicas: dict[int, nn.Module] = {}  # one per pool thread, made on its first task
+    grad_enabled = torch.is_grad_enabled()
+
+    def run(pair: tuple[TaskBatch, TaskBatch]) -> TaskHypergradient:
+        ident = threading.get_ident()
+        if ident not in replicas:
+            replicas[ident] = copy.deepcopy(model)
+        replica = replicas[ident]
+        with torch.set_grad_enabled(grad_enabled):  # grad mode is thread-local
+            return task_hypergradient(replica, theta, *pair, config)
+
+    results = list(_pool(workers).map(run, batches))
     return sum_hypergradients(results), results
