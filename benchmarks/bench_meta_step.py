@@ -6,7 +6,9 @@ B × P×P, K supervised inner steps, the outer loss's hypergradient summed over 
 Adam step. Implementations:
 
 * ``ours-maml`` / ``ours-first_order`` / ``ours-implicit``: metaprior's three modes (Adam inner
-  steps; ``ours-maml-sgd`` with SGD inner steps, to compare with learn2learn);
+  steps; ``ours-maml-sgd`` with SGD inner steps, to compare with learn2learn), the tasks in
+  ``--workers`` threads (default 0: one per core); ``ours-maml-serial`` runs them one after the
+  other in one thread, the peers' resources;
 * ``learn2learn``: ``l2l.algorithms.MAML`` (SGD inner steps: its only update rule);
 * ``torchopt``: ``torchopt.MetaAdam`` with state extract/recover per task (its MAML example);
 * ``higher``: ``higher.innerloop_ctx`` with ``torch.optim.Adam`` (DifferentiableAdam).
@@ -41,8 +43,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / ".peers"
-IMPLS = ("ours-maml", "ours-maml-sgd", "ours-first_order", "ours-implicit", "learn2learn",
-         "torchopt", "higher")
+IMPLS = ("ours-maml", "ours-maml-serial", "ours-maml-sgd", "ours-first_order", "ours-implicit",
+         "learn2learn", "torchopt", "higher")
 OOM_EXIT = 3
 
 
@@ -100,7 +102,8 @@ def _step_fn(impl: str, model, args):
         mode = impl.split("-")[1]
         cfg = MetaConfig(inner_steps=k, inner_lr=inner_lr, hypergradient=mode,
                          inner_optimizer="sgd" if impl.endswith("-sgd") else "adam",
-                         prox_lambda=1e-2, cg_iters=10)
+                         prox_lambda=1e-2, cg_iters=10,
+                         workers=1 if impl.endswith("-serial") else args.workers)
 
         def step(batches):
             total, _ = meta_gradient(model, dict(model.named_parameters()), batches, cfg)
@@ -193,7 +196,9 @@ def main() -> None:
     ap.add_argument("--ks", default="1,5,20", help="inner step counts")
     ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--inner-lr", type=float, default=1e-2)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="ours: threads over the tasks (0: one per core left by --threads)")
     ap.add_argument("--repeat", type=int, default=1, help="timed steps after the warm-up")
     ap.add_argument("--mem-limit-gb", type=float, default=18.0)
     ap.add_argument("--checkpoint-segment", type=int, default=0,
@@ -218,8 +223,8 @@ def main() -> None:
     for k in [int(v) for v in args.ks.split(",")]:
         for impl in args.impls.split(","):
             cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--k", str(k)]
-            for name in ("depth", "tasks", "batch", "patch", "inner_lr", "threads", "repeat",
-                         "mem_limit_gb", "checkpoint_segment"):
+            for name in ("depth", "tasks", "batch", "patch", "inner_lr", "threads", "workers",
+                         "repeat", "mem_limit_gb", "checkpoint_segment"):
                 cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
             row = {"impl": impl, "K": k}
             try:
@@ -238,7 +243,8 @@ def main() -> None:
             print(f"K={k:<3d} {impl:18s} {shown}", flush=True)
     path = write_json(args.out, {"machine": info, "config": {
         k: getattr(args, k) for k in ("depth", "tasks", "batch", "patch", "inner_lr", "threads",
-                                      "repeat", "mem_limit_gb", "checkpoint_segment")},
+                                      "workers", "repeat", "mem_limit_gb",
+                                      "checkpoint_segment")},
         "results": rows})
     print(f"wrote {path}")
 

@@ -1,9 +1,12 @@
 """Operator and PDNet timings.
 
 For a 256×256 grayscale image: the time of A, Aᵀ and one PDNet layer for every registered
-task; then one depth-20 PDNet forward (256×256 and the training batch 8 × 64×64) with its
-convolution FLOP count and the fraction of this machine's measured float32 matmul rate it
-reaches. Writes ``benchmarks/results/operators.json`` and prints a table.
+task; then one depth-20 PDNet forward (256×256 and the training batch 8 × 64×64), side by
+side with the textbook ``conv2d`` / ``conv_transpose2d`` PDNet (the oracle of
+``tests/test_pdnet.py``), against this machine's two lower bounds for it: its convolution
+FLOPs at the measured float32 matmul rate, and its unavoidable memory traffic (the
+``width``-channel dual variable read and written once per layer) at the measured memory
+bandwidth. Writes ``benchmarks/results/operators.json`` and prints a table.
 
     python benchmarks/bench_operators.py [--threads 1] [--device cpu]
 """
@@ -11,12 +14,17 @@ reaches. Writes ``benchmarks/results/operators.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
-from common import gemm_gflops, machine, timeit, write_json
+from common import gemm_gflops, machine, stream_gbps, timeit, write_json
 from metaprior.models import PDNet, PDNetConfig
 from metaprior.tasks import available_tasks, get_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_pdnet import _oracle_forward as textbook_forward
 
 
 def conv_flops(model: PDNet, shape) -> int:
@@ -24,6 +32,12 @@ def conv_flops(model: PDNet, shape) -> int:
     b, c, h, w = shape
     per_conv = 2 * model.config.width * model.config.kernel_size**2 * b * c * h * w
     return per_conv * (2 * model.config.depth - 1)
+
+
+def dual_traffic_bytes(model: PDNet, shape, itemsize: int = 4) -> int:
+    """The dual variable (width × pixels) read and written once per layer."""
+    b, c, h, w = shape
+    return 2 * model.config.width * b * c * h * w * itemsize * model.config.depth
 
 
 def main() -> None:
@@ -55,25 +69,36 @@ def main() -> None:
     for r in rows:
         print(f"{r['task']:10s} {r['A_ms']:8.3f} {r['At_ms']:8.3f} {r['layer_ms']:11.3f}")
 
-    gflops = gemm_gflops(device=dev)
+    gflops, gbps = gemm_gflops(device=dev), stream_gbps(device=dev)
     model = PDNet(PDNetConfig(depth=20)).to(dev)
     forwards = []
     for shape in [(1, 1, 256, 256), (8, 1, 64, 64)]:
         tb = get_task("deblur").sample(torch.rand(shape, device=dev), g)
         with torch.no_grad():
+            t_text = timeit(lambda tb=tb: textbook_forward(model, tb.y, tb.physics), repeat=5,
+                            sync=sync)
             t = timeit(lambda tb=tb: model(tb.y, tb.physics), repeat=5, sync=sync)
-        flops = conv_flops(model, shape)
-        forwards.append({"shape": list(shape), "depth": 20, "seconds": t, "conv_gflop": flops / 1e9,
-                         "achieved_gflops": flops / t / 1e9,
-                         "fraction_of_gemm_rate": flops / t / 1e9 / gflops})
-    print(f"\nmeasured float32 matmul rate (1024^3): {gflops:.1f} GFLOP/s")
-    print(f"{'PDNet forward, depth 20':28s} {'time (s)':>9s} {'GFLOP':>7s} {'GFLOP/s':>8s} "
-          f"{'of matmul':>9s}")
+        flops, traffic = conv_flops(model, shape), dual_traffic_bytes(model, shape)
+        bound = max(flops / gflops / 1e9, traffic / gbps / 1e9)
+        forwards.append({"shape": list(shape), "depth": 20, "seconds": t,
+                         "textbook_seconds": t_text, "speedup_vs_textbook": t_text / t,
+                         "conv_gflop": flops / 1e9, "achieved_gflops": flops / t / 1e9,
+                         "fraction_of_gemm_rate": flops / t / 1e9 / gflops,
+                         "flop_bound_seconds": flops / gflops / 1e9,
+                         "memory_bound_seconds": traffic / gbps / 1e9,
+                         "times_machine_bound": t / bound})
+    print(f"\nmeasured float32 matmul rate (1024^3): {gflops:.1f} GFLOP/s; memory bandwidth "
+          f"(256 MB copy): {gbps:.1f} GB/s")
+    print(f"{'PDNet forward, depth 20':24s} {'ours (s)':>9s} {'textbook':>9s} {'speedup':>8s} "
+          f"{'FLOP bnd':>9s} {'mem bnd':>8s} {'x bound':>8s}")
     for f in forwards:
-        print(f"{'x'.join(map(str, f['shape'])):28s} {f['seconds']:9.4f} {f['conv_gflop']:7.3f} "
-              f"{f['achieved_gflops']:8.2f} {100 * f['fraction_of_gemm_rate']:8.1f}%")
+        print(f"{'x'.join(map(str, f['shape'])):24s} {f['seconds']:9.4f} "
+              f"{f['textbook_seconds']:9.4f} {f['speedup_vs_textbook']:7.2f}x "
+              f"{f['flop_bound_seconds']:9.4f} {f['memory_bound_seconds']:8.4f} "
+              f"{f['times_machine_bound']:7.1f}x")
     path = write_json("operators.json", {"machine": info, "device": str(dev),
                                          "operators_256": rows, "gemm_gflops": gflops,
+                                         "memory_gbps": gbps,
                                          "pdnet_forward": forwards})
     print(f"wrote {path}")
 

@@ -57,6 +57,16 @@ def gemm_gflops(n: int = 1024, dtype=torch.float32, device="cpu") -> float:
     return 2 * n**3 / t / 1e9
 
 
+def stream_gbps(mbytes: int = 256, device="cpu") -> float:
+    """Measured memory bandwidth (GB/s): a ``mbytes`` MB float32 copy into an existing buffer,
+    counting the bytes read and written."""
+    n = mbytes * 2**20 // 4
+    a = torch.randn(n, device=device)
+    b = torch.empty_like(a)
+    t = timeit(lambda: b.copy_(a), repeat=5)
+    return 2 * n * 4 / t / 1e9
+
+
 def write_json(name: str | Path, payload: dict) -> Path:
     """Write ``payload`` atomically to ``benchmarks/results/<name>`` (or to ``name`` if it is
     a path with a folder)."""

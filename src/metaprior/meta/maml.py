@@ -98,9 +98,9 @@ class MetaConfig:
     hypergradient: str = "maml"  # "maml" | "first_order" | "implicit" | "joint" (no inner step)
     cg_iters: int = 20  # implicit: conjugate-gradient iterations
     cg_tol: float = 1e-6  # implicit: relative residual at which CG stops
-    # Threads computing the tasks of a meta-batch concurrently (each with its own model replica;
-    # results are bitwise those of one thread). 0: one per core left by torch's intra-op threads.
-    workers: int = 0
+    # Tasks of a meta-batch run concurrently, each thread on its own model replica; results
+    # are bitwise those of one thread.
+    workers: int = 0  # threads over a meta-batch's tasks (0: one per core free of intra-op threads)
 
     def __post_init__(self) -> None:
         if self.hypergradient not in HYPERGRADIENTS:

@@ -50,9 +50,9 @@ class PDNetConfig:
     # through Condat's rule too, so gradients are exact derivatives of the forward map (what
     # finite-difference checks compare against).
     detach_step_sizes: bool = True
-    # Gradient checkpointing: recompute each segment of this many layers in the backward pass
-    # instead of storing its activations (0: off). Memory ~ depth/segment + segment layers.
-    checkpoint_segment: int = 0
+    # Gradient checkpointing, to second order (checkpoint_twice). Memory ~ depth/segment +
+    # segment layers per inner step.
+    checkpoint_segment: int = 0  # recompute segments of this many layers in backward (0: off)
 
 
 def conv_norm_sq(weight: Tensor, grid: int = _FREQ_GRID, detach: bool = True) -> Tensor:
