@@ -80,7 +80,16 @@ def meta_gradient(
     if workers == 1:
         results = [task_hypergradient(model, theta, inner, outer, config)
                    for inner, outer in batches]
-        return sum_hypergradients(results), results
+    else:
+        results = _concurrent(model, theta, batches, config, workers)
+    return sum_hypergradients(results), results
+
+
+def _concurrent(
+    model: nn.Module, theta: Params, batches: Sequence[tuple[TaskBatch, TaskBatch]],
+    config: MetaConfig, workers: int,
+) -> list[TaskHypergradient]:
+    """The tasks' hypergradients from ``workers`` pool threads, in the order of ``batches``."""
     replicas: dict[int, nn.Module] = {}  # one per pool thread, made on its first task
     grad_enabled = torch.is_grad_enabled()
 
@@ -92,5 +101,4 @@ def meta_gradient(
         with torch.set_grad_enabled(grad_enabled):  # grad mode is thread-local
             return task_hypergradient(replica, theta, *pair, config)
 
-    results = list(_pool(workers).map(run, batches))
-    return sum_hypergradients(results), results
+    return list(_pool(workers).map(run, batches))

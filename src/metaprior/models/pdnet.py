@@ -184,9 +184,11 @@ def checkpoint_twice(run, *inputs: Tensor) -> tuple[Tensor, ...]:
     ``create_graph=True``, and the graph of the recomputed segment becomes part of that
     gradient, kept until the outer backward. Here the segment's vector-Jacobian product is
     itself checkpointed: the first backward stores only the segment's inputs and incoming
-    gradients, and the outer backward recomputes forward and VJP once more. Memory of a
-    depth-:math:`D` network in segments of :math:`s` layers is then
-    :math:`O(D/s + s)` layers for plain training, first-order and second-order MAML alike.
+    gradients, and the outer backward recomputes forward and VJP once more. For a
+    depth-:math:`D` network in segments of :math:`s` layers, what is held between the inner
+    steps and the outer loss is then :math:`O(D/s)` segment boundaries; the outer backward's
+    peak is not bounded the same way (measured in the README: the recomputed segment VJPs can
+    be alive together).
     """
     return _CheckpointTwice.apply(run, *inputs)
 
