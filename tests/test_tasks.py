@@ -47,6 +47,19 @@ def test_mri_task_mask_is_fixed():
     assert a.y.is_complex()
 
 
+def test_fourier_task_redraws_mask_and_acceleration():
+    """T5: a new column mask per batch, deterministic in the generator, with the sampled
+    fraction of columns set by an acceleration from (2, 4, 8)."""
+    x = torch.rand(1, 1, 64, 64)
+    task = tasks.get_task("fourier")
+    g = torch.Generator().manual_seed(0)
+    masks = [task.sample(x, g).physics.mask[0] for _ in range(12)]
+    again = task.sample(x, torch.Generator().manual_seed(0)).physics.mask[0]
+    assert torch.equal(masks[0], again)
+    assert len({tuple(m.tolist()) for m in masks}) == 12
+    assert {round(64 / float(m.sum())) for m in masks} == {2, 4, 8}
+
+
 def test_user_task_from_any_linear_physics():
     physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.3,
                                       rng=torch.Generator().manual_seed(0))
