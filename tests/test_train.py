@@ -82,6 +82,22 @@ def test_outer_steps_change_parameters(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_batches_drawn_ahead_are_the_serial_ones(tmp_path):
+    """The background sampler yields the batches of serial sampling, and a checkpoint taken
+    while a batch is drawn ahead records the streams from before that batch."""
+    ahead, serial = (train.MetaTrainer(tiny_config(tmp_path / n, steps=5)) for n in "ab")
+    for _ in range(3):
+        got = ahead.next_meta_batch()
+        ahead.step += 1
+        want = serial._sample_meta_batch()
+        for (gi, go), (wi, wo) in zip(got, want, strict=True):
+            assert all(torch.equal(g.y, w.y) and torch.equal(g.target, w.target)
+                       for g, w in ((gi, wi), (go, wo)))
+    assert ahead._ahead is not None
+    for key, value in serial._streams().items():
+        assert torch.equal(ahead.state_tensors()[key], value)
+
+
 def _run_cli(args, **kw):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     return subprocess.Popen([sys.executable, "-m", "metaprior.cli", *args], env=env,
