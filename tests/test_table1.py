@@ -27,7 +27,7 @@ def check_structure(results: dict) -> None:
             assert str(rec["hyper"]) and rec["grid"], name
             assert all(math.isfinite(v) for v in rec["grid"].values()), name
         if config["pdnet"]:
-            for init in INITS:
+            for init in config.get("inits", INITS):
                 for tag in ("sup", "unsup"):
                     run = r["pdnet"][f"{init}_ft_{tag}"]
                     assert str(config["steps"]) in run["steps"]
@@ -80,6 +80,7 @@ def test_suite_config_errors_are_one_line(tmp_path):
     for content, match in (('{"steps": "50"}', "steps must be a int"),
                            ('{"seed": 3}', "give the seed with --seed"),
                            ('{"baselines": ["tgv2"]}', "unknown baseline 'tgv2'"),
+                           ('{"inits": ["meta"]}', "inits must be among"),
                            ('{"nope": 1}', "unknown field")):
         bad.write_text(content)
         with pytest.raises(SystemExit, match=match):

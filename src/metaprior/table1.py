@@ -58,6 +58,7 @@ class Table1Config:
     meta_sup: str = "meta-sup-d20"  # supervised-inner meta-model (shipped name or path)
     meta_unsup: str = "meta-unsup-d20"  # unsupervised-inner meta-model (shipped name or path)
     joint: str = "joint-d20"  # joint multi-task pre-trained model (shipped name or path)
+    inits: tuple[str, ...] = INITS  # initialisations to fine-tune (a subset: e.g. a new model)
     steps: int = 50  # fine-tuning Adam steps (Table 1: 50)
     curve: tuple[int, ...] = (0, 1, 2, 5, 10, 20)  # also score after these steps (Fig. B.2)
     lr: float = 1e-2  # fine-tuning Adam learning rate (the meta-models' inner lr)
@@ -99,6 +100,8 @@ class Table1Config:
                 self.batch < 1:
             raise ValueError("grid_images, batch and mri_batch must be >= 1 and "
                              "max_test_images >= 0")
+        if not set(self.inits) <= set(INITS):
+            raise ValueError(f"inits must be among {INITS}, got {self.inits}")
         if set(self.variants) - {"equivariant"}:
             raise ValueError(f"variants must be among ('equivariant',), got {self.variants}")
         if any(s < 0 or s > self.steps for s in self.curve):
@@ -327,8 +330,10 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
     out = Path(out)
     cache_path = Path(grid_cache) if grid_cache else None
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
-    inits = {name: _load(getattr(config, name), device)
-             for name in ("meta_sup", "meta_unsup", "joint")} if config.pdnet else {}
+    # "random" borrows the supervised meta-model's architecture.
+    needed = [n for n in ("meta_sup", "meta_unsup", "joint")
+              if n in config.inits or (n == "meta_sup" and "random" in config.inits)]
+    inits = {name: _load(getattr(config, name), device) for name in needed} if config.pdnet else {}
     results: dict = {"config": asdict(config), "tasks": {}, "paper": PAPER_TABLE1,
                      "models": {k: {"source": getattr(config, k), **_describe(v[2])}
                                 for k, v in inits.items()}}
@@ -341,7 +346,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
         visuals.update({f"{task_name}/{k}": v for k, v in vis.items()})
         visuals[f"{task_name}/target"] = data.test[0].target.cpu()
         runs, notes = {}, {}
-        for init in INITS if config.pdnet else ():
+        for init in config.inits if config.pdnet else ():
             if init == "random":
                 model = inits["meta_sup"][0]
                 theta = _random_init(model, config.seed)
@@ -405,7 +410,7 @@ def training_task_scores(inits: dict, config: Table1Config, data_root, device, l
     if config.max_test_images:
         images = images[: config.max_test_images]
     out = {}
-    for name in ("meta_sup", "meta_unsup"):
+    for name in (n for n in ("meta_sup", "meta_unsup") if n in config.inits):
         model, theta, meta = inits[name]
         inner = meta.get("meta_config", {})
         adapt = AdaptConfig(steps=1, lr=inner.get("inner_lr", config.lr),
