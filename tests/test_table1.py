@@ -73,6 +73,18 @@ def test_committed_table_structure():
     check_structure(results)
 
 
+SINGLE_MODEL_TABLES = sorted(p for p in COMMITTED.parent.glob("table1_*.json")
+                             if p.name != "table1_grid.json")
+
+
+@pytest.mark.parametrize("path", SINGLE_MODEL_TABLES, ids=lambda p: p.stem)
+def test_committed_single_model_tables_structure(path):
+    """Tables of single models under the same protocol (``configs/table1_*.json``)."""
+    results = json.loads(path.read_text())
+    assert results["config"]["steps"] == 50 and results["config"]["inits"]
+    check_structure(results)
+
+
 def test_suite_config_errors_are_one_line(tmp_path):
     from metaprior.cli import main
 
