@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -28,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_json
 from metaprior.checkpoint import load_tensors
 from metaprior.config import from_dict
-from metaprior.meta.maml import inner_adapt
+from metaprior.meta.inner import adam
+from metaprior.meta.maml import _grad_dict, inner_loss
 from metaprior.meta.step import task_hypergradient
 from metaprior.train import MetaTrainer, TrainConfig
 
-EPS = 1e-8  # the inner Adam's epsilon (metaprior.meta.inner.adam_step)
+EPS = inspect.signature(adam).parameters["eps"].default  # the inner Adam's ε
 
 
 def flat(params: dict) -> torch.Tensor:
@@ -53,11 +55,9 @@ def agreement(trainer: MetaTrainer, theta: dict, batches, meta) -> dict:
             a, b = g["maml"], g["first_order"]
             row[opt] = {"cosine": float(a @ b / (a.norm() * b.norm())),
                         "rel_diff": float((a - b).norm() / a.norm())}
-        # the first inner gradient g = (θ − φ_1) / η of one SGD step, for Adam's
-        # amplification η ε / (|g| + ε)²
-        sgd = dataclasses.replace(meta, inner_optimizer="sgd", inner_steps=1)
-        phi, _ = inner_adapt(trainer.model, theta, inner, sgd, create_graph=False)
-        inner_grad = (flat(theta) - flat(phi)) / meta.inner_lr
+        # the first inner gradient g at θ, for Adam's amplification η ε / (|g| + ε)²
+        loss = inner_loss(trainer.model, theta, theta, inner, meta.inner_loss, meta.prox_lambda)
+        inner_grad = flat(_grad_dict(loss, theta))
         amp = meta.inner_lr * EPS / (inner_grad.abs() + EPS) ** 2
         row["adam_amplification"] = {"median": float(amp.median()), "max": float(amp.max()),
                                      "frac_above_1": float((amp > 1).double().mean())}
