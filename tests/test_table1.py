@@ -98,3 +98,78 @@ def test_suite_config_errors_are_one_line(tmp_path):
         with pytest.raises(SystemExit, match=match):
             main(["evaluate", "--suite", "table1", "--suite-config", str(bad), "--out",
                   str(tmp_path / "t.json")])
+
+
+DEPTH = COMMITTED.parent / "training_tasks_depth.json"
+
+
+def check_depth_structure(results: dict, n_images: int) -> None:
+    assert results["suite"] == "depth"
+    for name, entries in results["depth_sweep"].items():
+        assert name in ("meta_sup", "meta_unsup")
+        depths = [e["depth"] for e in entries]
+        assert depths == sorted(depths)
+        for e in entries:
+            assert [r["task"] for r in e["rows"]] == ["denoise", "tv", "deblur", "inpaint"]
+            for r in e["rows"]:
+                for key in ("pseudo_inverse", "model", "adapted"):
+                    assert len(r[key]) == n_images and all(math.isfinite(v) for v in r[key])
+
+
+@pytest.mark.data
+def test_depth_suite_and_report(tmp_path):
+    """Fig. 3 across depths: tiny models of two depths scored on one Set3C image, entries
+    sorted by depth, each with its own inner loss; the report draws it and writes its table."""
+    import torch
+
+    from metaprior.checkpoint import save_model
+    from metaprior.cli import main
+    from metaprior.models import PDNet, PDNetConfig
+
+    entries = []
+    for depth, loss in ((3, "supervised"), (2, "supervised"), (2, "unsupervised")):
+        torch.manual_seed(depth)
+        path = tmp_path / f"d{depth}-{loss}.safetensors"
+        save_model(path, PDNet(PDNetConfig(depth=depth)),
+                   metadata={"meta_config": {"inner_lr": 1e-2, "inner_loss": loss}})
+        entries.append(f"meta_{'sup' if loss == 'supervised' else 'unsup'}={path}")
+    cfg = tmp_path / "depth.json"
+    cfg.write_text(json.dumps({"depth_models": entries}))
+    out = tmp_path / "depth_results.json"
+    main(["evaluate", "--suite", "depth", "--quick", "--suite-config", str(cfg), "--out",
+          str(out)])
+    results = json.loads(out.read_text())
+    check_depth_structure(results, n_images=1)
+    assert [e["depth"] for e in results["depth_sweep"]["meta_sup"]] == [2, 3]
+    assert results["depth_sweep"]["meta_unsup"][0]["inner"]["loss"] == "unsupervised"
+    # an untrained PDNet starts at x0 = A^T y: on denoising (A = I) θ is close to A⁺y
+    row = results["depth_sweep"]["meta_sup"][0]["rows"][0]
+    assert abs(row["model"][0] - row["pseudo_inverse"][0]) < 1.0
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# R\n\n<!-- depth:begin -->\nold\n<!-- depth:end -->\n\ntail\n")
+    main(["report", "--results", str(out), "--figures", str(tmp_path / "fig"), "--markdown",
+          str(md)])
+    assert (tmp_path / "fig" / "training_tasks_depth.png").stat().st_size > 10_000
+    text = md.read_text()
+    assert "old" not in text and text.endswith("tail\n") and "| 3 | " in text
+
+
+def test_depth_suite_errors_are_one_line(tmp_path):
+    from metaprior.cli import main
+
+    bad = tmp_path / "bad.json"
+    for content, match in (('{"depth_models": ["joint=x.safetensors"]}', "depth_models entries"),
+                           ('{}', "needs depth_models")):
+        bad.write_text(content)
+        with pytest.raises(SystemExit, match=match):
+            main(["evaluate", "--suite", "depth", "--suite-config", str(bad), "--out",
+                  str(tmp_path / "t.json")])
+
+
+@pytest.mark.skipif(not DEPTH.is_file(), reason="no committed depth sweep yet")
+def test_committed_depth_sweep_structure():
+    """The committed Fig. 3 sweep: depths 20/40/60 for both inner losses, all finite."""
+    results = json.loads(DEPTH.read_text())
+    check_depth_structure(results, n_images=3)
+    for entries in results["depth_sweep"].values():
+        assert [e["depth"] for e in entries] == [20, 40, 60]

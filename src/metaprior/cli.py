@@ -265,21 +265,28 @@ def _table1_config(args):
 
 
 def cmd_evaluate_suite(args) -> None:
-    from metaprior.table1 import run_table1, train_scratch
+    from metaprior.table1 import run_depth_sweep, run_table1, train_scratch
 
     config = _table1_config(args)
+    if args.suite == "depth":
+        out = args.out or "benchmarks/results/training_tasks_depth.json"
+        results = run_depth_sweep(config, out, args.data_root, args.device)
+        print(f"wrote {out} ({results['wall_seconds'] / 60:.1f} min); "
+              f"figure: metaprior report --results {out}")
+        return
     if args.suite == "scratch":
         if len(config.tasks) != 1 or args.scratch_steps is None:
             raise ValueError("--suite scratch needs one --suite-tasks TASK and --scratch-steps N")
-        if not args.out.endswith(".safetensors"):
+        if not (args.out or "").endswith(".safetensors"):
             raise ValueError("--suite scratch writes a model: give --out PATH.safetensors")
         path = train_scratch(config.tasks[0], config, args.scratch_steps, args.out,
                              args.data_root, args.device)
         print(f"wrote {path}")
         return
-    results = run_table1(config, args.out, args.data_root, args.device, args.grid_cache)
-    print(f"wrote {args.out} ({results['wall_seconds'] / 60:.1f} min); "
-          f"figures: metaprior report --results {args.out}")
+    out = args.out or "benchmarks/results/table1.json"
+    results = run_table1(config, out, args.data_root, args.device, args.grid_cache)
+    print(f"wrote {out} ({results['wall_seconds'] / 60:.1f} min); "
+          f"figures: metaprior report --results {out}")
 
 
 def cmd_evaluate(args) -> None:
@@ -370,15 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score after N steps of the model's inner problem on each test "
                    "image (PAPER.md Fig. 3's inner model; default 0: off)")
     g = p.add_argument_group("suite (PAPER.md Table 1; needs the data root)")
-    g.add_argument("--suite", choices=["table1", "scratch"], default=None,
+    g.add_argument("--suite", choices=["table1", "scratch", "depth"], default=None,
                    help="table1: the Table 1 protocol: SR x2 and MRI x4, baselines with grid "
                    "search on fine-tuning images, shipped meta-models / joint pre-training / "
                    "random init fine-tuned 0-50 steps, supervised and unsupervised; scratch: "
                    "train the paper's from-scratch PDNet for one task (--scratch-steps) and "
-                   "write it to --out (.safetensors)")
-    g.add_argument("--out", default="benchmarks/results/table1.json",
-                   help="suite results JSON (default benchmarks/results/table1.json); the "
-                   "first test image of every method goes to <stem>_visuals.safetensors")
+                   "write it to --out (.safetensors); depth: PAPER.md Fig. 3, the "
+                   "meta-models listed as depth_models in --suite-config scored on T1-T4 "
+                   "(Set3C), theta and one inner step")
+    g.add_argument("--out", default=None,
+                   help="suite results JSON (default benchmarks/results/table1.json, or "
+                   "benchmarks/results/training_tasks_depth.json for --suite depth); table1 "
+                   "also writes the first test image of every method to "
+                   "<stem>_visuals.safetensors")
     g.add_argument("--grid-cache", default=None,
                    help="JSON of grid-search choices to reuse and update (e.g. "
                    "benchmarks/results/table1_grid.json)")
@@ -395,14 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("report", help="rebuild the Table 1 figures (fine-tuning curves, "
-                       "visual comparisons) and the RESULTS.md table from the suite's JSON")
+                       "visual comparisons) and the RESULTS.md table from the suite's JSON "
+                       "(or, from a --suite depth JSON, the Fig. 3 depth plot and its table)")
     p.add_argument("--results", default="benchmarks/results/table1.json",
-                   help="suite JSON (default benchmarks/results/table1.json)")
+                   help="suite JSON (default benchmarks/results/table1.json; "
+                   "benchmarks/results/training_tasks_depth.json for Fig. 3 across depths)")
     p.add_argument("--figures", default="docs/figures", help="figure folder (default "
                    "docs/figures)")
     p.add_argument("--markdown", default="docs/RESULTS.md",
-                   help="markdown file whose table1 section is rewritten ('' to skip; "
-                   "default docs/RESULTS.md)")
+                   help="markdown file whose table1 (or depth) section is rewritten ('' to "
+                   "skip; default docs/RESULTS.md)")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("linear", help="linear Gaussian toy of PAPER.md §3: meta-train θy on "

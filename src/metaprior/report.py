@@ -7,6 +7,10 @@ r"""Figures and the markdown table of Table 1, rebuilt from the suite's JSON
 * ``visual_<task>.png``: the first test image for every method (Fig. 4 for SR, Fig. B.3 for MRI).
 * the markdown table (ours beside the paper's numbers) between the markers
   ``<!-- table1:begin -->`` / ``<!-- table1:end -->`` of ``RESULTS.md``.
+
+From the JSON of ``--suite depth`` instead: ``training_tasks_depth.png`` (PAPER.md Fig. 3, PSNR
+on T1–T4 against depth for θ and the inner model, one row per inner loss) and its table between
+``<!-- depth:begin -->`` / ``<!-- depth:end -->``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ INIT_LABELS = {"meta_sup": "meta-model (sup. inner)", "meta_unsup": "meta-model 
                "joint": "joint pre-training", "random": "random init"}
 TASK_TITLES = {"sr2": "SR ×2 (Set3C)", "mri4": "MRI ×4 (fastMRI knee)"}
 BEGIN, END = "<!-- table1:begin -->", "<!-- table1:end -->"
+DEPTH_BEGIN, DEPTH_END = "<!-- depth:begin -->", "<!-- depth:end -->"
 
 
 def _mean(values) -> float:
@@ -133,6 +138,62 @@ def training_tasks(results: dict, path: Path) -> Path:
     return path
 
 
+def training_tasks_vs_depth(results: dict, path: Path) -> Path:
+    """PAPER.md Fig. 3: mean ± std PSNR on Set3C against depth, θ and the inner model, for
+    each training task (columns) and inner loss (rows); A⁺y as a dotted line."""
+    sweep = results["depth_sweep"]
+    tasks = [r["task"] for r in next(iter(sweep.values()))[0]["rows"]]
+    fig, axes = plt.subplots(len(sweep), len(tasks), figsize=(3.6 * len(tasks), 3.0 * len(sweep)),
+                             squeeze=False)
+    for row, (name, entries) in zip(axes, sweep.items(), strict=True):
+        depths = [e["depth"] for e in entries]
+        for j, (ax, task) in enumerate(zip(row, tasks, strict=True)):
+            for key, label in (("model", "meta θ"), ("adapted", "inner (1 step)")):
+                stats = [mean_std([v for v in e["rows"][j][key] if v is not None])
+                         for e in entries]
+                ax.errorbar(depths, [m for m, _ in stats], yerr=[s for _, s in stats],
+                            marker="o", capsize=3, label=label)
+            ax.axhline(_mean(entries[0]["rows"][j]["pseudo_inverse"]), color="gray", ls=":",
+                       label="A⁺y")
+            ax.set_title(f"{task} — {INIT_LABELS.get(name, name)}", fontsize=9)
+            ax.set_xticks(depths)
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel("PSNR on Set3C (dB)")
+    for ax in axes[-1]:
+        ax.set_xlabel("depth K")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def depth_table(results: dict) -> str:
+    """Markdown: PSNR (dB) on Set3C, θ / inner, per task, inner loss and depth."""
+    lines = []
+    for name, entries in results["depth_sweep"].items():
+        tasks = [r["task"] for r in entries[0]["rows"]]
+        lines += [f"**{INIT_LABELS.get(name, name)}**, θ / inner (1 {entries[0]['inner']['loss']}"
+                  f" step, lr {entries[0]['inner']['lr']:g}), PSNR dB on Set3C", "",
+                  "| depth | " + " | ".join(tasks) + " | model |",
+                  "|---" * (len(tasks) + 2) + "|"]
+        for e in entries:
+            cells = [f"{_mean(r['model']):.2f} / {_mean(r['adapted']):.2f}" for r in e["rows"]]
+            lines.append(f"| {e['depth']} | " + " | ".join(cells) + f" | `{e['source']}` |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _replace_block(markdown: Path, begin: str, end: str, body: str) -> None:
+    """Rewrite the text between the ``begin`` / ``end`` markers (appended when absent)."""
+    text = markdown.read_text() if markdown.is_file() else "# Results\n"
+    if begin not in text or end not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    markdown.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
+
+
 def _paper_key(name: str, steps: int) -> str:
     """Our table key -> the paper's column (``dpir-ffdnet`` stands for DPIR)."""
     if name.startswith("dpir"):
@@ -181,11 +242,18 @@ def markdown_table(results: dict) -> str:
 
 def write_report(results_path: str | Path, figures: str | Path, markdown: str | Path | None
                  ) -> list[Path]:
-    """Rebuild every figure (and the RESULTS.md table) from ``results_path``."""
+    """Rebuild every figure (and the RESULTS.md table) from ``results_path``: a Table 1
+    suite's JSON or a ``--suite depth`` one."""
     results_path = Path(results_path)
     results = json.loads(results_path.read_text())
     figures = Path(figures)
     figures.mkdir(parents=True, exist_ok=True)
+    if results.get("suite") == "depth":
+        written = [training_tasks_vs_depth(results, figures / "training_tasks_depth.png")]
+        if markdown:
+            _replace_block(Path(markdown), DEPTH_BEGIN, DEPTH_END, depth_table(results))
+            written.append(Path(markdown))
+        return written
     visuals_path = results_path.with_name(results_path.stem + "_visuals.safetensors")
     written = []
     for task in results["tasks"]:
@@ -197,13 +265,6 @@ def write_report(results_path: str | Path, figures: str | Path, markdown: str | 
     if "training_tasks" in results:
         written.append(training_tasks(results, figures / "training_tasks.png"))
     if markdown:
-        markdown = Path(markdown)
-        text = markdown.read_text() if markdown.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
-        if BEGIN not in text or END not in text:
-            text += f"\n{BEGIN}\n{END}\n"
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = f"{head}{BEGIN}\n{markdown_table(results)}\n{END}{tail}"
-        markdown.write_text(text)
-        written.append(markdown)
+        _replace_block(Path(markdown), BEGIN, END, markdown_table(results))
+        written.append(Path(markdown))
     return written

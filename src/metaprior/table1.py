@@ -76,6 +76,8 @@ class Table1Config:
     scratch_lr: float = 1e-3  # Adam learning rate of --suite scratch (PAPER.md §6 [D])
     pdnet: bool = True  # also fine-tune the PDNets (False: baselines only, e.g. to fill the cache)
     training_tasks: bool = True  # also score the meta-models on T1-T4 (Set3C; Fig. 3 at one depth)
+    # --suite depth (Fig. 3 across depths): "meta_sup=MODEL" / "meta_unsup=MODEL" entries
+    depth_models: tuple[str, ...] = ()
     seed: int = 0  # fine-tuning streams, random init, SR patches (the MRI mask is fixed: seed 0)
     max_test_images: int = 0  # 0 = all (Set3C: 3, MRI: 10); small values for smoke tests
 
@@ -96,6 +98,10 @@ class Table1Config:
             if item.count("=") != 1 or item.split("=")[0] not in self.tasks:
                 raise ValueError(f"scratch_models entries are TASK=MODEL with TASK in "
                                  f"{self.tasks}, got {item!r}")
+        for item in self.depth_models:
+            if item.count("=") != 1 or item.split("=")[0] not in ("meta_sup", "meta_unsup"):
+                raise ValueError(f"depth_models entries are meta_sup=MODEL or meta_unsup=MODEL, "
+                                 f"got {item!r}")
         if self.grid_images < 1 or self.max_test_images < 0 or self.mri_batch < 1 or \
                 self.batch < 1:
             raise ValueError("grid_images, batch and mri_batch must be >= 1 and "
@@ -397,30 +403,83 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
     return results
 
 
+def _set3c(config: Table1Config, data_root, device) -> list[Tensor]:
+    from metaprior.data import set3c
+
+    images = [im.to(device) for im in set3c(data_root)]
+    return images[: config.max_test_images] if config.max_test_images else images
+
+
+def training_task_entry(model, theta, meta: dict, images: Sequence[Tensor], config: Table1Config
+                        ) -> dict:
+    """One model on T1–T4 (Set3C): A⁺y, θ itself and the "inner" model, one step of the
+    model's own inner loss (its inner lr, no proximal term) on each image's measurements.
+
+    Returns:
+        ``{"depth", "inner": AdaptConfig fields, "rows": per-task per-image PSNRs}``.
+    """
+    from metaprior.adapt import AdaptConfig
+    from metaprior.evaluate import task_table
+    from metaprior.tasks import TRAIN_TASKS
+
+    inner = meta.get("meta_config", {})
+    adapt = AdaptConfig(steps=1, lr=inner.get("inner_lr", config.lr),
+                        loss=inner.get("inner_loss", "supervised"), prox_lambda=0.0)
+    rows = task_table(model, theta, TRAIN_TASKS, images, config.seed, adapt)
+    return {"depth": model.config.depth, "inner": adapt.__dict__, "rows": rows}
+
+
+def _log_rows(prefix: str, rows: list[dict], log) -> None:
+    for r in rows:
+        log(f"  {prefix} {r['task']:8s} meta {mean_std(r['model'])[0]:6.2f}  inner "
+            f"{mean_std(r['adapted'])[0]:6.2f} dB")
+
+
 def training_task_scores(inits: dict, config: Table1Config, data_root, device, log=print
                          ) -> dict:
     """PAPER.md Fig. 3 at the shipped depth: on Set3C, each meta-model θ and the "inner" model
     (one step of its own inner loss on each test image's measurements) for T1–T4."""
-    from metaprior.adapt import AdaptConfig
-    from metaprior.data import set3c
-    from metaprior.evaluate import task_table
-    from metaprior.tasks import TRAIN_TASKS
-
-    images = [im.to(device) for im in set3c(data_root)]
-    if config.max_test_images:
-        images = images[: config.max_test_images]
+    images = _set3c(config, data_root, device)
     out = {}
     for name in (n for n in ("meta_sup", "meta_unsup") if n in config.inits):
         model, theta, meta = inits[name]
-        inner = meta.get("meta_config", {})
-        adapt = AdaptConfig(steps=1, lr=inner.get("inner_lr", config.lr),
-                            loss=inner.get("inner_loss", "supervised"), prox_lambda=0.0)
-        rows = task_table(model, theta, TRAIN_TASKS, images, config.seed, adapt)
-        out[name] = {"depth": model.config.depth, "inner": adapt.__dict__, "rows": rows}
-        for r in rows:
-            log(f"  {name} {r['task']:8s} meta {mean_std(r['model'])[0]:6.2f}  inner "
-                f"{mean_std(r['adapted'])[0]:6.2f} dB")
+        out[name] = training_task_entry(model, theta, meta, images, config)
+        _log_rows(name, out[name]["rows"], log)
     return out
+
+
+def run_depth_sweep(config: Table1Config, out: str | Path, data_root=None, device="cpu",
+                    log=print) -> dict:
+    """PAPER.md Fig. 3: every model of ``config.depth_models`` on T1–T4 (Set3C), θ and the
+    inner model, grouped by inner loss and sorted by depth; written to ``out`` (JSON).
+    ``metaprior report --results OUT`` draws PSNR against depth."""
+    from metaprior.checkpoint import _write_bytes_atomic
+
+    if not config.depth_models:
+        raise ValueError("--suite depth needs depth_models in --suite-config: "
+                         "[\"meta_sup=MODEL\", \"meta_unsup=MODEL\", ...]")
+    t_start = time.perf_counter()
+    images = _set3c(config, data_root, device)
+    sweep: dict[str, list] = {}
+    for item in config.depth_models:
+        name, source = item.split("=", 1)
+        model, theta, meta = _load(source, device)
+        t0 = time.perf_counter()
+        entry = training_task_entry(model, theta, meta, images, config)
+        entry.update(source=source, seconds=time.perf_counter() - t0, **_describe(meta))
+        sweep.setdefault(name, []).append(entry)
+        _log_rows(f"{name} depth {entry['depth']:3d}", entry["rows"], log)
+    for entries in sweep.values():
+        entries.sort(key=lambda e: e["depth"])
+    results = {"suite": "depth", "config": asdict(config), "depth_sweep": sweep,
+               "test_images": "Set3C, RGB folded into the batch",
+               "wall_seconds": time.perf_counter() - t_start,
+               "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                           "threads": torch.get_num_threads(), "device": str(device)}}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_bytes_atomic(out, json.dumps(_jsonable(results), indent=1).encode())
+    return results
 
 
 def _model_exists(name_or_path: str) -> bool:
