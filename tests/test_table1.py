@@ -152,6 +152,10 @@ def test_depth_suite_and_report(tmp_path):
     assert (tmp_path / "fig" / "training_tasks_depth.png").stat().st_size > 10_000
     text = md.read_text()
     assert "old" not in text and text.endswith("tail\n") and "| 3 | " in text
+    md.write_text("# R\n\n<!-- depth:begin -->\nno end marker\n")
+    with pytest.raises(SystemExit, match="only one of the markers"):
+        main(["report", "--results", str(out), "--figures", str(tmp_path / "fig"),
+              "--markdown", str(md)])
 
 
 def test_depth_suite_errors_are_one_line(tmp_path):
@@ -171,7 +175,13 @@ def test_committed_depth_sweep_structure():
     if not DEPTH.is_file():
         pytest.fail(f"{DEPTH} is missing: run metaprior evaluate --suite depth "
                     f"--suite-config configs/training_tasks_depth.json")
+    from metaprior.report import depth_table
+
     results = json.loads(DEPTH.read_text())
     check_depth_structure(results, n_images=3)
-    for entries in results["depth_sweep"].values():
+    for name, entries in results["depth_sweep"].items():
         assert [e["depth"] for e in entries] == [20, 40, 60]
+        loss = "supervised" if name == "meta_sup" else "unsupervised"
+        assert all(e["inner"]["loss"] == loss for e in entries)
+    # the RESULTS.md table is the one the report builds from this JSON
+    assert depth_table(results) in (COMMITTED.parents[2] / "docs" / "RESULTS.md").read_text()

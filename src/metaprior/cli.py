@@ -264,6 +264,14 @@ def _table1_config(args):
     return replace(config, seed=args.seed, **overrides)
 
 
+def _report_target(out: str, args) -> str:
+    """Report options for a suite JSON written to a non-default path: its own figure folder and
+    no RESULTS.md rewrite, so a partial table never replaces the committed one."""
+    if args.out is None:
+        return ""
+    return f" --figures {Path(out).with_suffix('')}_figures --markdown ''"
+
+
 def cmd_evaluate_suite(args) -> None:
     from metaprior.table1 import run_depth_sweep, run_table1, train_scratch
 
@@ -272,7 +280,7 @@ def cmd_evaluate_suite(args) -> None:
         out = args.out or "benchmarks/results/training_tasks_depth.json"
         results = run_depth_sweep(config, out, args.data_root, args.device)
         print(f"wrote {out} ({results['wall_seconds'] / 60:.1f} min); "
-              f"figure: metaprior report --results {out}")
+              f"figure: metaprior report --results {out}{_report_target(out, args)}")
         return
     if args.suite == "scratch":
         if len(config.tasks) != 1 or args.scratch_steps is None:
@@ -286,7 +294,7 @@ def cmd_evaluate_suite(args) -> None:
     out = args.out or "benchmarks/results/table1.json"
     results = run_table1(config, out, args.data_root, args.device, args.grid_cache)
     print(f"wrote {out} ({results['wall_seconds'] / 60:.1f} min); "
-          f"figures: metaprior report --results {out}")
+          f"figures: metaprior report --results {out}{_report_target(out, args)}")
 
 
 def cmd_evaluate(args) -> None:
@@ -329,7 +337,7 @@ def cmd_report(args) -> None:
 
     if not Path(args.results).is_file():
         raise FileNotFoundError(f"--results {args.results} does not exist: run "
-                                f"metaprior evaluate --suite table1 first")
+                                f"metaprior evaluate --suite table1 (or --suite depth) first")
     for path in write_report(args.results, args.figures, args.markdown or None):
         print(f"wrote {path}")
 
@@ -376,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt-steps", type=int, default=0,
                    help="also score after N steps of the model's inner problem on each test "
                    "image (PAPER.md Fig. 3's inner model; default 0: off)")
-    g = p.add_argument_group("suite (PAPER.md Table 1; needs the data root)")
+    g = p.add_argument_group("suites (PAPER.md Table 1 and Fig. 3; need the data root)")
     g.add_argument("--suite", choices=["table1", "scratch", "depth"], default=None,
                    help="table1: the Table 1 protocol: SR x2 and MRI x4, baselines with grid "
                    "search on fine-tuning images, shipped meta-models / joint pre-training / "

@@ -187,7 +187,10 @@ def depth_table(results: dict) -> str:
 def _replace_block(markdown: Path, begin: str, end: str, body: str) -> None:
     """Rewrite the text between the ``begin`` / ``end`` markers (appended when absent)."""
     text = markdown.read_text() if markdown.is_file() else "# Results\n"
-    if begin not in text or end not in text:
+    if (begin in text) != (end in text):
+        raise ValueError(f"--markdown {markdown} has only one of the markers {begin} / {end}: "
+                         f"restore the other one")
+    if begin not in text:
         text += f"\n{begin}\n{end}\n"
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
