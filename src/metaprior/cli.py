@@ -269,7 +269,7 @@ def _report_target(out: str, args) -> str:
     no RESULTS.md rewrite, so a partial table never replaces the committed one."""
     if args.out is None:
         return ""
-    return f" --figures {Path(out).with_suffix('')}_figures --markdown ''"
+    return f" --figures runs/{Path(out).stem}_figures --markdown ''"
 
 
 def cmd_evaluate_suite(args) -> None:
