@@ -413,7 +413,8 @@ def _set3c(config: Table1Config, data_root, device) -> list[Tensor]:
 def training_task_entry(model, theta, meta: dict, images: Sequence[Tensor], config: Table1Config
                         ) -> dict:
     """One model on T1–T4 (Set3C): A⁺y, θ itself and the "inner" model, one step of the
-    model's own inner loss (its inner lr, no proximal term) on each image's measurements.
+    model's own inner loss (its inner optimizer and lr, no proximal term) on each image's
+    measurements.
 
     Returns:
         ``{"depth", "inner": AdaptConfig fields, "rows": per-task per-image PSNRs}``.
@@ -424,7 +425,8 @@ def training_task_entry(model, theta, meta: dict, images: Sequence[Tensor], conf
 
     inner = meta.get("meta_config", {})
     adapt = AdaptConfig(steps=1, lr=inner.get("inner_lr", config.lr),
-                        loss=inner.get("inner_loss", "supervised"), prox_lambda=0.0)
+                        loss=inner.get("inner_loss", "supervised"), prox_lambda=0.0,
+                        optimizer=inner.get("inner_optimizer", "adam"))
     rows = task_table(model, theta, TRAIN_TASKS, images, config.seed, adapt)
     return {"depth": model.config.depth, "inner": adapt.__dict__, "rows": rows}
 
