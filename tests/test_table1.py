@@ -79,7 +79,8 @@ SINGLE_MODEL_TABLES = sorted(p for p in COMMITTED.parent.glob("table1_*.json")
 
 @pytest.mark.parametrize("path", SINGLE_MODEL_TABLES, ids=lambda p: p.stem)
 def test_committed_single_model_tables_structure(path):
-    """Tables of single models under the same protocol (``configs/table1_*.json``)."""
+    """Tables of single models, or of extra baselines only, under the same protocol
+    (``configs/table1_*.json``)."""
     results = json.loads(path.read_text())
     assert results["config"]["steps"] == 50 and results["config"]["inits"]
     check_structure(results)

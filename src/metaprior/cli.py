@@ -264,24 +264,15 @@ def _table1_config(args):
     return replace(config, seed=args.seed, **overrides)
 
 
-def _report_target(out: str, args) -> str:
-    """Report options for a suite JSON written to a non-default path: its own figure folder and
-    no RESULTS.md rewrite, so a partial table never replaces the committed one."""
-    if args.out is None:
-        return ""
-    return f" --figures runs/{Path(out).stem}_figures --markdown ''"
+#: Where each JSON-writing suite puts its results when --out is not given.
+SUITE_OUT = {"table1": "benchmarks/results/table1.json",
+             "depth": "benchmarks/results/training_tasks_depth.json"}
 
 
 def cmd_evaluate_suite(args) -> None:
     from metaprior.table1 import run_depth_sweep, run_table1, train_scratch
 
     config = _table1_config(args)
-    if args.suite == "depth":
-        out = args.out or "benchmarks/results/training_tasks_depth.json"
-        results = run_depth_sweep(config, out, args.data_root, args.device)
-        print(f"wrote {out} ({results['wall_seconds'] / 60:.1f} min); "
-              f"figure: metaprior report --results {out}{_report_target(out, args)}")
-        return
     if args.suite == "scratch":
         if len(config.tasks) != 1 or args.scratch_steps is None:
             raise ValueError("--suite scratch needs one --suite-tasks TASK and --scratch-steps N")
@@ -291,10 +282,16 @@ def cmd_evaluate_suite(args) -> None:
                              args.data_root, args.device)
         print(f"wrote {path}")
         return
-    out = args.out or "benchmarks/results/table1.json"
-    results = run_table1(config, out, args.data_root, args.device, args.grid_cache)
+    out = args.out or SUITE_OUT[args.suite]
+    if args.suite == "depth":
+        results = run_depth_sweep(config, out, args.data_root, args.device)
+    else:
+        results = run_table1(config, out, args.data_root, args.device, args.grid_cache)
+    # A JSON at a non-default path gets its own figure folder and no RESULTS.md rewrite, so a
+    # partial table never replaces the committed one.
+    target = "" if args.out is None else f" --figures runs/{Path(out).stem}_figures --markdown ''"
     print(f"wrote {out} ({results['wall_seconds'] / 60:.1f} min); "
-          f"figures: metaprior report --results {out}{_report_target(out, args)}")
+          f"figures: metaprior report --results {out}{target}")
 
 
 def cmd_evaluate(args) -> None:

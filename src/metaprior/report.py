@@ -32,9 +32,13 @@ BEGIN, END = "<!-- table1:begin -->", "<!-- table1:end -->"
 DEPTH_BEGIN, DEPTH_END = "<!-- depth:begin -->", "<!-- depth:end -->"
 
 
+def _mean_std(values) -> tuple[float, float]:
+    """Mean and std of a JSON list of scores (non-finite values were written as null)."""
+    return mean_std([v for v in values if v is not None])
+
+
 def _mean(values) -> float:
-    """Mean of a JSON list of scores (non-finite values were written as null)."""
-    return mean_std([v for v in values if v is not None])[0]
+    return _mean_std(values)[0]
 
 
 def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
@@ -149,8 +153,7 @@ def training_tasks_vs_depth(results: dict, path: Path) -> Path:
         depths = [e["depth"] for e in entries]
         for j, (ax, task) in enumerate(zip(row, tasks, strict=True)):
             for key, label in (("model", "meta θ"), ("adapted", "inner (1 step)")):
-                stats = [mean_std([v for v in e["rows"][j][key] if v is not None])
-                         for e in entries]
+                stats = [_mean_std(e["rows"][j][key]) for e in entries]
                 ax.errorbar(depths, [m for m, _ in stats], yerr=[s for _, s in stats],
                             marker="o", capsize=3, label=label)
             ax.axhline(_mean(entries[0]["rows"][j]["pseudo_inverse"]), color="gray", ls=":",
