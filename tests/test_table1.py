@@ -31,6 +31,12 @@ def check_structure(results: dict) -> None:
                 for tag in ("sup", "unsup"):
                     run = r["pdnet"][f"{init}_ft_{tag}"]
                     assert str(config["steps"]) in run["steps"]
+            for name, run in r["pdnet"].items():
+                if config.get("lr_grid") and name != "scratch":  # lr chosen on held-out images
+                    grid = run["lr_selection"]["grid"]
+                    assert run["lr"] in config["lr_grid"], name
+                    assert sorted(map(float, grid)) == sorted(config["lr_grid"]), name
+                    assert grid[str(run["lr"])] == max(v for v in grid.values() if v is not None)
         for name, rec in [*baselines.items(),
                           *((f"{k}@{n}", v) for k, run in r["pdnet"].items()
                             for n, v in run["steps"].items())]:
@@ -53,7 +59,9 @@ def test_quick_suite_structure_and_report(tmp_path):
           "--grid-cache", str(tmp_path / "grid.json")])
     results = json.loads(out.read_text())
     check_structure(results)
-    assert set(json.loads((tmp_path / "grid.json").read_text())) == {
+    runs = {f"{t}/{name}/lr" for t in results["config"]["tasks"]
+            for name in results["tasks"][t]["pdnet"] if name != "scratch"}
+    assert set(json.loads((tmp_path / "grid.json").read_text())) == runs | {
         f"{t}/{b}" for t in results["config"]["tasks"] for b in results["config"]["baselines"]}
     main(["report", "--results", str(out), "--figures", str(tmp_path / "fig"),
           "--markdown", str(tmp_path / "RESULTS.md")])
@@ -186,3 +194,69 @@ def test_committed_depth_sweep_structure():
         assert all(e["inner"]["loss"] == loss for e in entries)
     # the RESULTS.md table is the one the report builds from this JSON
     assert depth_table(results) in (COMMITTED.parents[2] / "docs" / "RESULTS.md").read_text()
+
+
+@pytest.mark.data
+def test_scratch_training_resumes_bitwise(tmp_path):
+    """``--suite scratch`` checkpoints φ and the Adam state; a 2-step run extended to 4 with
+    ``--resume`` ends bitwise where an unbroken 4-step run ends, and ``--resume`` without a
+    checkpoint, or with another recipe, is a one-line error."""
+    import torch
+
+    from metaprior.checkpoint import load_tensors
+    from metaprior.cli import main
+    from metaprior.table1 import quick_config, train_scratch
+
+    config = quick_config(tasks=("sr2",))
+    quiet = {"depth": 2, "ckpt_every": 2, "log": lambda *_: None}
+    train_scratch("sr2", config, 4, tmp_path / "ref.safetensors", **quiet)
+    train_scratch("sr2", config, 2, tmp_path / "cut.safetensors", **quiet)
+    train_scratch("sr2", config, 4, tmp_path / "cut.safetensors", resume=True, **quiet)
+    a, b = (load_tensors(tmp_path / f"{n}.safetensors") for n in ("ref", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "cut.run" / "checkpoints" / "step_0000004").is_dir()
+    with pytest.raises(SystemExit, match="--resume: no checkpoint under"):
+        main(["evaluate", "--suite", "scratch", "--suite-tasks", "sr2", "--scratch-steps", "2",
+              "--resume", "--out", str(tmp_path / "none.safetensors")])
+    with pytest.raises(ValueError, match=r"--resume: .* is step 4 of"):
+        train_scratch("sr2", config, 3, tmp_path / "cut.safetensors", resume=True, **quiet)
+
+
+def test_fine_tuning_lr_is_chosen_on_held_out_images_and_cached(monkeypatch):
+    """``choose_lr`` keeps the grid value with the best held-out PSNR after ``steps`` steps,
+    reuses the cached choice for the same θ and protocol, and searches again for another θ."""
+    import torch
+
+    from metaprior import adapt, table1
+    from metaprior.adapt import parameters_of
+    from metaprior.models import PDNet, PDNetConfig
+    from metaprior.tasks import get_task
+
+    torch.manual_seed(0)
+    model = PDNet(PDNetConfig(depth=2))
+    task = get_task("denoise")
+    images = torch.rand(5, 2, 1, 16, 16)
+    g = torch.Generator().manual_seed(0)
+
+    def stream():
+        gen = torch.Generator().manual_seed(1)
+        return lambda step: task.sample(images[step % 4], gen)
+
+    val = [task.sample(images[4], g)]
+    data = table1.TaskData("denoise", 1.0, stream, stream, val, [], [], [],
+                           {"lr_selection": "synthetic"})
+    config = table1.quick_config(steps=3, lr_grid=(1e-4, 1e-3, 1e-2))
+    theta = parameters_of(model)
+    cache: dict = {}
+    chosen = table1.choose_lr(model, theta, data, "supervised", 0.0, config, cache, "k")
+    assert set(chosen["grid"]) == {"0.0001", "0.001", "0.01"}
+    assert chosen["grid"][str(chosen["best"])] == max(chosen["grid"].values())
+
+    def no_fine_tuning(*args, **kwargs):
+        raise AssertionError("the cached choice should have been reused")
+
+    monkeypatch.setattr(adapt, "fine_tune", no_fine_tuning)
+    assert table1.choose_lr(model, theta, data, "supervised", 0.0, config, cache, "k") is chosen
+    other = {k: v + 0.01 for k, v in theta.items()}
+    with pytest.raises(AssertionError, match="cached choice"):
+        table1.choose_lr(model, other, data, "supervised", 0.0, config, cache, "k")

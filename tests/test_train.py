@@ -194,3 +194,50 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         main(["meta-train", "--out", str(tmp_path / "empty"), "--resume", "--dataset", "demo"])
     with pytest.raises(SystemExit, match="hypergradient must be one of"):
         main(["meta-train", "--hypergradient", "reptile", "--out", str(tmp_path / "x")])
+
+
+def test_fresh_run_replaces_stale_later_checkpoints(tmp_path):
+    """A run started afresh in a folder that holds a longer run's checkpoints keeps its own
+    newest checkpoint (the stale, later-numbered ones go) and ``latest`` stays valid."""
+    train.meta_train(tiny_config(tmp_path / "run", steps=6), progress=False, log=lambda *_: None)
+    train.meta_train(tiny_config(tmp_path / "run", steps=2), progress=False, log=lambda *_: None)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert names == ["step_0000002"]
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000002"
+
+
+def test_fine_tune_resumed_from_a_state_equals_an_unbroken_run():
+    """``fine_tune`` from the state saved after 3 of 6 steps (through the safetensors-friendly
+    split of the Adam state) ends bitwise where the unbroken 6-step run ends."""
+    from metaprior.adapt import (
+        AdaptConfig,
+        fine_tune,
+        opt_state_from,
+        opt_state_tensors,
+        parameters_of,
+    )
+    from metaprior.models import PDNet, PDNetConfig
+    from metaprior.tasks import get_task
+
+    torch.manual_seed(0)
+    model = PDNet(PDNetConfig(depth=2))
+    images = torch.rand(6, 2, 1, 16, 16)
+    task = get_task("denoise")
+
+    def stream():
+        g = torch.Generator().manual_seed(1)
+        return lambda step: task.sample(images[step], g)
+
+    cfg = AdaptConfig(steps=6, lr=1e-2, loss="supervised")
+    theta = parameters_of(model)
+    unbroken = fine_tune(model, theta, stream(), cfg)
+    saved = {}
+    fine_tune(model, theta, stream(), AdaptConfig(steps=3, lr=1e-2, loss="supervised"),
+              callback=lambda state, loss: saved.update(state=state))
+    state = saved["state"]
+    tensors, scalars = opt_state_tensors(state.opt_state)
+    assert scalars == {"step": 3} and set(tensors) == {f"{m}/{k}" for m in "mv" for k in theta}
+    state.opt_state = opt_state_from({k: v.clone() for k, v in tensors.items()}, scalars)
+    resumed = fine_tune(model, theta, stream(), cfg, start=state)
+    assert len(resumed.losses) == 3 and resumed.losses == unbroken.losses[3:]
+    assert all(torch.equal(unbroken.params[k], resumed.params[k]) for k in theta)

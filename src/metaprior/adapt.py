@@ -16,7 +16,7 @@ from torch import nn
 from metaprior.meta.inner import make_inner_optimizer
 from metaprior.meta.maml import inner_step
 from metaprior.tasks import TaskBatch
-from metaprior.typing import Params
+from metaprior.typing import OptState, Params
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,32 @@ class AdaptResult:
     snapshots: dict[int, Params] = field(default_factory=dict)  # step -> φ after that step
 
 
+@dataclass
+class AdaptState:
+    """Where an adaptation run stands: φ and the optimizer state after ``step`` steps."""
+
+    step: int
+    phi: Params
+    opt_state: OptState
+
+
+def opt_state_tensors(state: OptState) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an inner-optimizer state (:mod:`metaprior.meta.inner`: scalars and dicts of
+    tensors keyed like the parameters) into ``{"m/<param>": tensor}`` and its JSON scalars."""
+    tensors = {f"{key}/{k}": v.detach() for key, d in state.items() if isinstance(d, dict)
+               for k, v in d.items()}
+    return tensors, {key: v for key, v in state.items() if not isinstance(v, dict)}
+
+
+def opt_state_from(tensors: dict[str, torch.Tensor], scalars: dict) -> OptState:
+    """The inverse of :func:`opt_state_tensors`."""
+    state: OptState = dict(scalars)
+    for name, value in tensors.items():
+        key, k = name.split("/", 1)
+        state.setdefault(key, {})[k] = value
+    return state
+
+
 def parameters_of(model: nn.Module) -> Params:
     """Detached copies of a module's parameters, requiring grad (the functional θ)."""
     return {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}
@@ -42,8 +68,8 @@ def parameters_of(model: nn.Module) -> Params:
 
 def fine_tune(
     model: nn.Module, theta: Params, next_batch: Callable[[int], TaskBatch],
-    config: AdaptConfig, callback: Callable[[int, float], None] | None = None,
-    keep: Sequence[int] = (),
+    config: AdaptConfig, callback: Callable[[AdaptState, float], None] | None = None,
+    keep: Sequence[int] = (), start: AdaptState | None = None,
 ) -> AdaptResult:
     """Solve the inner problem approximately by ``config.steps`` optimizer steps from θ.
 
@@ -52,19 +78,26 @@ def fine_tune(
         theta: initial parameters θ (kept as the proximal anchor).
         next_batch: ``next_batch(step)`` returns the step's :class:`TaskBatch`.
         config: steps, learning rate, loss kind, λ, optimizer.
-        callback: called as ``callback(step, loss)`` after each step.
+        callback: called as ``callback(state, loss)`` after each step (``state.step`` steps
+            done), e.g. to checkpoint a long run.
         keep: also return the parameters after these numbers of steps (0 = θ itself).
+        start: resume from this state (θ stays the anchor). ``next_batch`` is still called for
+            the steps already done, so a stateful stream draws what an unbroken run draws.
 
     Returns:
         the adapted parameters, the loss of every step and the kept snapshots.
     """
     opt = make_inner_optimizer(config.optimizer, config.lr)
     anchor = {k: v.detach() for k, v in theta.items()}
-    phi = {k: v.detach().clone().requires_grad_(True) for k, v in theta.items()}
-    state = opt.init(phi)
+    first = start.step if start is not None else 0
+    phi = {k: v.detach().clone().requires_grad_(True)
+           for k, v in (start.phi if start is not None else theta).items()}
+    state = start.opt_state if start is not None else opt.init(phi)
+    for step in range(first):  # replay the stream
+        next_batch(step)
     losses = []
     snapshots = {0: dict(anchor)} if 0 in keep else {}
-    for step in range(config.steps):
+    for step in range(first, config.steps):
         phi, state, loss = inner_step(model, phi, anchor, state, next_batch(step), opt,
                                       config.loss, config.prox_lambda)
         if not torch.isfinite(loss):
@@ -74,7 +107,7 @@ def fine_tune(
         if step + 1 in keep:
             snapshots[step + 1] = {k: v.detach().clone() for k, v in phi.items()}
         if callback is not None:
-            callback(step, float(loss))
+            callback(AdaptState(step + 1, phi, state), float(loss))
     return AdaptResult({k: v.detach() for k, v in phi.items()}, losses, snapshots)
 
 

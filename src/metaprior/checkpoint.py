@@ -157,8 +157,11 @@ def save_checkpoint(
     _fsync_dir(root)
     _write_bytes_atomic(root / "latest", name.encode())
     _fsync_dir(root)
-    done = sorted(p for p in root.glob("step_*") if p.is_dir())
-    for old in done[:-keep] if keep > 0 else []:
+    # Older checkpoints beyond ``keep`` go, and so do later-numbered ones: they belong to an
+    # earlier run in this folder that this one (started afresh) replaces.
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name <= name)
+    stale = [p for p in root.glob("step_*") if p.is_dir() and p.name > name]
+    for old in (done[:-keep] if keep > 0 else []) + stale:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -279,7 +279,7 @@ def cmd_evaluate_suite(args) -> None:
         if not (args.out or "").endswith(".safetensors"):
             raise ValueError("--suite scratch writes a model: give --out PATH.safetensors")
         path = train_scratch(config.tasks[0], config, args.scratch_steps, args.out,
-                             args.data_root, args.device)
+                             args.data_root, args.device, resume=args.resume)
         print(f"wrote {path}")
         return
     out = args.out or SUITE_OUT[args.suite]
@@ -299,6 +299,8 @@ def cmd_evaluate(args) -> None:
     from metaprior.checkpoint import load_model
     from metaprior.evaluate import load_eval_images, summarize, task_table
 
+    if args.resume and args.suite != "scratch":
+        raise ValueError("--resume continues a --suite scratch run only")
     if args.suite:
         return cmd_evaluate_suite(args)
     if args.model is None:
@@ -401,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--suite-tasks", default=None, help="comma-separated subset of sr2,mri4")
     g.add_argument("--scratch-steps", type=int, default=None,
                    help="--suite scratch: training steps (paper: 10k)")
+    g.add_argument("--resume", action="store_true",
+                   help="--suite scratch: continue from the latest checkpoint under "
+                   "<out stem>.run/checkpoints (written every 500 steps)")
     g.add_argument("--scratch-models", default=None,
                    help="table1: comma-separated TASK=MODEL from-scratch PDNets to score as "
                    "the paper's PDNet column (e.g. sr2=runs/scratch-sr2.safetensors)")

@@ -218,8 +218,8 @@ def markdown_table(results: dict) -> str:
         paper = results["paper"].get(task, {})
         n_test = len(results["tasks"][task]["test_images"])
         lines += [f"**{TASK_TITLES.get(task, task)}**, {n_test} test images", "",
-                  "| method | PSNR (dB) | SSIM | s / image | fine-tuning s | paper (dB) |",
-                  "|---|---|---|---|---|---|"]
+                  "| method | PSNR (dB) | SSIM | s / image | fine-tuning s | lr | paper (dB) |",
+                  "|---|---|---|---|---|---|---|"]
         runs = results["tasks"][task]["pdnet"]
         for name, v in row.items():
             last = name.rpartition("_")[2]
@@ -230,9 +230,13 @@ def markdown_table(results: dict) -> str:
             ref = paper.get(_paper_key(name, steps)) if steps == 50 else None
             ref_s = f"{ref[0]:.2f} ± {ref[1]:.2f}" if ref else ""
             run = runs.get(name.rpartition("_")[0]) if "_ft_" in name else None
-            ft = f"{run['finetune_seconds']:.0f} (all {steps})" if run and last != "0" else ""
+            ft, lr = "", ""
+            if run and last != "0":  # tables written before lr_grid used config.lr throughout
+                ft = f"{run['finetune_seconds']:.0f} (all {steps})"
+                lr = f"{run.get('lr', results['config']['lr']):g}"
             lines.append(f"| {name} | {v['psnr_mean']:.2f} ± {v['psnr_std']:.2f} | "
-                         f"{v['ssim_mean']:.3f} | {v['sec_per_image']:.2f} | {ft} | {ref_s} |")
+                         f"{v['ssim_mean']:.3f} | {v['sec_per_image']:.2f} | {ft} | {lr} | "
+                         f"{ref_s} |")
         lines.append("")
     for name, entry in results.get("training_tasks", {}).items():
         lines += [f"**Training tasks on Set3C, {INIT_LABELS.get(name, name)}, depth "

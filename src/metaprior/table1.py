@@ -61,7 +61,10 @@ class Table1Config:
     inits: tuple[str, ...] = INITS  # initialisations to fine-tune (a subset: e.g. a new model)
     steps: int = 50  # fine-tuning Adam steps (Table 1: 50)
     curve: tuple[int, ...] = (0, 1, 2, 5, 10, 20)  # also score after these steps (Fig. B.2)
-    lr: float = 1e-2  # fine-tuning Adam learning rate (the meta-models' inner lr)
+    lr: float = 1e-2  # fine-tuning Adam learning rate when lr_grid is empty
+    # fine-tuning lr candidates, one chosen per (initialisation, loss) on held-out fine-tuning
+    # images (TaskData.val) after `steps` steps; () = use `lr` everywhere
+    lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
     prox_lambda: float = 0.0  # λ/2‖φ − θ‖² during fine-tuning (0: plain fine-tuning)
     batch: int = 8  # SR fine-tuning batch (64×64 patches)
     patch_size: int = 64  # SR fine-tuning patch side
@@ -110,6 +113,8 @@ class Table1Config:
             raise ValueError(f"inits must be among {INITS}, got {self.inits}")
         if set(self.variants) - {"equivariant"}:
             raise ValueError(f"variants must be among ('equivariant',), got {self.variants}")
+        if any(not lr > 0 for lr in (self.lr, *self.lr_grid)):
+            raise ValueError(f"lr and lr_grid values must be > 0, got {self.lr}, {self.lr_grid}")
         if any(s < 0 or s > self.steps for s in self.curve):
             raise ValueError(f"curve steps must lie in [0, steps={self.steps}], got {self.curve}")
 
@@ -122,7 +127,9 @@ class TaskData:
 
     name: str
     peak: float | str
-    next_batch: Callable[[int], TaskBatch]  # fine-tuning stream
+    stream: Callable[[], Callable[[int], TaskBatch]]  # a fresh fine-tuning stream (every run)
+    select_stream: Callable[[], Callable[[int], TaskBatch]]  # the same, held-out images excluded
+    val: list[TaskBatch]  # held-out fine-tuning images: the fine-tuning lr is chosen on them
     grid: list[TaskBatch]  # fine-tuning images for the baselines' grid search
     test: list[TaskBatch]  # one batch per test image
     test_names: list[str]
@@ -147,43 +154,60 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
     from metaprior.data.datasets import list_images, resolve_data_root
 
     task = get_task(name)
-    g = torch.Generator().manual_seed(config.seed + 1)
     test_g = torch.Generator().manual_seed(config.seed + 2)
     if name == "sr2":
         train = bsds500(data_root, ("train", "test"))
-        sampler = PatchSampler(train, config.patch_size, seed=config.seed)
 
-        def next_batch(step):
-            return task.sample(sampler.sample(config.batch).to(device), g)
+        def stream(images=train):
+            sampler = PatchSampler(images, config.patch_size, seed=config.seed)
+            g = torch.Generator().manual_seed(config.seed + 1)
+            return lambda step: task.sample(sampler.sample(config.batch).to(device), g)
 
+        select_stream = stream  # validation images come from BSDS val, not from the stream
+        val_images = [_centre_crop(im, config.grid_crop)
+                      for im in _spread(bsds500(data_root, ("val",)), config.grid_images)]
         grid_images = [_centre_crop(im, config.grid_crop)
                        for im in _spread(train, config.grid_images)]
         test_images = set3c(data_root)
         test_names = [p.stem for p in list_images(resolve_data_root(data_root) / "set3c")]
         peak: float | str = 1.0
         about = {"finetune": "BSDS500 train+test, 400 images, random 64x64 grayscale patches",
+                 "lr_selection": f"fine-tune on the same stream, validate on {len(val_images)} "
+                 f"BSDS500 val images ({config.grid_crop}x{config.grid_crop} centre crops)",
                  "test": "Set3C RGB, channels folded into the batch", "peak": 1.0}
     else:
         train = fastmri_knee(data_root, "finetune")
-        order = torch.Generator().manual_seed(config.seed)
 
-        def next_batch(step):
-            idx = torch.randint(len(train), (config.mri_batch,), generator=order)
-            return task.sample(torch.stack([train[int(i)] for i in idx]).to(device), g)
+        def stream(images=train):
+            order = torch.Generator().manual_seed(config.seed)
+            g = torch.Generator().manual_seed(config.seed + 1)
 
-        grid_images = _spread(train, config.grid_images)  # PD and PDFS slices alike
+            def next_batch(step):
+                idx = torch.randint(len(images), (config.mri_batch,), generator=order)
+                return task.sample(torch.stack([images[int(i)] for i in idx]).to(device), g)
+            return next_batch
+
+        held = _spread(list(range(len(train))), config.grid_images)  # PD and PDFS slices alike
+        val_images = grid_images = [train[i] for i in held]
+        select_stream = partial(stream, [im for i, im in enumerate(train) if i not in held])
         test_images = fastmri_knee(data_root, "test")
         test_names = fastmri_split(data_root)["test"]
         peak = "max"
+        names = fastmri_split(data_root)["finetune"]
         about = {"finetune": "fastMRI knee, the 10 'finetune' slices of splits.json, whole "
-                 "320x320 slices", "test": "the 10 'test' slices", "peak": "max of the target",
+                 "320x320 slices", "lr_selection": "fine-tune on the other finetune slices, "
+                 f"validate on {[names[i] for i in held]}",
+                 "test": "the 10 'test' slices", "peak": "max of the target",
                  "mask": task.params}
     if config.max_test_images:
         test_images = test_images[: config.max_test_images]
         test_names = test_names[: config.max_test_images]
+    g = torch.Generator().manual_seed(config.seed + 1)
     grid = [task.sample(im.unsqueeze(0).to(device), g) for im in grid_images]
+    val_g = torch.Generator().manual_seed(config.seed + 3)
+    val = [task.sample(im.unsqueeze(0).to(device), val_g) for im in val_images]
     test = [task.sample(im.unsqueeze(0).to(device), test_g) for im in test_images]
-    return TaskData(name, peak, next_batch, grid, test, test_names, about)
+    return TaskData(name, peak, stream, select_stream, val, grid, test, test_names, about)
 
 
 # --- scoring -------------------------------------------------------------------------------
@@ -238,7 +262,7 @@ def finetune_curve(model, theta, data: TaskData, loss: str, steps: int, lr: floa
     keep = sorted({s for s in curve if s <= steps} | {steps})
     cfg = AdaptConfig(steps=steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
     t0 = time.perf_counter()
-    result = fine_tune(model, theta, data.next_batch, cfg, keep=keep)
+    result = fine_tune(model, theta, data.stream(), cfg, keep=keep)
     seconds = time.perf_counter() - t0
     records, visuals = {}, {}
     for n in keep:
@@ -250,6 +274,53 @@ def finetune_curve(model, theta, data: TaskData, loss: str, steps: int, lr: floa
         records[n] = rec
     return {"steps": records, "finetune_seconds": seconds,
             "final_loss": result.losses[-1] if result.losses else math.nan, "visuals": visuals}
+
+
+def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
+              config: Table1Config, cache: dict, key: str, cache_path: Path | None = None
+              ) -> dict:
+    """The fine-tuning learning rate of one (initialisation θ, loss) pair: the value of
+    ``config.lr_grid`` whose ``config.steps``-step fine-tuning on ``data.select_stream`` scores
+    the best mean PSNR on the held-out fine-tuning images ``data.val`` (never the test images).
+    Cached in ``cache[key]``, fingerprinted by θ's bytes and the protocol.
+
+    Returns:
+        ``{"best": lr, "grid": {lr: mean validation PSNR, None where it diverged}, "seconds",
+        "fingerprint"}``.
+    """
+    import hashlib
+
+    from metaprior.adapt import AdaptConfig, fine_tune
+    from metaprior.checkpoint import _write_bytes_atomic
+
+    digest = hashlib.sha256()
+    for k in sorted(theta):
+        digest.update(k.encode() + theta[k].detach().cpu().numpy().tobytes())
+    fingerprint = {"lr_grid": list(config.lr_grid), "steps": config.steps, "seed": config.seed,
+                   "prox_lambda": prox_lambda, "theta": digest.hexdigest()[:16],
+                   "data": [data.about["lr_selection"], config.batch, config.patch_size,
+                            config.mri_batch, config.grid_crop]}
+    if key in cache and cache[key].get("fingerprint") == fingerprint:
+        return cache[key]
+    t0 = time.perf_counter()
+    grid = {}
+    for lr in config.lr_grid:
+        cfg = AdaptConfig(steps=config.steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
+        try:
+            phi = fine_tune(model, theta, data.select_stream(), cfg).params
+            grid[str(lr)] = mean_std(evaluate_method(
+                lambda b, phi=phi: reconstruct(model, phi, b), data.val, data.peak)["psnr"])[0]
+        except FloatingPointError:  # diverged at this lr: not a candidate
+            grid[str(lr)] = None
+    scored = [lr for lr in config.lr_grid if grid[str(lr)] is not None]
+    if not scored:
+        raise FloatingPointError(f"{key}: fine-tuning diverged at every lr of {config.lr_grid}")
+    best = max(scored, key=lambda lr: grid[str(lr)])
+    cache[key] = {"best": best, "grid": grid, "seconds": time.perf_counter() - t0,
+                  "fingerprint": fingerprint}
+    if cache_path is not None:
+        _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
+    return cache[key]
 
 
 def _random_init(model, seed: int):
@@ -362,9 +433,20 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                       *(config.variants if init.startswith("meta") else ()))
             for loss in losses:
                 tag = LOSS_TAGS[loss]
-                run = finetune_curve(model, theta, data, loss, config.steps, config.lr,
-                                     0.0 if init == "random" else config.prox_lambda,
+                lr, chosen = config.lr, None
+                prox = 0.0 if init == "random" else config.prox_lambda
+                if config.lr_grid:
+                    chosen = choose_lr(model, theta, data, loss, prox, config, cache,
+                                       f"{task_name}/{init}_ft_{tag}/lr", cache_path)
+                    lr = chosen["best"]
+                    log(f"  {task_name} {init:10s} {loss:12s} lr {lr:g} (validation " + ", ".join(
+                        f"{k}: " + ("diverged" if v is None else f"{v:.2f}")
+                        for k, v in chosen["grid"].items()) + " dB)")
+                run = finetune_curve(model, theta, data, loss, config.steps, lr, prox,
                                      config.curve, visual_at=(0, 1, 20, config.steps))
+                run["lr"] = lr
+                if chosen is not None:
+                    run["lr_selection"] = {k: chosen[k] for k in ("grid", "seconds")}
                 for n, v in run.pop("visuals").items():
                     visuals[f"{task_name}/{init}_ft_{tag}_{n}"] = v
                 runs[f"{init}_ft_{tag}"] = run
@@ -525,37 +607,80 @@ def _jsonable(obj):
 
 def quick_config(**overrides) -> Table1Config:
     """A minutes-long smoke configuration of the same protocol (tests, ``--quick``)."""
-    base = Table1Config(steps=2, curve=(0, 1), batch=2, patch_size=32, variants=(),
-                        grid_images=1, grid_crop=64, max_test_images=1)
+    base = Table1Config(steps=2, curve=(0, 1), lr_grid=(1e-3, 1e-2), batch=2, patch_size=32,
+                        variants=(), grid_images=1, grid_crop=64, max_test_images=1)
     return replace(base, **overrides)
 
 
 def train_scratch(task_name: str, config: Table1Config, steps: int, out: str | Path,
-                  data_root=None, device="cpu", depth: int = 20, log=print) -> Path:
+                  data_root=None, device="cpu", depth: int = 20, resume: bool = False,
+                  ckpt_every: int = 500, log=print) -> Path:
     """The paper's "PDNet" baseline: a depth-``depth`` PDNet trained from a random
     initialisation on ``task_name``'s fine-tuning stream (the one Table 1 fine-tunes on),
-    supervised Adam at ``config.scratch_lr``; written to ``out`` (.safetensors)."""
-    from metaprior.adapt import AdaptConfig, fine_tune
-    from metaprior.checkpoint import save_model
+    supervised Adam at ``config.scratch_lr``; written to ``out`` (.safetensors).
+
+    Every ``ckpt_every`` steps and at the end, φ and the Adam state are checkpointed
+    atomically under ``<out stem>.run/checkpoints``; ``resume`` continues the latest one (the
+    same task, lr, seed and depth; ``steps`` may exceed the first run's, to extend it) exactly
+    as an unbroken run would, the fine-tuning stream replayed to where it stopped.
+    """
+    from metaprior import checkpoint as ckpt
+    from metaprior.adapt import (
+        AdaptConfig,
+        AdaptState,
+        fine_tune,
+        load_into,
+        opt_state_from,
+        opt_state_tensors,
+    )
     from metaprior.models import PDNet, PDNetConfig
 
     if steps < 1:
         raise ValueError(f"--scratch-steps must be >= 1, got {steps}")
+    out = Path(out)
+    run_dir = out.with_name(out.stem + ".run")
+    recipe = {"task": task_name, "lr": config.scratch_lr, "seed": config.seed, "depth": depth}
+    start, seconds_before = None, 0.0
+    latest = ckpt.latest_checkpoint(run_dir)
+    if resume:
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_dir(run_dir)}")
+        weights, tensors, state = ckpt.load_checkpoint(latest)
+        if state["recipe"] != recipe or state["step"] > steps:
+            raise ValueError(f"--resume: {latest} is step {state['step']} of {state['recipe']}, "
+                             f"not of {recipe} with --scratch-steps {steps} (>= its step)")
+        start = AdaptState(state["step"], {k: v.to(device) for k, v in weights.items()},
+                           opt_state_from({k: v.to(device) for k, v in tensors.items()},
+                                          state["opt"]))
+        seconds_before = state["seconds"]
+        log(f"  resumed from {latest} at step {start.step}")
+    elif latest is not None:
+        log(f"  starting afresh: the checkpoints under {ckpt.checkpoint_dir(run_dir)} will be "
+            f"replaced (--resume continues them)")
     data = load_task_data(task_name, replace(config, max_test_images=1), data_root, device)
     model = PDNet(PDNetConfig(depth=depth)).to(device)
     theta = _random_init(model, config.seed + 7)
     t0 = time.perf_counter()
 
-    def progress(step, loss):
-        if (step + 1) % 100 == 0 or step + 1 == steps:
-            log(f"  {task_name} scratch step {step + 1}/{steps} loss {loss:.3e} "
-                f"({time.perf_counter() - t0:.0f} s)")
+    def elapsed() -> float:
+        return seconds_before + time.perf_counter() - t0
 
-    result = fine_tune(model, theta, data.next_batch,
+    def on_step(state: AdaptState, loss: float) -> None:
+        if state.step % 100 == 0 or state.step == steps:
+            log(f"  {task_name} scratch step {state.step}/{steps} loss {loss:.3e} "
+                f"({elapsed():.0f} s)")
+        if ckpt_every and (state.step % ckpt_every == 0 or state.step == steps):
+            tensors, scalars = opt_state_tensors(state.opt_state)
+            ckpt.save_checkpoint(run_dir, state.step, load_into(model, state.phi), tensors,
+                                 {"step": state.step, "recipe": recipe, "opt": scalars,
+                                  "seconds": elapsed()})
+
+    result = fine_tune(model, theta, data.stream(),
                        AdaptConfig(steps=steps, lr=config.scratch_lr, loss="supervised"),
-                       callback=progress)
+                       callback=on_step, start=start)
     meta = {"scratch": {"task": task_name, "steps": steps, "lr": config.scratch_lr,
-                        "seed": config.seed, "seconds": time.perf_counter() - t0,
-                        "data": data.about["finetune"]},
+                        "seed": config.seed, "seconds": elapsed(),
+                        "data": data.about["finetune"],
+                        "resumed_at": start.step if start else None},
             "meta_config": {"inner_steps": 0, "inner_lr": config.scratch_lr}}
-    return save_model(out, model, result.params, metadata=meta)
+    return ckpt.save_model(out, model, result.params, metadata=meta)
