@@ -102,6 +102,7 @@ def test_suite_config_errors_are_one_line(tmp_path):
                            ('{"seed": 3}', "give the seed with --seed"),
                            ('{"baselines": ["tgv2"]}', "unknown baseline 'tgv2'"),
                            ('{"inits": ["meta"]}', "inits must be among"),
+                           ('{"lr": 0.001}', "lr is used only with"),
                            ('{"nope": 1}', "unknown field")):
         bad.write_text(content)
         with pytest.raises(SystemExit, match=match):
@@ -218,13 +219,18 @@ def test_scratch_training_resumes_bitwise(tmp_path):
     with pytest.raises(SystemExit, match="--resume: no checkpoint under"):
         main(["evaluate", "--suite", "scratch", "--suite-tasks", "sr2", "--scratch-steps", "2",
               "--resume", "--out", str(tmp_path / "none.safetensors")])
+    with pytest.raises(SystemExit, match="--resume continues a --suite scratch run only"):
+        main(["evaluate", "--suite", "table1", "--resume", "--out", str(tmp_path / "t.json")])
     with pytest.raises(ValueError, match=r"--resume: .* is step 4 of"):
         train_scratch("sr2", config, 3, tmp_path / "cut.safetensors", resume=True, **quiet)
 
 
 def test_fine_tuning_lr_is_chosen_on_held_out_images_and_cached(monkeypatch):
     """``choose_lr`` keeps the grid value with the best held-out PSNR after ``steps`` steps,
-    reuses the cached choice for the same θ and protocol, and searches again for another θ."""
+    reuses cached scores for the same θ and protocol (a wider grid runs only its new values),
+    and searches again for another θ."""
+    from dataclasses import replace
+
     import torch
 
     from metaprior import adapt, table1
@@ -252,11 +258,36 @@ def test_fine_tuning_lr_is_chosen_on_held_out_images_and_cached(monkeypatch):
     assert set(chosen["grid"]) == {"0.0001", "0.001", "0.01"}
     assert chosen["grid"][str(chosen["best"])] == max(chosen["grid"].values())
 
-    def no_fine_tuning(*args, **kwargs):
-        raise AssertionError("the cached choice should have been reused")
-
-    monkeypatch.setattr(adapt, "fine_tune", no_fine_tuning)
-    assert table1.choose_lr(model, theta, data, "supervised", 0.0, config, cache, "k") is chosen
+    first_version = {**cache["k"], "fingerprint": {
+        **{k: v for k, v in cache["k"]["fingerprint"].items() if k != "version"},
+        "lr_grid": list(config.lr_grid)}}  # as written before the version field
+    cache = {"k": first_version}
+    calls = []
+    real = adapt.fine_tune
+    monkeypatch.setattr(adapt, "fine_tune", lambda *a, **k: calls.append(a[3].lr) or real(*a, **k))
+    again = table1.choose_lr(model, theta, data, "supervised", 0.0, config, cache, "k")
+    assert calls == [] and again == chosen
+    wider = replace(config, lr_grid=(1e-4, 1e-3, 1e-2, 3e-2))
+    table1.choose_lr(model, theta, data, "supervised", 0.0, wider, cache, "k")
+    assert calls == [3e-2]  # only the new value runs
     other = {k: v + 0.01 for k, v in theta.items()}
-    with pytest.raises(AssertionError, match="cached choice"):
-        table1.choose_lr(model, other, data, "supervised", 0.0, config, cache, "k")
+    table1.choose_lr(model, other, data, "supervised", 0.0, config, cache, "k")
+    assert calls == [3e-2, 1e-4, 1e-3, 1e-2]  # another θ: searched afresh
+
+
+@pytest.mark.data
+def test_mri_lr_selection_never_sees_held_out_or_test_slices():
+    """The MRI lr-selection stream draws only the 6 fine-tuning slices that are not held out;
+    the held-out slices are not test slices; the protocol's own stream uses all 10."""
+    import torch
+
+    from metaprior.table1 import load_task_data, quick_config
+
+    data = load_task_data("mri4", quick_config(grid_images=4, max_test_images=0))
+    val = [b.target for b in data.val]
+    assert len(val) == 4 and len(data.test) == 10
+    assert not any(torch.equal(v, b.target) for v in val for b in data.test)
+    select, full = data.select_stream(), data.stream()
+    drawn = [select(step).target for step in range(30)]
+    assert not any(torch.equal(d, v) for d in drawn for v in val)
+    assert any(torch.equal(full(step).target, v) for step in range(30) for v in val)

@@ -209,6 +209,8 @@ def test_fresh_run_replaces_stale_later_checkpoints(tmp_path):
 def test_fine_tune_resumed_from_a_state_equals_an_unbroken_run():
     """``fine_tune`` from the state saved after 3 of 6 steps (through the safetensors-friendly
     split of the Adam state) ends bitwise where the unbroken 6-step run ends."""
+    from dataclasses import replace
+
     from metaprior.adapt import (
         AdaptConfig,
         fine_tune,
@@ -237,7 +239,8 @@ def test_fine_tune_resumed_from_a_state_equals_an_unbroken_run():
     state = saved["state"]
     tensors, scalars = opt_state_tensors(state.opt_state)
     assert scalars == {"step": 3} and set(tensors) == {f"{m}/{k}" for m in "mv" for k in theta}
-    state.opt_state = opt_state_from({k: v.clone() for k, v in tensors.items()}, scalars)
+    state = replace(state, opt_state=opt_state_from({k: v.clone() for k, v in tensors.items()},
+                                                    scalars))
     resumed = fine_tune(model, theta, stream(), cfg, start=state)
     assert len(resumed.losses) == 3 and resumed.losses == unbroken.losses[3:]
     assert all(torch.equal(unbroken.params[k], resumed.params[k]) for k in theta)

@@ -35,9 +35,10 @@ class AdaptResult:
     snapshots: dict[int, Params] = field(default_factory=dict)  # step -> φ after that step
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdaptState:
-    """Where an adaptation run stands: φ and the optimizer state after ``step`` steps."""
+    """Where an adaptation run stands: φ and the optimizer state after ``step`` steps
+    (read-only: the run goes on from the same tensors)."""
 
     step: int
     phi: Params
@@ -85,7 +86,8 @@ def fine_tune(
             the steps already done, so a stateful stream draws what an unbroken run draws.
 
     Returns:
-        the adapted parameters, the loss of every step and the kept snapshots.
+        the adapted parameters, the loss of every step and the kept snapshots (with ``start``:
+        of the steps after it).
     """
     opt = make_inner_optimizer(config.optimizer, config.lr)
     anchor = {k: v.detach() for k, v in theta.items()}

@@ -249,6 +249,9 @@ def _table1_config(args):
                          f"fields: {sorted(known)}")
     if "seed" in overrides:
         raise ValueError("--suite-config: give the seed with --seed, not in the JSON")
+    if "lr" in overrides and overrides.get("lr_grid", True):
+        raise ValueError("--suite-config: lr is used only with \"lr_grid\": [] (otherwise each "
+                         "run's lr is chosen from lr_grid on held-out fine-tuning images)")
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     for f in fields(Table1Config):
         default = getattr(Table1Config, f.name, None)

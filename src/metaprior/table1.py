@@ -15,9 +15,12 @@ four initialisations — the supervised- and unsupervised-inner meta-models, joi
 pre-training and a random initialisation — each fine-tuned with Adam on the task's fine-tuning
 data, supervised and unsupervised (the meta-models also with the equivariant-imaging loss, the
 variant tried against the paper's unsupervised-MRI failure), scored on the test images after 0,
-1, 2, 5, 10, 20 and ``steps`` steps (one run per curve). The paper's "PDNet" column, a PDNet
-trained from scratch on the task for many steps, is :func:`train_scratch` (``--suite scratch``),
-evaluated here when ``scratch_models`` names it.
+1, 2, 5, 10, 20 and ``steps`` steps (one run per curve, each on the same fine-tuning stream).
+Each run's learning rate is chosen from ``lr_grid`` on held-out fine-tuning images
+(:func:`choose_lr`; MRI: 4 of the 10 ``finetune`` slices, SR: 4 BSDS500 val crops).
+
+The paper's "PDNet" column, a PDNet trained from scratch on the task for many steps, is
+:func:`train_scratch` (``--suite scratch``), evaluated here when ``scratch_models`` names it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ PAPER_TABLE1 = {
 }
 
 INITS = ("meta_sup", "meta_unsup", "joint", "random")
+#: Bump when choose_lr's fine-tuning or scoring changes: cached lr choices are then searched anew.
+LR_SELECTION_VERSION = 1
 LOSS_TAGS = {"supervised": "sup", "unsupervised": "unsup", "equivariant": "ei"}
 
 
@@ -61,7 +66,7 @@ class Table1Config:
     inits: tuple[str, ...] = INITS  # initialisations to fine-tune (a subset: e.g. a new model)
     steps: int = 50  # fine-tuning Adam steps (Table 1: 50)
     curve: tuple[int, ...] = (0, 1, 2, 5, 10, 20)  # also score after these steps (Fig. B.2)
-    lr: float = 1e-2  # fine-tuning Adam learning rate when lr_grid is empty
+    lr: float = 1e-2  # fine-tuning Adam lr when lr_grid is empty (and T1-T4's fallback lr)
     # fine-tuning lr candidates, one chosen per (initialisation, loss) on held-out fine-tuning
     # images (TaskData.val) after `steps` steps; () = use `lr` everywhere
     lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
@@ -128,8 +133,8 @@ class TaskData:
     name: str
     peak: float | str
     stream: Callable[[], Callable[[int], TaskBatch]]  # a fresh fine-tuning stream (every run)
-    select_stream: Callable[[], Callable[[int], TaskBatch]]  # the same, held-out images excluded
-    val: list[TaskBatch]  # held-out fine-tuning images: the fine-tuning lr is chosen on them
+    select_stream: Callable[[], Callable[[int], TaskBatch]]  # lr selection: never sees `val`
+    val: list[TaskBatch]  # held-out fine-tuning images (MRI) or BSDS val crops (SR): choose_lr
     grid: list[TaskBatch]  # fine-tuning images for the baselines' grid search
     test: list[TaskBatch]  # one batch per test image
     test_names: list[str]
@@ -149,7 +154,9 @@ def _spread(items: list, n: int) -> list:
 
 
 def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu") -> TaskData:
-    """Fine-tuning stream, grid-search batches and test batches of ``name`` (sr2 | mri4)."""
+    """Fine-tuning streams, lr-selection and grid-search batches and test batches of ``name``
+    (sr2 | mri4). For MRI the lr-selection stream leaves out the held-out ``val`` slices; for SR
+    it is the fine-tuning stream, and ``val`` comes from BSDS500 val."""
     from metaprior.data import PatchSampler, bsds500, fastmri_knee, fastmri_split, set3c
     from metaprior.data.datasets import list_images, resolve_data_root
 
@@ -282,45 +289,56 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     """The fine-tuning learning rate of one (initialisation θ, loss) pair: the value of
     ``config.lr_grid`` whose ``config.steps``-step fine-tuning on ``data.select_stream`` scores
     the best mean PSNR on the held-out fine-tuning images ``data.val`` (never the test images).
-    Cached in ``cache[key]``, fingerprinted by θ's bytes and the protocol.
+
+    Scores are cached in ``cache[key]`` per lr, fingerprinted by θ's bytes and the protocol, so
+    a rerun reuses them and a wider grid only runs its new values.
 
     Returns:
-        ``{"best": lr, "grid": {lr: mean validation PSNR, None where it diverged}, "seconds",
-        "fingerprint"}``.
+        ``{"best": lr, "grid": {lr: mean validation PSNR, None where it diverged},
+        "at_grid_edge": bool, "seconds": search time, cached runs included}``.
     """
     import hashlib
 
     from metaprior.adapt import AdaptConfig, fine_tune
     from metaprior.checkpoint import _write_bytes_atomic
+    from metaprior.evaluate import score
 
     digest = hashlib.sha256()
     for k in sorted(theta):
         digest.update(k.encode() + theta[k].detach().cpu().numpy().tobytes())
-    fingerprint = {"lr_grid": list(config.lr_grid), "steps": config.steps, "seed": config.seed,
+    fingerprint = {"version": LR_SELECTION_VERSION, "steps": config.steps, "seed": config.seed,
                    "prox_lambda": prox_lambda, "theta": digest.hexdigest()[:16],
                    "data": [data.about["lr_selection"], config.batch, config.patch_size,
                             config.mri_batch, config.grid_crop]}
-    if key in cache and cache[key].get("fingerprint") == fingerprint:
-        return cache[key]
+    entry = cache.get(key, {})
+    # (the first entries, version 1, had no version field and also fingerprinted the grid)
+    cached = {"version": 1, **entry.get("fingerprint", {})}
+    same = {k: v for k, v in cached.items() if k != "lr_grid"} == fingerprint
+    scores = dict(entry["grid"]) if same else {}
+    seconds = entry.get("seconds", 0.0) if same else 0.0
+    missing = [lr for lr in config.lr_grid if str(lr) not in scores]
     t0 = time.perf_counter()
-    grid = {}
-    for lr in config.lr_grid:
+    for lr in missing:
         cfg = AdaptConfig(steps=config.steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
         try:
             phi = fine_tune(model, theta, data.select_stream(), cfg).params
-            grid[str(lr)] = mean_std(evaluate_method(
-                lambda b, phi=phi: reconstruct(model, phi, b), data.val, data.peak)["psnr"])[0]
+            with torch.no_grad():
+                scores[str(lr)] = mean_std(score(
+                    lambda b, phi=phi: reconstruct(model, phi, b), data.val, data.peak))[0]
         except FloatingPointError:  # diverged at this lr: not a candidate
-            grid[str(lr)] = None
+            scores[str(lr)] = None
+    grid = {str(lr): scores[str(lr)] for lr in config.lr_grid}
     scored = [lr for lr in config.lr_grid if grid[str(lr)] is not None]
     if not scored:
         raise FloatingPointError(f"{key}: fine-tuning diverged at every lr of {config.lr_grid}")
     best = max(scored, key=lambda lr: grid[str(lr)])
-    cache[key] = {"best": best, "grid": grid, "seconds": time.perf_counter() - t0,
-                  "fingerprint": fingerprint}
-    if cache_path is not None:
-        _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
-    return cache[key]
+    if missing:
+        seconds += time.perf_counter() - t0
+        cache[key] = {"grid": scores, "seconds": seconds, "fingerprint": fingerprint}
+        if cache_path is not None:
+            _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
+    edge = len(grid) > 1 and best in (min(config.lr_grid), max(config.lr_grid))
+    return {"best": best, "grid": grid, "at_grid_edge": edge, "seconds": seconds}
 
 
 def _random_init(model, seed: int):
@@ -441,12 +459,14 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                     lr = chosen["best"]
                     log(f"  {task_name} {init:10s} {loss:12s} lr {lr:g} (validation " + ", ".join(
                         f"{k}: " + ("diverged" if v is None else f"{v:.2f}")
-                        for k, v in chosen["grid"].items()) + " dB)")
+                        for k, v in chosen["grid"].items()) + " dB)"
+                        + (" (at the edge of its grid)" if chosen["at_grid_edge"] else ""))
                 run = finetune_curve(model, theta, data, loss, config.steps, lr, prox,
                                      config.curve, visual_at=(0, 1, 20, config.steps))
                 run["lr"] = lr
                 if chosen is not None:
-                    run["lr_selection"] = {k: chosen[k] for k in ("grid", "seconds")}
+                    run["lr_selection"] = {k: chosen[k] for k in ("grid", "at_grid_edge",
+                                                                  "seconds")}
                 for n, v in run.pop("visuals").items():
                     visuals[f"{task_name}/{init}_ft_{tag}_{n}"] = v
                 runs[f"{init}_ft_{tag}"] = run
@@ -639,15 +659,18 @@ def train_scratch(task_name: str, config: Table1Config, steps: int, out: str | P
         raise ValueError(f"--scratch-steps must be >= 1, got {steps}")
     out = Path(out)
     run_dir = out.with_name(out.stem + ".run")
-    recipe = {"task": task_name, "lr": config.scratch_lr, "seed": config.seed, "depth": depth}
+    recipe = {"task": task_name, "lr": config.scratch_lr, "seed": config.seed, "depth": depth,
+              "stream": [config.batch, config.patch_size, config.mri_batch]}
     start, seconds_before = None, 0.0
     latest = ckpt.latest_checkpoint(run_dir)
     if resume:
         if latest is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_dir(run_dir)}")
         weights, tensors, state = ckpt.load_checkpoint(latest)
-        if state["recipe"] != recipe or state["step"] > steps:
-            raise ValueError(f"--resume: {latest} is step {state['step']} of {state['recipe']}, "
+        saved = state.get("recipe", {})
+        saved.setdefault("stream", [8, 64, 1])  # the first checkpoints: the default stream
+        if saved != recipe or state.get("step", steps + 1) > steps:
+            raise ValueError(f"--resume: {latest} is step {state.get('step')} of {saved}, "
                              f"not of {recipe} with --scratch-steps {steps} (>= its step)")
         start = AdaptState(state["step"], {k: v.to(device) for k, v in weights.items()},
                            opt_state_from({k: v.to(device) for k, v in tensors.items()},
