@@ -3,7 +3,8 @@ r"""Figures and the markdown table of Table 1, rebuilt from the suite's JSON
 
 * ``finetune_curves_<task>.png``: PSNR vs fine-tuning steps for the meta-models, joint
   pre-training and random initialisation, supervised and unsupervised (PAPER.md Fig. B.2),
-  with the best baselines as horizontal lines.
+  with the best variational baseline, DPIR-FFDNet and the from-scratch PDNet as horizontal
+  lines.
 * ``visual_<task>.png``: the first test image for every method (Fig. 4 for SR, Fig. B.3 for MRI).
 * the markdown table (ours beside the paper's numbers) between the markers
   ``<!-- table1:begin -->`` / ``<!-- table1:end -->`` of ``RESULTS.md``.
@@ -41,6 +42,22 @@ def _mean(values) -> float:
     return _mean_std(values)[0]
 
 
+def _reference_lines(r: dict) -> list[tuple[str, float, str]]:
+    """(label, PSNR, line style) of the best variational baseline, DPIR-FFDNet and the
+    from-scratch PDNet, where the task's results have them."""
+    lines = []
+    variational = [n for n in ("wavelet", "tv", "tgv") if n in r["baselines"]]
+    if variational:
+        best = max(variational, key=lambda n: _mean(r["baselines"][n]["psnr"]))
+        lines.append((best, _mean(r["baselines"][best]["psnr"]), ":"))
+    if "dpir-ffdnet" in r["baselines"]:
+        lines.append(("dpir-ffdnet", _mean(r["baselines"]["dpir-ffdnet"]["psnr"]), "--"))
+    if "scratch" in r["pdnet"]:
+        (steps, rec), = r["pdnet"]["scratch"]["steps"].items()
+        lines.append((f"PDNet from scratch ({steps} steps)", _mean(rec["psnr"]), "-."))
+    return lines
+
+
 def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
     """PSNR vs fine-tuning steps (Fig. B.2), one panel per fine-tuning loss."""
     r = results["tasks"][task]
@@ -61,10 +78,8 @@ def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
             ax.plot([max(s, 0.5) for s in steps],
                     [_mean(run["steps"][str(s)]["psnr"]) for s in steps], marker="o",
                     label=label)
-        for name, style in (("tgv", ":"), ("dpir-ffdnet", "--")):
-            if name in r["baselines"]:
-                ax.axhline(_mean(r["baselines"][name]["psnr"]), color="gray", ls=style,
-                           label=name)
+        for name, value, style in _reference_lines(r):
+            ax.axhline(value, color="gray", ls=style, label=name)
         ax.set_xscale("log")
         ax.set_xlabel("fine-tuning steps (0 plotted at 0.5)")
         ax.set_title(f"{TASK_TITLES.get(task, task)}: {title}")
