@@ -641,8 +641,8 @@ def train_scratch(task_name: str, config: Table1Config, steps: int, out: str | P
 
     Every ``ckpt_every`` steps and at the end, φ and the Adam state are checkpointed
     atomically under ``<out stem>.run/checkpoints``; ``resume`` continues the latest one (the
-    same task, lr, seed and depth; ``steps`` may exceed the first run's, to extend it) exactly
-    as an unbroken run would, the fine-tuning stream replayed to where it stopped.
+    same task, lr, seed, depth and stream; ``steps`` may exceed the first run's, to extend it)
+    exactly as an unbroken run would, the fine-tuning stream replayed to where it stopped.
     """
     from metaprior import checkpoint as ckpt
     from metaprior.adapt import (
