@@ -198,12 +198,12 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
         val_images = grid_images = [train[i] for i in held]
         select_stream = partial(stream, [im for i, im in enumerate(train) if i not in held])
         test_images = fastmri_knee(data_root, "test")
-        test_names = fastmri_split(data_root)["test"]
+        split = fastmri_split(data_root)
+        test_names = split["test"]
         peak = "max"
-        names = fastmri_split(data_root)["finetune"]
         about = {"finetune": "fastMRI knee, the 10 'finetune' slices of splits.json, whole "
                  "320x320 slices", "lr_selection": "fine-tune on the other finetune slices, "
-                 f"validate on {[names[i] for i in held]}",
+                 f"validate on {[split['finetune'][i] for i in held]}",
                  "test": "the 10 'test' slices", "peak": "max of the target",
                  "mask": task.params}
     if config.max_test_images:
@@ -283,6 +283,15 @@ def finetune_curve(model, theta, data: TaskData, loss: str, steps: int, lr: floa
             "final_loss": result.losses[-1] if result.losses else math.nan, "visuals": visuals}
 
 
+def _save_cache(cache: dict, cache_path: Path | None) -> None:
+    """Write the grid-search / lr-selection cache atomically (``None``: not kept on disk). It
+    is saved as it grows, so a long run that stops keeps what it found."""
+    from metaprior.checkpoint import _write_bytes_atomic
+
+    if cache_path is not None:
+        _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
+
+
 def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
               config: Table1Config, cache: dict, key: str, cache_path: Path | None = None
               ) -> dict:
@@ -300,7 +309,6 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     import hashlib
 
     from metaprior.adapt import AdaptConfig, fine_tune
-    from metaprior.checkpoint import _write_bytes_atomic
     from metaprior.evaluate import score
 
     digest = hashlib.sha256()
@@ -335,8 +343,7 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     if missing:
         seconds += time.perf_counter() - t0
         cache[key] = {"grid": scores, "seconds": seconds, "fingerprint": fingerprint}
-        if cache_path is not None:
-            _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
+        _save_cache(cache, cache_path)
     edge = len(grid) > 1 and best in (min(config.lr_grid), max(config.lr_grid))
     return {"best": best, "grid": grid, "at_grid_edge": edge, "seconds": seconds}
 
@@ -357,7 +364,6 @@ def run_baselines(data: TaskData, config: Table1Config, cache: dict, device="cpu
     """Grid-search (or take from ``cache``, saved to ``cache_path`` as it grows) each
     baseline's hyper-parameter on the fine-tuning images, then score it on the test images."""
     from metaprior import baselines as bl
-    from metaprior.checkpoint import _write_bytes_atomic
     from metaprior.evaluate import pseudo_inverse
 
     rows = {"pinv": evaluate_method(pseudo_inverse, data.test, data.peak, keep_first=True)}
@@ -383,8 +389,7 @@ def run_baselines(data: TaskData, config: Table1Config, cache: dict, device="cpu
             grid_seconds = time.perf_counter() - t0
             cache[key] = {"best": best, "grid": grid, "seconds": grid_seconds,
                           "fingerprint": fingerprint}
-            if cache_path is not None:  # saved as it grows: a long run keeps what it found
-                _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
+            _save_cache(cache, cache_path)
         rec = evaluate_method(make(best), data.test, data.peak, keep_first=True)
         visuals[name] = rec.pop("first")
         edge = " (at the edge of its grid)" if best in (min(grid_values), max(grid_values)) else ""
