@@ -69,7 +69,7 @@ class Table1Config:
     lr: float = 1e-2  # fine-tuning Adam lr when lr_grid is empty (and T1-T4's fallback lr)
     # fine-tuning lr candidates, one chosen per (initialisation, loss) on held-out fine-tuning
     # images (TaskData.val) after `steps` steps; () = use `lr` everywhere
-    lr_grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    lr_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
     prox_lambda: float = 0.0  # λ/2‖φ − θ‖² during fine-tuning (0: plain fine-tuning)
     batch: int = 8  # SR fine-tuning batch (64×64 patches)
     patch_size: int = 64  # SR fine-tuning patch side
@@ -673,7 +673,6 @@ def train_scratch(task_name: str, config: Table1Config, steps: int, out: str | P
             raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_dir(run_dir)}")
         weights, tensors, state = ckpt.load_checkpoint(latest)
         saved = state.get("recipe", {})
-        saved.setdefault("stream", [8, 64, 1])  # the first checkpoints: the default stream
         if saved != recipe or state.get("step", steps + 1) > steps:
             raise ValueError(f"--resume: {latest} is step {state.get('step')} of {saved}, "
                              f"not of {recipe} with --scratch-steps {steps} (>= its step)")
