@@ -134,9 +134,9 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     real = train.meta_gradient
     calls = {"n": 0}
 
-    def flaky(model, theta, batches, config):
+    def flaky(model, theta, batches, config, lrs=None):
         calls["n"] += 1
-        total, results = real(model, theta, batches, config)
+        total, results = real(model, theta, batches, config, lrs)
         if calls["n"] >= 3:  # steps 0-1 fine (checkpoint at 2), then NaN forever
             total = {k: torch.full_like(v, float("nan")) for k, v in total.items()}
         return total, results

@@ -7,7 +7,7 @@ with ``prox_lambda=0``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +26,35 @@ class AdaptConfig:
     loss: str = "unsupervised"  # "supervised" | "unsupervised" | "equivariant" (no ground truth)
     prox_lambda: float = 0.0  # λ of λ/2‖φ − θ‖²
     optimizer: str = "adam"  # "adam" | "sgd"
+    # step size of each parameter tensor relative to ``lr`` (a meta-model's learned inner step
+    # sizes divided by its inner_lr, see :meth:`from_model`); None: ``lr`` for every tensor
+    lr_scales: Mapping[str, float] | None = None
+
+    @classmethod
+    def from_model(cls, meta: dict, **overrides) -> AdaptConfig:
+        r"""The inner step rule a model was meta-trained with, read from its metadata
+        (optimizer, lr, λ, inner loss, learned per-tensor step sizes), then ``overrides``.
+
+        With learned step sizes :math:`\eta_k`, ``lr_scales`` is :math:`\eta_k/\eta_0`
+        (:math:`\eta_0` = the model's ``inner_lr``), so ``lr = inner_lr`` applies exactly the
+        learned steps and another ``lr`` rescales them all.
+        """
+        inner = meta.get("meta_config", {})
+        lr = float(inner.get("inner_lr", cls.lr))
+        learned = meta.get("inner_lrs")
+        values = {"lr": lr, "loss": inner.get("inner_loss", cls.loss),
+                  "prox_lambda": float(inner.get("prox_lambda", cls.prox_lambda)),
+                  "optimizer": inner.get("inner_optimizer", cls.optimizer),
+                  "lr_scales": {k: float(v) / lr for k, v in learned.items()} if learned
+                  else None}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def step_sizes(self):
+        """``lr``, or one step size per parameter name (``lr · lr_scales[name]``)."""
+        if self.lr_scales is None:
+            return self.lr
+        return {k: self.lr * s for k, s in self.lr_scales.items()}
 
 
 @dataclass
@@ -89,7 +118,7 @@ def fine_tune(
         the adapted parameters, the loss of every step and the kept snapshots (with ``start``:
         of the steps after it).
     """
-    opt = make_inner_optimizer(config.optimizer, config.lr)
+    opt = make_inner_optimizer(config.optimizer, config.step_sizes())
     anchor = {k: v.detach() for k, v in theta.items()}
     first = start.step if start is not None else 0
     phi = {k: v.detach().clone().requires_grad_(True)

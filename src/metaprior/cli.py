@@ -118,15 +118,8 @@ def cmd_adapt(args) -> None:
     from metaprior.tasks import get_task
 
     model, meta = load_model(args.model, args.device)
-    inner = meta.get("meta_config", {})
-    config = AdaptConfig(
-        steps=args.steps,
-        lr=args.lr if args.lr is not None else inner.get("inner_lr", 1e-3),
-        loss=args.loss,
-        prox_lambda=args.prox_lambda if args.prox_lambda is not None
-        else inner.get("prox_lambda", 0.0),
-        optimizer=inner.get("inner_optimizer", "adam"),
-    )
+    config = AdaptConfig.from_model(meta, steps=args.steps, lr=args.lr, loss=args.loss,
+                                    prox_lambda=args.prox_lambda)
     if (args.images is None) == (args.measurements is None):
         raise ValueError("give exactly one of --images DIR or --measurements FILE")
     if args.measurements is not None:
@@ -209,7 +202,8 @@ def _add_io(sub) -> None:
                    help="inner loss (default unsupervised: measurement consistency, no ground "
                    "truth; equivariant: plus the 90°-rotation equivariant-imaging term, no ground "
                    "truth either)")
-    p.add_argument("--lr", type=float, default=None, help="default: the model's inner_lr")
+    p.add_argument("--lr", type=float, default=None, help="default: the model's inner_lr "
+                   "(with learned per-layer step sizes, --lr rescales them all)")
     p.add_argument("--prox-lambda", type=float, default=None,
                    help="λ of λ/2‖φ−θ‖² (default: the model's prox_lambda)")
     p.add_argument("--patch-size", type=int, default=64, help="with --images; 0 = full images")
@@ -312,11 +306,7 @@ def cmd_evaluate(args) -> None:
     images = [im.to(args.device) for im in load_eval_images(args.images, args.data_root)]
     adapt = None
     if args.adapt_steps:
-        inner = meta.get("meta_config", {})
-        adapt = AdaptConfig(steps=args.adapt_steps, lr=inner.get("inner_lr", 1e-3),
-                            loss=inner.get("inner_loss", "unsupervised"),
-                            prox_lambda=inner.get("prox_lambda", 0.0),
-                            optimizer=inner.get("inner_optimizer", "adam"))
+        adapt = AdaptConfig.from_model(meta, steps=args.adapt_steps)
     rows = task_table(model, parameters_of(model), args.tasks.split(","), images, args.seed,
                       adapt)
     extra = f" {'adapted (dB)':>15s}" if adapt else ""

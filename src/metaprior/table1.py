@@ -256,8 +256,8 @@ def _load(name_or_path: str, device):
 
 
 def finetune_curve(model, theta, data: TaskData, loss: str, steps: int, lr: float,
-                   prox_lambda: float, curve: Sequence[int], visual_at: Sequence[int] = ()
-                   ) -> dict:
+                   prox_lambda: float, curve: Sequence[int], visual_at: Sequence[int] = (),
+                   rule=None) -> dict:
     """Fine-tune from θ for ``steps`` Adam steps (one run) and score the test images after each
     number of steps in ``curve`` and ``steps``.
 
@@ -267,7 +267,7 @@ def finetune_curve(model, theta, data: TaskData, loss: str, steps: int, lr: floa
     from metaprior.adapt import AdaptConfig, fine_tune
 
     keep = sorted({s for s in curve if s <= steps} | {steps})
-    cfg = AdaptConfig(steps=steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
+    cfg = replace(rule or AdaptConfig(), steps=steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
     t0 = time.perf_counter()
     result = fine_tune(model, theta, data.stream(), cfg, keep=keep)
     seconds = time.perf_counter() - t0
@@ -293,8 +293,8 @@ def _save_cache(cache: dict, cache_path: Path | None) -> None:
 
 
 def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
-              config: Table1Config, cache: dict, key: str, cache_path: Path | None = None
-              ) -> dict:
+              config: Table1Config, cache: dict, key: str, cache_path: Path | None = None,
+              rule=None) -> dict:
     """The fine-tuning learning rate of one (initialisation θ, loss) pair: the value of
     ``config.lr_grid`` whose ``config.steps``-step fine-tuning on ``data.select_stream`` scores
     the best mean PSNR on the held-out fine-tuning images ``data.val`` (never the test images).
@@ -318,6 +318,11 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
                    "prox_lambda": prox_lambda, "theta": digest.hexdigest()[:16],
                    "data": [data.about["lr_selection"], config.batch, config.patch_size,
                             config.mri_batch, config.grid_crop]}
+    rule = rule or AdaptConfig()
+    if rule.optimizer != "adam":
+        fingerprint["optimizer"] = rule.optimizer
+    if rule.lr_scales is not None:  # learned step sizes: the grid rescales them
+        fingerprint["lr_scales"] = {k: rule.lr_scales[k] for k in sorted(rule.lr_scales)}
     entry = cache.get(key, {})
     # (the first entries, version 1, had no version field and also fingerprinted the grid)
     cached = {"version": 1, **entry.get("fingerprint", {})}
@@ -327,7 +332,7 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     missing = [lr for lr in config.lr_grid if str(lr) not in scores]
     t0 = time.perf_counter()
     for lr in missing:
-        cfg = AdaptConfig(steps=config.steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
+        cfg = replace(rule, steps=config.steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
         try:
             phi = fine_tune(model, theta, data.select_stream(), cfg).params
             with torch.no_grad():
@@ -424,6 +429,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
         device: torch device.
         grid_cache: JSON of earlier grid-search choices to reuse (and update).
     """
+    from metaprior.adapt import AdaptConfig
     from metaprior.checkpoint import _save_tensors, _write_bytes_atomic
 
     t_start = time.perf_counter()
@@ -452,6 +458,9 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 theta = _random_init(model, config.seed)
             else:
                 model, theta = inits[init][0], inits[init][1]
+            # the init's own step rule (optimizer, learned per-layer step sizes rescaled by
+            # the chosen lr); random init: Adam
+            rule = None if init == "random" else AdaptConfig.from_model(inits[init][2])
             losses = ("supervised", "unsupervised",
                       *(config.variants if init.startswith("meta") else ()))
             for loss in losses:
@@ -460,14 +469,15 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 prox = 0.0 if init == "random" else config.prox_lambda
                 if config.lr_grid:
                     chosen = choose_lr(model, theta, data, loss, prox, config, cache,
-                                       f"{task_name}/{init}_ft_{tag}/lr", cache_path)
+                                       f"{task_name}/{init}_ft_{tag}/lr", cache_path, rule)
                     lr = chosen["best"]
                     log(f"  {task_name} {init:10s} {loss:12s} lr {lr:g} (validation " + ", ".join(
                         f"{k}: " + ("diverged" if v is None else f"{v:.2f}")
                         for k, v in chosen["grid"].items()) + " dB)"
                         + (" (at the edge of its grid)" if chosen["at_grid_edge"] else ""))
                 run = finetune_curve(model, theta, data, loss, config.steps, lr, prox,
-                                     config.curve, visual_at=(0, 1, 20, config.steps))
+                                     config.curve, visual_at=(0, 1, 20, config.steps),
+                                     rule=rule)
                 run["lr"] = lr
                 if chosen is not None:
                     run["lr_selection"] = {k: chosen[k] for k in ("grid", "at_grid_edge",
@@ -531,11 +541,10 @@ def training_task_entry(model, theta, meta: dict, images: Sequence[Tensor], conf
     from metaprior.tasks import TRAIN_TASKS
 
     inner = meta.get("meta_config", {})
-    adapt = AdaptConfig(steps=1, lr=inner.get("inner_lr", config.lr),
-                        loss=inner.get("inner_loss", "supervised"), prox_lambda=0.0,
-                        optimizer=inner.get("inner_optimizer", "adam"))
+    adapt = AdaptConfig.from_model(meta, steps=1, lr=inner.get("inner_lr", config.lr),
+                                   loss=inner.get("inner_loss", "supervised"), prox_lambda=0.0)
     rows = task_table(model, theta, TRAIN_TASKS, images, config.seed, adapt)
-    return {"depth": model.config.depth, "inner": adapt.__dict__, "rows": rows}
+    return {"depth": model.config.depth, "inner": asdict(adapt), "rows": rows}
 
 
 def _log_rows(prefix: str, rows: list[dict], log) -> None:

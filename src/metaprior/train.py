@@ -24,7 +24,7 @@ from tqdm import tqdm
 from metaprior import checkpoint as ckpt
 from metaprior.config import from_dict, to_dict
 from metaprior.data import PatchSampler, bsds500, demo_images
-from metaprior.meta.maml import MetaConfig, inner_adapt, reconstruct
+from metaprior.meta.maml import INNER_LR_PREFIX, MetaConfig, inner_adapt, reconstruct
 from metaprior.meta.step import meta_gradient
 from metaprior.metrics import psnr
 from metaprior.models import PDNet, PDNetConfig
@@ -48,6 +48,8 @@ class OptimConfig:
     schedule: str = "cosine"  # "cosine" (to 0 at the last step) | "constant"
     warmup_steps: int = 0  # linear warm-up
     grad_clip: float = 0.0  # clip the global hypergradient norm (0: off)
+    # outer Adam lr of the learned log inner step sizes (meta.learn_inner_lr), same schedule
+    inner_lr_lr: float = 1e-2
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class RunConfig:
     ckpt_every: int = 100  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2
     max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
+    # start θ from this model (file, run folder or shipped name; same PDNet config) instead of
+    # a random initialisation, e.g. a jointly pre-trained model ("" = random)
+    init_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,14 +117,24 @@ class MetaTrainer:
         seed = config.run.seed
         torch.manual_seed(seed)  # parameter initialisation only
         self.model = PDNet(config.model).to(self.device)
+        if config.run.init_from:
+            self._warm_start(config.run.init_from)
+        # learned inner step sizes, as logs (positive, and Adam moves them multiplicatively)
+        self.log_inner_lr = {
+            name: torch.nn.Parameter(torch.tensor(math.log(config.meta.inner_lr),
+                                                  device=self.device))
+            for name, _ in self.model.named_parameters()} if config.meta.learn_inner_lr else {}
         self.tasks = [get_task(name) for name in config.meta.tasks]
         inner_pool, outer_pool = image_pools(config.data)
         p = config.data.patch_size
         self.inner_sampler = PatchSampler(inner_pool, p, seed=seed + 1)
         self.outer_sampler = PatchSampler(outer_pool, p, seed=seed + 2)
         self.task_rng = torch.Generator().manual_seed(seed + 3)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr,
-                                          foreach=False)
+        groups = [{"params": list(self.model.parameters()), "base_lr": config.optim.lr}]
+        if self.log_inner_lr:
+            groups.append({"params": list(self.log_inner_lr.values()),
+                           "base_lr": config.optim.inner_lr_lr})
+        self.optimizer = torch.optim.Adam(groups, lr=config.optim.lr, foreach=False)
         self.step = 0
         self.nonfinite_streak = 0
         val_images = PatchSampler(outer_pool, p, seed=seed + 4).sample(config.data.val_batch)
@@ -130,6 +145,22 @@ class MetaTrainer:
         self._sampler = ThreadPoolExecutor(1, thread_name_prefix="metaprior-sampler")
         self._ahead: Future | None = None  # (streams before the batch, batch) drawn ahead
 
+    def _warm_start(self, source: str) -> None:
+
+        model, _ = ckpt.load_model(source)
+        if model.config != self.model.config:
+            raise ValueError(f"--init-from {source}: its PDNet config {model.config} differs "
+                             f"from this run's {self.model.config}")
+        self.model.load_state_dict(model.state_dict())
+
+    def inner_lrs(self) -> dict[str, torch.Tensor]:
+        r"""The learned inner step sizes :math:`\eta_k = e^{s_k}` (empty if not learned)."""
+        return {k: s.exp() for k, s in self.log_inner_lr.items()}
+
+    def _named_outer_params(self) -> dict[str, torch.nn.Parameter]:
+        return {**dict(self.model.named_parameters()),
+                **{INNER_LR_PREFIX + k: v for k, v in self.log_inner_lr.items()}}
+
     # --- persistence ----------------------------------------------------------------------
     def _streams(self) -> dict[str, torch.Tensor]:
         return {"rng.inner": self.inner_sampler.generator.get_state(),
@@ -139,8 +170,9 @@ class MetaTrainer:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         # The streams as they were before any batch drawn ahead: what a resumed run redraws.
         tensors = self._ahead.result()[0] if self._ahead else self._streams()
-        names = dict(zip(map(id, self.model.parameters()), dict(self.model.named_parameters()),
-                         strict=True))
+        tensors |= {f"log_{INNER_LR_PREFIX}{k}": v.detach() for k, v in self.log_inner_lr.items()}
+        named = self._named_outer_params()
+        names = dict(zip(map(id, named.values()), named, strict=True))
         for p, st in self.optimizer.state.items():
             for key, value in st.items():
                 tensors[f"adam.{names[id(p)]}.{key}"] = torch.as_tensor(value)
@@ -155,8 +187,11 @@ class MetaTrainer:
                                     keep=cfg.run.keep_checkpoints)
 
     def model_metadata(self) -> dict:
-        return {"meta_config": to_dict(self.config.meta), "step": self.step,
+        meta = {"meta_config": to_dict(self.config.meta), "step": self.step,
                 "train_config": to_dict(self.config)}
+        if self.log_inner_lr:
+            meta["inner_lrs"] = {k: float(v.detach()) for k, v in self.inner_lrs().items()}
+        return meta
 
     def restore(self, path: Path) -> None:
         weights, tensors, state = ckpt.load_checkpoint(path)
@@ -167,7 +202,10 @@ class MetaTrainer:
         self.inner_sampler.generator.set_state(tensors["rng.inner"])
         self.outer_sampler.generator.set_state(tensors["rng.outer"])
         self.task_rng.set_state(tensors["rng.tasks"])
-        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for k, v in self.log_inner_lr.items():
+                v.copy_(tensors[f"log_{INNER_LR_PREFIX}{k}"])
+        params = self._named_outer_params()
         self.optimizer.state.clear()
         for key, value in tensors.items():
             if key.startswith("adam."):
@@ -209,7 +247,8 @@ class MetaTrainer:
         t0 = time.perf_counter()
         lr = learning_rate(cfg.optim, self.step)
         theta = dict(self.model.named_parameters())
-        total, results = meta_gradient(self.model, theta, self.next_meta_batch(), cfg.meta)
+        lrs = {k: v.detach() for k, v in self.inner_lrs().items()} or None
+        total, results = meta_gradient(self.model, theta, self.next_meta_batch(), cfg.meta, lrs)
         outer = sum(r.outer_loss for r in results)
         finite = math.isfinite(outer) and all(bool(torch.isfinite(g).all())
                                               for g in total.values())
@@ -219,13 +258,17 @@ class MetaTrainer:
         if finite:
             for name, p in self.model.named_parameters():
                 p.grad = total[name].to(p.dtype)
+            for name, s in self.log_inner_lr.items():  # d/ds = d/dη · η with η = e^s
+                s.grad = (total[INNER_LR_PREFIX + name] * lrs[name]).to(s.dtype)
             if cfg.optim.grad_clip > 0:
                 record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
                     self.model.parameters(), cfg.optim.grad_clip))
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * (group["base_lr"] / cfg.optim.lr)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.log_inner_lr:
+                record["inner_lr"] = {k: float(v.detach()) for k, v in self.inner_lrs().items()}
             self.nonfinite_streak = 0
         else:
             self.nonfinite_streak += 1
@@ -247,7 +290,7 @@ class MetaTrainer:
             meta_psnr = float(psnr(reconstruct(self.model, theta, batch), batch.target).mean())
             with torch.enable_grad():
                 phi, _ = inner_adapt(self.model, theta, batch, self.config.meta,
-                                     create_graph=False)
+                                     create_graph=False, lrs=self.inner_lrs() or None)
             inner_psnr = float(psnr(reconstruct(self.model, phi, batch), batch.target).mean())
             out[batch.task] = {"meta_psnr": meta_psnr, "inner_psnr": inner_psnr}
         return out

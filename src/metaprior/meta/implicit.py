@@ -24,6 +24,7 @@ from metaprior.losses import data_loss
 from metaprior.meta.maml import (
     MetaConfig,
     TaskHypergradient,
+    _add_theta_term,
     _grad_dict,
     inner_adapt,
     outer_loss,
@@ -100,5 +101,7 @@ def implicit_hypergradient(
     v, residual, iters = conjugate_gradient(hvp, b, config.cg_iters, config.cg_tol)
     grads = {k: part.view(s) for k, part, s in zip(names, torch.split(v, sizes), shapes,
                                                     strict=True)}
+    if config.outer_theta_weight:
+        grads = _add_theta_term(model, grads, theta, outer_batch, config.outer_theta_weight)
     return TaskHypergradient(inner_batch.task, grads, inner, float(loss_out.detach()),
                              {"cg_residual": residual, "cg_iters": iters})

@@ -16,7 +16,7 @@ Without differentiation the numerics match ``torch.optim.SGD`` / ``torch.optim.A
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -34,21 +34,36 @@ class InnerOptimizer:
     name: str = "custom"
 
 
+#: A step size: one for every tensor, or one per parameter tensor (a float or a 0-d tensor for
+#: each name; tensors stay differentiable, so learned step sizes get hypergradients).
+LearningRate = float | Mapping[str, float | torch.Tensor]
+
+
+def _lr(lr: LearningRate, name: str):
+    return lr[name] if isinstance(lr, Mapping) else lr
+
+
+def _check_lr(lr: LearningRate) -> None:
+    values = lr.values() if isinstance(lr, Mapping) else (lr,)
+    if any(not float(v.detach() if isinstance(v, torch.Tensor) else v) > 0 for v in values):
+        raise ValueError(f"lr must be > 0, got {lr}")
+
+
 def apply_updates(params: Params, updates: Params) -> Params:
     r"""Return :math:`\phi + u` for every entry (a new dict; inputs untouched)."""
     return {k: params[k] + updates[k] for k in params}
 
 
-def sgd(lr: float, momentum: float = 0.0) -> InnerOptimizer:
+def sgd(lr: LearningRate, momentum: float = 0.0) -> InnerOptimizer:
     r"""Stochastic gradient descent, :math:`\phi_{t+1} = \phi_t - \eta\, m_{t+1}` with
     :math:`m_{t+1} = \mu m_t + g_t` (``torch.optim.SGD`` with ``dampening=0``).
 
     Args:
-        lr: step size :math:`\eta > 0`.
+        lr: step size :math:`\eta > 0`, or one per parameter name (Meta-SGD / MAML++'s
+            per-layer step sizes).
         momentum: heavy-ball coefficient :math:`\mu \in [0, 1)`.
     """
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    _check_lr(lr)
 
     def init(params: Params) -> OptState:
         state: OptState = {"step": 0}
@@ -59,13 +74,13 @@ def sgd(lr: float, momentum: float = 0.0) -> InnerOptimizer:
     def update(grads: Params, state: OptState, params: Params) -> tuple[Params, OptState]:
         del params
         if not momentum:
-            return {k: -lr * g for k, g in grads.items()}, {"step": state["step"] + 1}
+            return {k: -_lr(lr, k) * g for k, g in grads.items()}, {"step": state["step"] + 1}
         m_prev = state["m"]
         if m_prev is None:
             m = dict(grads)
         else:
             m = {k: momentum * m_prev[k] + g for k, g in grads.items()}
-        return {k: -lr * v for k, v in m.items()}, {"step": state["step"] + 1, "m": m}
+        return {k: -_lr(lr, k) * v for k, v in m.items()}, {"step": state["step"] + 1, "m": m}
 
     return InnerOptimizer(init, update, name="sgd")
 
@@ -75,7 +90,7 @@ def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
 
 
 def adam(
-    lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    lr: LearningRate, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
 ) -> InnerOptimizer:
     r"""Adam (Kingma & Ba 2015) with bias correction, as in ``torch.optim.Adam``:
 
@@ -92,12 +107,11 @@ def adam(
     :math:`\approx -\eta\,\mathrm{sign}(g)`, whose derivative in :math:`g` is nearly zero.
 
     Args:
-        lr: step size :math:`\eta`.
+        lr: step size :math:`\eta`, or one per parameter name.
         betas: :math:`(\beta_1, \beta_2)`.
         eps: :math:`\epsilon`, added after the square root.
     """
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    _check_lr(lr)
     b1, b2 = betas
 
     def init(params: Params) -> OptState:
@@ -112,18 +126,19 @@ def adam(
         t = state["step"] + 1
         m = {k: b1 * state["m"][k] + (1 - b1) * g for k, g in grads.items()}
         v = {k: b2 * state["v"][k] + (1 - b2) * g * g for k, g in grads.items()}
-        step_size = lr / (1 - b1**t)
+        bc1 = 1 - b1**t
         sqrt_bc2 = math.sqrt(1 - b2**t)
         # sqrt on v clamped to the smallest normal number: the same value as torch.optim (unless
         # v < 1e-38), but a finite derivative where a gradient entry is exactly 0 (MAML).
-        updates = {k: -step_size * m[k] / (_safe_sqrt(v[k]) / sqrt_bc2 + eps) for k in grads}
+        updates = {k: -(_lr(lr, k) / bc1) * m[k] / (_safe_sqrt(v[k]) / sqrt_bc2 + eps)
+                   for k in grads}
         return updates, {"step": t, "m": m, "v": v}
 
     return InnerOptimizer(init, update, name="adam")
 
 
-def make_inner_optimizer(name: str, lr: float) -> InnerOptimizer:
-    """Build an inner optimizer by name (``"sgd"`` or ``"adam"``)."""
+def make_inner_optimizer(name: str, lr: LearningRate) -> InnerOptimizer:
+    """Build an inner optimizer by name (``"sgd"`` or ``"adam"``); ``lr`` as in :func:`sgd`."""
     if name == "sgd":
         return sgd(lr)
     if name == "adam":

@@ -26,7 +26,12 @@ from metaprior.losses import (
     rotate,
     supervised_loss,
 )
-from metaprior.meta.inner import InnerOptimizer, apply_updates, make_inner_optimizer
+from metaprior.meta.inner import (
+    InnerOptimizer,
+    LearningRate,
+    apply_updates,
+    make_inner_optimizer,
+)
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 
@@ -94,10 +99,16 @@ class MetaConfig:
     inner_steps: int = 1  # K (the paper uses 1 Adam step for PDNet)
     inner_optimizer: str = "adam"  # "adam" | "sgd"
     inner_lr: float = 1e-3  # η, also used for test-time fine-tuning
+    # Learn one inner step size per parameter tensor (per layer: W_k and λ_k), started at
+    # inner_lr (Meta-SGD / MAML++'s per-layer rates; maml only); adaptation then uses them.
+    learn_inner_lr: bool = False
     prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² (no effect with K = 1 from φ = θ)
     hypergradient: str = "maml"  # "maml" | "first_order" | "implicit" | "joint" (no inner step)
     cg_iters: int = 20  # implicit: conjugate-gradient iterations
     cg_tol: float = 1e-6  # implicit: relative residual at which CG stops
+    # w in L_outer(φ_K) + w L_outer(θ): the outer loss also scores θ itself (MAML++'s
+    # multi-step loss at step 0), so θ must be a good reconstructor before any inner step
+    outer_theta_weight: float = 0.0
     # Tasks of a meta-batch run concurrently, each thread on its own model replica; results
     # are bitwise those of one thread.
     workers: int = 0  # threads over a meta-batch's tasks (0: one per core free of intra-op threads)
@@ -118,6 +129,13 @@ class MetaConfig:
                              "(I + H/λ) v = g)")
         if not self.tasks:
             raise ValueError("tasks is empty: name at least one registered task")
+        if self.learn_inner_lr and self.hypergradient != "maml":
+            raise ValueError("learn_inner_lr needs hypergradient 'maml' (the step sizes get "
+                             "their hypergradient by differentiating through the inner steps)")
+        if self.outer_theta_weight < 0:
+            raise ValueError(f"outer_theta_weight must be >= 0, got {self.outer_theta_weight}")
+        if self.inner_lr <= 0:
+            raise ValueError(f"inner_lr must be > 0, got {self.inner_lr}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0: one per free core), got {self.workers}")
 
@@ -135,12 +153,13 @@ class TaskHypergradient:
 
 def inner_adapt(
     model: nn.Module, theta: Params, batch: TaskBatch, config: MetaConfig,
-    create_graph: bool,
+    create_graph: bool, lrs: LearningRate | None = None,
 ) -> tuple[Params, float]:
     r"""K inner steps from :math:`\phi_0 = \theta` on ``batch``. Returns :math:`\phi_K` and the
     inner loss at :math:`\phi_0`. With ``create_graph`` the result depends differentiably on
-    ``theta``; otherwise every step is detached (constant memory in K)."""
-    opt = make_inner_optimizer(config.inner_optimizer, config.inner_lr)
+    ``theta`` (and on the step sizes ``lrs``, default ``config.inner_lr``); otherwise every step
+    is detached (constant memory in K)."""
+    opt = make_inner_optimizer(config.inner_optimizer, config.inner_lr if lrs is None else lrs)
     anchor = theta if create_graph else {k: v.detach() for k, v in theta.items()}
     phi = theta if create_graph else {k: v.detach().requires_grad_(True) for k, v in
                                       theta.items()}
@@ -158,6 +177,21 @@ def outer_loss(model: nn.Module, phi: Params, batch: TaskBatch) -> Tensor:
     return supervised_loss(reconstruct(model, phi, batch), batch.target)
 
 
+#: Prefix of the learned inner step sizes among the hypergradients (``inner_lr.<parameter>``).
+INNER_LR_PREFIX = "inner_lr."
+
+
+def meta_objective(model: nn.Module, phi: Params, theta: Params, batch: TaskBatch,
+                   config: MetaConfig) -> tuple[Tensor, Tensor]:
+    r"""The outer objective of one task, :math:`\mathcal L_{\rm outer}(\phi_K) +
+    w\,\mathcal L_{\rm outer}(\theta)` (``w = config.outer_theta_weight``), and its first term
+    alone (what is logged as the outer loss)."""
+    loss = outer_loss(model, phi, batch)
+    if config.outer_theta_weight:
+        return loss + config.outer_theta_weight * outer_loss(model, theta, batch), loss
+    return loss, loss
+
+
 def _grad_dict(loss: Tensor, params: Params) -> Params:
     names = list(params)
     grads = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
@@ -167,14 +201,20 @@ def _grad_dict(loss: Tensor, params: Params) -> Params:
 
 def maml_hypergradient(
     model: nn.Module, theta: Params, inner_batch: TaskBatch, outer_batch: TaskBatch,
-    config: MetaConfig,
+    config: MetaConfig, lrs: Params | None = None,
 ) -> TaskHypergradient:
     r"""Second-order MAML: :math:`\nabla_\theta \mathcal L_{\rm outer}(\phi_K(\theta))` by
-    backpropagation through the K inner steps (``create_graph=True``)."""
+    backpropagation through the K inner steps (``create_graph=True``). With learned step sizes
+    ``lrs`` (one 0-d tensor per parameter name), their hypergradients are returned too, under
+    ``INNER_LR_PREFIX + name``."""
     theta = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
-    phi, inner = inner_adapt(model, theta, inner_batch, config, create_graph=True)
-    loss = outer_loss(model, phi, outer_batch)
-    return TaskHypergradient(inner_batch.task, _grad_dict(loss, theta), inner,
+    wrt = dict(theta)
+    if lrs is not None:
+        lrs = {k: v.detach().requires_grad_(True) for k, v in lrs.items()}
+        wrt.update({INNER_LR_PREFIX + k: v for k, v in lrs.items()})
+    phi, inner = inner_adapt(model, theta, inner_batch, config, create_graph=True, lrs=lrs)
+    objective, loss = meta_objective(model, phi, theta, outer_batch, config)
+    return TaskHypergradient(inner_batch.task, _grad_dict(objective, wrt), inner,
                              float(loss.detach()))
 
 
@@ -186,8 +226,19 @@ def first_order_hypergradient(
     :math:`d\phi_K/d\theta` as the identity."""
     phi, inner = inner_adapt(model, theta, inner_batch, config, create_graph=False)
     loss = outer_loss(model, phi, outer_batch)
-    return TaskHypergradient(inner_batch.task, _grad_dict(loss, phi), inner,
-                             float(loss.detach()))
+    grads = _grad_dict(loss, phi)
+    if config.outer_theta_weight:
+        grads = _add_theta_term(model, grads, theta, outer_batch, config.outer_theta_weight)
+    return TaskHypergradient(inner_batch.task, grads, inner, float(loss.detach()))
+
+
+def _add_theta_term(model: nn.Module, grads: Params, theta: Params, batch: TaskBatch,
+                    weight: float) -> Params:
+    r"""``grads`` plus :math:`w\nabla_\theta\mathcal L_{\rm outer}(\theta)` (the θ-scored
+    term of :func:`meta_objective`, for the hypergradients that do not differentiate it)."""
+    theta = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+    extra = _grad_dict(outer_loss(model, theta, batch), theta)
+    return {k: g + weight * extra[k] for k, g in grads.items()}
 
 
 def joint_gradient(

@@ -40,9 +40,12 @@ _MODES = {
 
 def task_hypergradient(
     model: nn.Module, theta: Params, inner_batch: TaskBatch, outer_batch: TaskBatch,
-    config: MetaConfig,
+    config: MetaConfig, lrs: Params | None = None,
 ) -> TaskHypergradient:
-    """The hypergradient of one task by ``config.hypergradient``."""
+    """The hypergradient of one task by ``config.hypergradient`` (with learned inner step sizes
+    ``lrs``: second-order MAML, which also differentiates them)."""
+    if lrs is not None:
+        return maml_hypergradient(model, theta, inner_batch, outer_batch, config, lrs=lrs)
     return _MODES[config.hypergradient](model, theta, inner_batch, outer_batch, config)
 
 
@@ -73,21 +76,22 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 def meta_gradient(
     model: nn.Module, theta: Params, batches: Sequence[tuple[TaskBatch, TaskBatch]],
-    config: MetaConfig,
+    config: MetaConfig, lrs: Params | None = None,
 ) -> tuple[Params, list[TaskHypergradient]]:
-    """Hypergradient of the summed outer loss over a meta-batch of (inner, outer) batches."""
+    """Hypergradient of the summed outer loss over a meta-batch of (inner, outer) batches
+    (and of the learned inner step sizes ``lrs``, if given)."""
     workers = num_workers(config, len(batches))
     if workers == 1:
-        results = [task_hypergradient(model, theta, inner, outer, config)
+        results = [task_hypergradient(model, theta, inner, outer, config, lrs)
                    for inner, outer in batches]
     else:
-        results = _concurrent(model, theta, batches, config, workers)
+        results = _concurrent(model, theta, batches, config, workers, lrs)
     return sum_hypergradients(results), results
 
 
 def _concurrent(
     model: nn.Module, theta: Params, batches: Sequence[tuple[TaskBatch, TaskBatch]],
-    config: MetaConfig, workers: int,
+    config: MetaConfig, workers: int, lrs: Params | None = None,
 ) -> list[TaskHypergradient]:
     """The tasks' hypergradients from ``workers`` pool threads, in the order of ``batches``."""
     replicas: dict[int, nn.Module] = {}  # one per pool thread, made on its first task
@@ -99,6 +103,6 @@ def _concurrent(
             replicas[ident] = copy.deepcopy(model)
         replica = replicas[ident]
         with torch.set_grad_enabled(grad_enabled):  # grad mode is thread-local
-            return task_hypergradient(replica, theta, *pair, config)
+            return task_hypergradient(replica, theta, *pair, config, lrs)
 
     return list(_pool(workers).map(run, batches))

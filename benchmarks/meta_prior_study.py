@@ -1,0 +1,218 @@
+r"""Recipe study of meta-training: which meta-learned initialisation is a prior on operators it
+never saw.
+
+Every recipe is a meta-training run (``metaprior meta-train``, its command recorded with its
+wall time and step rate); this script scores the run's model on validation operators only,
+never on Set3C or the MRI test slices:
+
+* ``sr2``: super-resolution ×2 (decimation) on BSDS500 *val* centre crops;
+* ``sr4``: super-resolution ×4 on the same crops (an operator of our own, outside T1–T4 and
+  the paper's unseen tasks);
+* ``fourier4``: Cartesian Fourier sampling ×4 (random columns, centre fraction 0.08, mask
+  seed 1, not the MRI×4 mask) of the same crops, the natural-image proxy of MRI.
+
+For each operator: PSNR of θ itself, then fine-tuning from θ on BSDS500 train+test patches
+(the Table 1 SR stream: 8 patches of 64×64 a step; 2 patches of 128×128 for ``fourier4``,
+whose mask depends on the image size) with Adam, supervised and without ground truth
+(measurement consistency; also the equivariant loss on ``sr2``), scored after 0, 1, 5 and
+``--steps`` steps. The fine-tuning lr is chosen per (recipe, operator, loss) from ``--lr-grid``
+by the PSNR after ``--steps`` steps, as Table 1 chooses it on held-out images; every lr's
+curve is kept.
+
+Usage::
+
+    python benchmarks/meta_prior_study.py score --recipe NAME --model PATH_OR_RUN \
+        --about "what differs" [--command "the meta-train command"]
+    python benchmarks/meta_prior_study.py figure   # docs/figures/meta_prior_study.png
+
+Results accumulate in ``benchmarks/results/meta_prior_study.json`` (one entry per recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from common import RESULTS, machine, write_json
+from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
+from metaprior.checkpoint import load_model
+from metaprior.data import PatchSampler, bsds500
+from metaprior.evaluate import score
+from metaprior.meta.maml import reconstruct
+from metaprior.metrics import mean_std
+from metaprior.tasks import mri_task, sr_task
+
+OUT = RESULTS / "meta_prior_study.json"
+FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "meta_prior_study.png"
+CROP = 128
+VAL_IMAGES = 8
+
+
+def operators() -> dict:
+    """name -> (task, fine-tuning patch side, patches per step, losses scored)."""
+    return {
+        "sr2": (sr_task(2), 64, 8, ("supervised", "unsupervised", "equivariant")),
+        "sr4": (sr_task(4), 64, 8, ("supervised", "unsupervised")),
+        "fourier4": (replace(mri_task(4, seed=1), name="fourier4"), CROP, 2,
+                     ("supervised", "unsupervised")),
+    }
+
+
+def _centre(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return x[..., (h - size) // 2:(h - size) // 2 + size, (w - size) // 2:(w - size) // 2 + size]
+
+
+def validation_images(data_root=None) -> list[torch.Tensor]:
+    """``VAL_IMAGES`` BSDS500 val images evenly spread over the split, centre-cropped."""
+    val = bsds500(data_root, ("val",))
+    step = len(val) / VAL_IMAGES
+    return [_centre(val[int(i * step)], CROP) for i in range(VAL_IMAGES)]
+
+
+def score_model(model, theta, steps: int, lr_grid, data_root=None, seed: int = 0,
+                log=print, rule: AdaptConfig | None = None) -> dict:
+    """The per-operator scores of one initialisation θ (see the module docstring). ``rule``:
+    the model's own step rule (optimizer, learned per-layer step sizes, which ``lr``
+    rescales); default Adam."""
+    rule = rule or AdaptConfig()
+    train = bsds500(data_root, ("train", "test"))
+    images = validation_images(data_root)
+    keep = sorted({n for n in (0, 1, 5) if n <= steps} | {steps})
+    out = {}
+    for name, (task, patch, batch, losses) in operators().items():
+        g = torch.Generator().manual_seed(seed + 3)
+        val = [task.sample(im.unsqueeze(0), g) for im in images]
+
+        def stream(task=task, patch=patch, batch=batch):
+            sampler = PatchSampler(train, patch, seed=seed)
+            gen = torch.Generator().manual_seed(seed + 1)
+            return lambda step: task.sample(sampler.sample(batch), gen)
+
+        def psnr_of(params, val=val):
+            return mean_std(score(lambda b: reconstruct(model, params, b), val))[0]
+
+        entry = {"theta": psnr_of(theta),
+                 "pseudo_inverse": mean_std(score(lambda b: b.physics.A_dagger(b.y), val))[0]}
+        for loss in losses:
+            grid = {}
+            for lr in lr_grid:
+                try:
+                    cfg = replace(rule, steps=steps, lr=lr, loss=loss, prox_lambda=0.0)
+                    result = fine_tune(model, theta, stream(), cfg, keep=keep)
+                    grid[str(lr)] = {str(n): psnr_of(result.snapshots[n]) for n in keep}
+                except FloatingPointError:
+                    grid[str(lr)] = None
+            ok = [lr for lr in grid if grid[lr] is not None]
+            best = max(ok, key=lambda lr: grid[lr][str(steps)])
+            entry[loss] = {"best_lr": float(best), "curve": grid[best], "grid": grid}
+            log(f"  {name:8s} {loss:12s} theta {entry['theta']:6.2f}  "
+                + "  ".join(f"{n}: {grid[best][str(n)]:6.2f}" for n in keep) + f"  (lr {best})")
+        out[name] = entry
+    return out
+
+
+def _load_results() -> dict:
+    if OUT.exists():
+        return json.loads(OUT.read_text())
+    return {"recipes": {}}
+
+
+def cmd_score(args) -> None:
+    torch.set_num_threads(1)
+    if args.model == "random":
+        from metaprior.models import PDNet, PDNetConfig
+
+        torch.manual_seed(args.seed)
+        model = PDNet(PDNetConfig(depth=args.depth))
+        meta = {"pdnet_config": {"depth": args.depth}}
+    else:
+        model, meta = load_model(args.model)
+    theta = parameters_of(model)
+    t0 = time.perf_counter()
+    print(f"{args.recipe}: {args.model}")
+    rule = AdaptConfig.from_model(meta) if "meta_config" in meta else None
+    scores = score_model(model, theta, args.steps, args.lr_grid, args.data_root, args.seed,
+                         rule=rule)
+    train = {}
+    run = Path(args.model)
+    if run.is_dir() and (run / "log.jsonl").exists():
+        lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x]
+        secs = [x["seconds"] for x in lines]
+        train = {"steps": len(lines), "sum_of_step_seconds": round(sum(secs), 1),
+                 "seconds_per_step": round(sum(secs) / max(len(secs), 1), 3),
+                 "final_outer_loss_mean_last50": sum(x["outer_loss"] for x in lines[-50:])
+                 / max(len(lines[-50:]), 1)}
+    results = _load_results()
+    results["protocol"] = {
+        "validation": f"{VAL_IMAGES} BSDS500 val images, {CROP}x{CROP} centre crops",
+        "operators": {k: dict(v[0].params, patch=v[1], batch=v[2])
+                      for k, v in operators().items()},
+        "finetune": "Adam from theta on BSDS500 train+test patches, seed 0, no proximal term",
+        "steps": args.steps, "lr_grid": list(args.lr_grid),
+        "lr_choice": "per (recipe, operator, loss): best PSNR after `steps` steps"}
+    results["machine"] = machine()
+    results["recipes"][args.recipe] = {
+        "about": args.about, "command": args.command, "model": args.model,
+        "meta_config": meta.get("meta_config"), "pdnet_config": meta.get("pdnet_config"),
+        "inner_lrs": meta.get("inner_lrs"),
+        "train": train, "scores": scores,
+        "score_seconds": round(time.perf_counter() - t0, 1)}
+    write_json(OUT, results)
+    print(f"wrote {OUT}")
+
+
+def cmd_figure(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = _load_results()
+    recipes = results["recipes"]
+    panels = [(op, loss) for op, (_, _, _, losses) in operators().items() for loss in losses]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), sharex=True)
+    for ax, (op, loss) in zip(axes, panels, strict=True):
+        for name, rec in recipes.items():
+            curve = rec["scores"][op][loss]["curve"]
+            xs = sorted(int(n) for n in curve)
+            ax.plot(xs, [curve[str(n)] for n in xs], marker="o", ms=3, label=name)
+        ax.set_title(f"{op}, {loss}", fontsize=9)
+        ax.set_xlabel("fine-tuning steps")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("PSNR (dB), BSDS500 val crops")
+    axes[-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURE, dpi=120)
+    print(f"wrote {FIGURE}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("score", help="score one recipe's model on the validation operators")
+    s.add_argument("--recipe", required=True, help="name of the recipe (the JSON key)")
+    s.add_argument("--model", required=True,
+                   help="model file, run folder, shipped name, or 'random' (fresh PDNet)")
+    s.add_argument("--about", default="", help="what the recipe changes")
+    s.add_argument("--command", default="", help="the command that trained the model")
+    s.add_argument("--steps", type=int, default=20, help="fine-tuning steps (default 20)")
+    s.add_argument("--lr-grid", type=float, nargs="+", default=[3e-4, 1e-3])
+    s.add_argument("--depth", type=int, default=20, help="depth of the 'random' model")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data-root", default=None)
+    s.set_defaults(fn=cmd_score)
+    f = sub.add_parser("figure", help="PSNR vs fine-tuning steps per recipe")
+    f.set_defaults(fn=cmd_figure)
+    args = parser.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
