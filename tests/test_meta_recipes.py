@@ -11,8 +11,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_hypergradients import flat, tiny_problem, unflat
-from test_train import tiny_config
 
 from metaprior import train
 from metaprior.adapt import AdaptConfig, fine_tune
@@ -26,6 +24,8 @@ from metaprior.meta.maml import (
     maml_hypergradient,
     outer_loss,
 )
+from test_hypergradients import flat, tiny_problem, unflat
+from test_train import tiny_config
 
 
 def meta_objective_value(model, theta, lrs, inner, outer, config):
