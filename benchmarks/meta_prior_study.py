@@ -31,6 +31,7 @@ Results accumulate in ``benchmarks/results/meta_prior_study.json`` (one entry pe
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import time
 from dataclasses import replace
@@ -148,22 +149,27 @@ def cmd_score(args) -> None:
                  "seconds_per_step": round(sum(secs) / max(len(secs), 1), 3),
                  "final_outer_loss_mean_last50": sum(x["outer_loss"] for x in lines[-50:])
                  / max(len(lines[-50:]), 1)}
-    results = _load_results()
-    results["protocol"] = {
-        "validation": f"{VAL_IMAGES} BSDS500 val images, {CROP}x{CROP} centre crops",
-        "operators": {k: dict(v[0].params, patch=v[1], batch=v[2])
-                      for k, v in operators().items()},
-        "finetune": "Adam from theta on BSDS500 train+test patches, seed 0, no proximal term",
-        "steps": args.steps, "lr_grid": list(args.lr_grid),
-        "lr_choice": "per (recipe, operator, loss): best PSNR after `steps` steps"}
-    results["machine"] = machine()
-    results["recipes"][args.recipe] = {
-        "about": args.about, "command": args.command, "model": args.model,
-        "meta_config": meta.get("meta_config"), "pdnet_config": meta.get("pdnet_config"),
-        "inner_lrs": meta.get("inner_lrs"),
-        "train": train, "scores": scores,
-        "score_seconds": round(time.perf_counter() - t0, 1)}
-    write_json(OUT, results)
+    with open(OUT.with_suffix(".lock"), "w") as lock:  # scorers may run side by side
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = _load_results()
+        results["protocol"] = {
+            "validation": f"{VAL_IMAGES} BSDS500 val images, {CROP}x{CROP} centre crops",
+            "operators": {k: dict(v[0].params, patch=v[1], batch=v[2])
+                          for k, v in operators().items()},
+            "finetune": "from theta on BSDS500 train+test patches, seed 0, no proximal term, "
+                        "with the model's own step rule (Adam unless it was meta-trained "
+                        "otherwise; learned per-layer step sizes rescaled by lr)",
+            "steps": args.steps,
+            "lr_choice": "per (recipe, operator, loss): best PSNR after `steps` steps"}
+        results["machine"] = machine()
+        results["recipes"][args.recipe] = {
+            "about": args.about, "command": args.command, "model": args.model,
+            "lr_grid": list(args.lr_grid),
+            "meta_config": meta.get("meta_config"), "pdnet_config": meta.get("pdnet_config"),
+            "inner_lrs": meta.get("inner_lrs"),
+            "train": train, "scores": scores,
+            "score_seconds": round(time.perf_counter() - t0, 1)}
+        write_json(OUT, results)
     print(f"wrote {OUT}")
 
 

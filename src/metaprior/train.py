@@ -48,8 +48,7 @@ class OptimConfig:
     schedule: str = "cosine"  # "cosine" (to 0 at the last step) | "constant"
     warmup_steps: int = 0  # linear warm-up
     grad_clip: float = 0.0  # clip the global hypergradient norm (0: off)
-    # outer Adam lr of the learned log inner step sizes (meta.learn_inner_lr), same schedule
-    inner_lr_lr: float = 1e-2
+    inner_lr_lr: float = 1e-2  # outer Adam lr of the learned log inner step sizes (same schedule)
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,7 @@ class RunConfig:
     ckpt_every: int = 100  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2
     max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
-    # start θ from this model (file, run folder or shipped name; same PDNet config) instead of
-    # a random initialisation, e.g. a jointly pre-trained model ("" = random)
-    init_from: str = ""
+    init_from: str = ""  # start θ from this model (file, run, shipped name; "" = random init)
 
 
 @dataclass(frozen=True)

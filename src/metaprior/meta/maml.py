@@ -99,16 +99,15 @@ class MetaConfig:
     inner_steps: int = 1  # K (the paper uses 1 Adam step for PDNet)
     inner_optimizer: str = "adam"  # "adam" | "sgd"
     inner_lr: float = 1e-3  # η, also used for test-time fine-tuning
-    # Learn one inner step size per parameter tensor (per layer: W_k and λ_k), started at
-    # inner_lr (Meta-SGD / MAML++'s per-layer rates; maml only); adaptation then uses them.
-    learn_inner_lr: bool = False
+    # One inner step size per parameter tensor (W_k and λ_k of each layer), started at inner_lr
+    # (Meta-SGD / MAML++'s per-layer rates); adaptation then uses them.
+    learn_inner_lr: bool = False  # learn per-layer inner step sizes (maml only)
     prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² (no effect with K = 1 from φ = θ)
     hypergradient: str = "maml"  # "maml" | "first_order" | "implicit" | "joint" (no inner step)
     cg_iters: int = 20  # implicit: conjugate-gradient iterations
     cg_tol: float = 1e-6  # implicit: relative residual at which CG stops
-    # w in L_outer(φ_K) + w L_outer(θ): the outer loss also scores θ itself (MAML++'s
-    # multi-step loss at step 0), so θ must be a good reconstructor before any inner step
-    outer_theta_weight: float = 0.0
+    # MAML++'s multi-step loss at step 0: θ must reconstruct well before any inner step too.
+    outer_theta_weight: float = 0.0  # w in L_outer(φ_K) + w·L_outer(θ) (0: φ_K only)
     # Tasks of a meta-batch run concurrently, each thread on its own model replica; results
     # are bitwise those of one thread.
     workers: int = 0  # threads over a meta-batch's tasks (0: one per core free of intra-op threads)
