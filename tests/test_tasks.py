@@ -78,3 +78,18 @@ def test_user_task_from_any_linear_physics():
 def test_bad_shape():
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         tasks.get_task("denoise").sample(torch.rand(8, 8))
+
+
+def test_mix_families_draw_their_parameter():
+    x = torch.rand(64, 1, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    batch = tasks.get_task("inpaint-mix").sample(x, g)
+    kept = batch.physics.mask.mean(dim=(1, 2, 3))
+    assert 0.1 - 0.05 < float(kept.min()) and float(kept.max()) < 0.8 + 0.05
+    assert float(kept.std()) > 0.1  # rates differ between samples
+    blur = tasks.get_task("deblur-mix")
+    a = blur.sample(x[:1], torch.Generator().manual_seed(1)).y
+    b = blur.sample(x[:1], torch.Generator().manual_seed(2)).y
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="missing rates"):
+        tasks.inpaint_mix_task(0.5, 1.0)

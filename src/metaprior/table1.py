@@ -70,6 +70,9 @@ class Table1Config:
     # fine-tuning lr candidates, one chosen per (initialisation, loss) on held-out fine-tuning
     # images (TaskData.val) after `steps` steps; () = use `lr` everywhere
     lr_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+    # a meta-model with learned per-layer step sizes: its candidates are these multiples of its
+    # learned steps instead (lr = its inner_lr × m), chosen the same way
+    scale_grid: tuple[float, ...] = (0.3, 1.0, 3.0)
     prox_lambda: float = 0.0  # λ/2‖φ − θ‖² during fine-tuning (0: plain fine-tuning)
     batch: int = 8  # SR fine-tuning batch (64×64 patches)
     patch_size: int = 64  # SR fine-tuning patch side
@@ -118,7 +121,7 @@ class Table1Config:
             raise ValueError(f"inits must be among {INITS}, got {self.inits}")
         if set(self.variants) - {"equivariant"}:
             raise ValueError(f"variants must be among ('equivariant',), got {self.variants}")
-        if any(not lr > 0 for lr in (self.lr, *self.lr_grid)):
+        if any(not lr > 0 for lr in (self.lr, *self.lr_grid, *self.scale_grid)):
             raise ValueError(f"lr and lr_grid values must be > 0, got {self.lr}, {self.lr_grid}")
         if any(s < 0 or s > self.steps for s in self.curve):
             raise ValueError(f"curve steps must lie in [0, steps={self.steps}], got {self.curve}")
@@ -294,10 +297,11 @@ def _save_cache(cache: dict, cache_path: Path | None) -> None:
 
 def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
               config: Table1Config, cache: dict, key: str, cache_path: Path | None = None,
-              rule=None) -> dict:
+              rule=None, lr_grid: Sequence[float] | None = None) -> dict:
     """The fine-tuning learning rate of one (initialisation θ, loss) pair: the value of
-    ``config.lr_grid`` whose ``config.steps``-step fine-tuning on ``data.select_stream`` scores
-    the best mean PSNR on the held-out fine-tuning images ``data.val`` (never the test images).
+    ``lr_grid`` (default ``config.lr_grid``) whose ``config.steps``-step fine-tuning with the
+    step rule ``rule`` (default: Adam) on ``data.select_stream`` scores the best mean PSNR on
+    the held-out fine-tuning images ``data.val`` (never the test images).
 
     Scores are cached in ``cache[key]`` per lr, fingerprinted by θ's bytes and the protocol, so
     a rerun reuses them and a wider grid only runs its new values.
@@ -329,7 +333,8 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     same = {k: v for k, v in cached.items() if k != "lr_grid"} == fingerprint
     scores = dict(entry["grid"]) if same else {}
     seconds = entry.get("seconds", 0.0) if same else 0.0
-    missing = [lr for lr in config.lr_grid if str(lr) not in scores]
+    lr_grid = tuple(config.lr_grid if lr_grid is None else lr_grid)
+    missing = [lr for lr in lr_grid if str(lr) not in scores]
     t0 = time.perf_counter()
     for lr in missing:
         cfg = replace(rule, steps=config.steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
@@ -340,16 +345,16 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
                     lambda b, phi=phi: reconstruct(model, phi, b), data.val, data.peak))[0]
         except FloatingPointError:  # diverged at this lr: not a candidate
             scores[str(lr)] = None
-    grid = {str(lr): scores[str(lr)] for lr in config.lr_grid}
-    scored = [lr for lr in config.lr_grid if grid[str(lr)] is not None]
+    grid = {str(lr): scores[str(lr)] for lr in lr_grid}
+    scored = [lr for lr in lr_grid if grid[str(lr)] is not None]
     if not scored:
-        raise FloatingPointError(f"{key}: fine-tuning diverged at every lr of {config.lr_grid}")
+        raise FloatingPointError(f"{key}: fine-tuning diverged at every lr of {lr_grid}")
     best = max(scored, key=lambda lr: grid[str(lr)])
     if missing:
         seconds += time.perf_counter() - t0
         cache[key] = {"grid": scores, "seconds": seconds, "fingerprint": fingerprint}
         _save_cache(cache, cache_path)
-    edge = len(grid) > 1 and best in (min(config.lr_grid), max(config.lr_grid))
+    edge = len(grid) > 1 and best in (min(lr_grid), max(lr_grid))
     return {"best": best, "grid": grid, "at_grid_edge": edge, "seconds": seconds}
 
 
@@ -468,8 +473,11 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 lr, chosen = config.lr, None
                 prox = 0.0 if init == "random" else config.prox_lambda
                 if config.lr_grid:
+                    learned = rule is not None and rule.lr_scales is not None
+                    grid = [rule.lr * m for m in config.scale_grid] if learned else None
                     chosen = choose_lr(model, theta, data, loss, prox, config, cache,
-                                       f"{task_name}/{init}_ft_{tag}/lr", cache_path, rule)
+                                       f"{task_name}/{init}_ft_{tag}/lr", cache_path, rule,
+                                       grid)
                     lr = chosen["best"]
                     log(f"  {task_name} {init:10s} {loss:12s} lr {lr:g} (validation " + ", ".join(
                         f"{k}: " + ("diverged" if v is None else f"{v:.2f}")

@@ -16,7 +16,15 @@ name          operator                                target
 ``sr2``       decimation ×2 (zero-filling adjoint)     :math:`x`                     (unseen)
 ``mri4``      :math:`MF`, random columns ×4, cf 0.08   :math:`x`                     (unseen)
 ``fourier``   :math:`MF`, columns ×2/4/8 redrawn       :math:`x`                     (T5, opt.)
+``inpaint-    Bernoulli mask, missing rate drawn per   :math:`x`                     (family)
+mix``         sample from [0.2, 0.9]
+``deblur-     Gaussian blur, std drawn per batch from  :math:`x`                     (family)
+mix``         [0.6, 2.6], 25×25, circular
 ============  ======================================  =====================================
+
+The two ``-mix`` families widen T3/T4 into families of operators with a task parameter drawn
+per batch or sample (``--tasks denoise,tv,deblur-mix,inpaint-mix``): more diverse meta-training
+tasks, still without super-resolution or Fourier sampling.
 
 ``fourier`` is not one of the paper's training tasks: it is the optional Fourier-domain task
 tried against the paper's unsupervised-MRI failure (``--tasks denoise,tv,deblur,inpaint,
@@ -119,6 +127,18 @@ def _inpaint(shape, generator, device, missing):
     return ops.inpainting(ops.bernoulli_mask((b, 1, h, w), missing, generator, device))
 
 
+def _inpaint_mix(shape, generator, device, low, high):
+    b, _, h, w = shape
+    missing = low + (high - low) * torch.rand((b, 1, 1, 1), generator=generator)
+    mask = (torch.rand((b, 1, h, w), generator=generator) >= missing).float()
+    return ops.inpainting(mask.to(device))
+
+
+def _blur_mix(shape, generator, device, low, high, size):
+    sigma = low + (high - low) * float(torch.rand((), generator=generator))
+    return ops.gaussian_blur(shape[1:], sigma, size, device=device)
+
+
 def _decimate(shape, generator, device, factor):
     return ops.Decimation(shape[1:], factor, device=device)
 
@@ -154,6 +174,23 @@ def deblur_task(sigma: float = 1.6, size: int = 25) -> Task:
 def inpaint_task(missing: float = 0.5) -> Task:
     """T4: inpainting with an i.i.d. Bernoulli mask redrawn per sample."""
     return Task("inpaint", partial(_inpaint, missing=missing), params={"missing": missing})
+
+
+def inpaint_mix_task(low: float = 0.2, high: float = 0.9) -> Task:
+    """A family of inpainting tasks: each sample's missing rate is drawn from [low, high]."""
+    if not 0.0 <= low <= high < 1.0:
+        raise ValueError(f"missing rates need 0 <= low <= high < 1, got [{low}, {high}]")
+    return Task("inpaint-mix", partial(_inpaint_mix, low=low, high=high),
+                params={"missing": [low, high]})
+
+
+def deblur_mix_task(low: float = 0.6, high: float = 2.6, size: int = 25) -> Task:
+    """A family of noiseless deblurring tasks: the Gaussian std is drawn per batch from
+    [low, high]."""
+    if not 0.0 < low <= high:
+        raise ValueError(f"blur stds need 0 < low <= high, got [{low}, {high}]")
+    return Task("deblur-mix", partial(_blur_mix, low=low, high=high, size=size),
+                params={"sigma": [low, high], "size": size})
 
 
 def sr_task(factor: int = 2) -> Task:
@@ -213,5 +250,5 @@ def available_tasks() -> list[str]:
 
 
 for _task in (denoise_task(), tv_task(), deblur_task(), inpaint_task(), sr_task(2), mri_task(4),
-              fourier_task()):
+              fourier_task(), inpaint_mix_task(), deblur_mix_task()):
     register_task(_task)
