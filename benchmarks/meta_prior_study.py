@@ -173,6 +173,28 @@ def cmd_score(args) -> None:
     print(f"wrote {OUT}")
 
 
+def table(results: dict) -> str:
+    """Markdown: per recipe, PSNR of θ and after 1 / 20 steps for every (operator, loss)."""
+    recipes = results["recipes"]
+    panels = [(op, loss) for op, (_, _, _, losses) in operators().items() for loss in losses]
+    tags = {"supervised": "sup", "unsupervised": "MC", "equivariant": "EI"}
+    head = "| recipe | " + " | ".join(f"{op} {tags[loss]}" for op, loss in panels) + " |"
+    lines = [head, "|" + "---|" * (len(panels) + 1)]
+    for name, rec in recipes.items():
+        cells = []
+        for op, loss in panels:
+            entry = rec["scores"][op]
+            curve = entry[loss]["curve"]
+            last = max(curve, key=int)
+            cells.append(f"{entry['theta']:.2f} / {curve['1']:.2f} / {curve[last]:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cmd_table(args) -> None:
+    print(table(_load_results()))
+
+
 def cmd_figure(args) -> None:
     import matplotlib
 
@@ -216,6 +238,8 @@ def main() -> None:
     s.set_defaults(fn=cmd_score)
     f = sub.add_parser("figure", help="PSNR vs fine-tuning steps per recipe")
     f.set_defaults(fn=cmd_figure)
+    t = sub.add_parser("table", help="markdown table: theta / 1 step / last step per recipe")
+    t.set_defaults(fn=cmd_table)
     args = parser.parse_args()
     args.fn(args)
 
