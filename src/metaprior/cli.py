@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from metaprior import pretrained
+
 THREADS_HELP = ("intra-op CPU threads (default 1: on small 2-core machines, OpenMP spin-waiting "
                 "next to any other busy process makes small ops 10-100x slower with 2 threads)")
 
@@ -190,7 +192,7 @@ def _add_io(sub) -> None:
                        "ground truth")
     p.add_argument("--model", required=True,
                    help="model .safetensors, checkpoint folder, meta-train output folder or "
-                   "shipped model name (meta-sup-d20, meta-unsup-d20, joint-d20)")
+                   f"shipped model name ({', '.join(pretrained.available())})")
     p.add_argument("--images", help="folder of clean images: measurements simulated per step")
     p.add_argument("--task", help="task of --images (e.g. sr2)")
     p.add_argument("--measurements", help="measurement file (`metaprior measure`): adapt on it")

@@ -34,7 +34,7 @@ class DemoConfig:
     depth: int = 8
     meta_steps: int = 300
     meta_lr: float = 5e-3
-    inner_lr: float = 1e-2
+    inner_lr: float = 3e-4  # a small inner step makes θ a prior (docs/meta-training.md)
     inner_loss: str = "unsupervised"  # meta-train for adaptation without ground truth
     patch_size: int = 32
     batch: int = 4

@@ -98,7 +98,7 @@ class MetaConfig:
     inner_loss: str = "supervised"  # "supervised" | "unsupervised"
     inner_steps: int = 1  # K (the paper uses 1 Adam step for PDNet)
     inner_optimizer: str = "adam"  # "adam" | "sgd"
-    inner_lr: float = 1e-3  # η, also used for test-time fine-tuning
+    inner_lr: float = 3e-4  # η, also used for test-time fine-tuning
     # One inner step size per parameter tensor (W_k and λ_k of each layer), started at inner_lr
     # (Meta-SGD / MAML++'s per-layer rates); adaptation then uses them.
     learn_inner_lr: bool = False  # learn per-layer inner step sizes (maml only)

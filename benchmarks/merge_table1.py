@@ -1,0 +1,60 @@
+"""Merge Table 1 result files that scored different rows under the same protocol into one
+table (e.g. two initialisations run side by side in two processes, and the baselines and
+from-scratch networks of an earlier run, which do not depend on the initialisations).
+
+Usage::
+
+    python benchmarks/merge_table1.py --base benchmarks/results/table1.json \
+        --runs runs/table1/p1.json runs/table1/p2.json --out benchmarks/results/table1.json
+
+Rows of later files replace those of earlier ones; the merged file lists where each row came
+from under ``"merged_from"``, and its ``table`` is rebuilt from the merged rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common import write_json
+from metaprior.table1 import table_rows
+
+
+def merge(base: dict, runs: list[tuple[str, dict]], base_name: str) -> dict:
+    out = json.loads(json.dumps(base))
+    sources: dict = {"base": base_name, "rows": {}}
+    for name, run in runs:
+        for key in ("meta_sup", "meta_unsup", "joint"):
+            if key in run.get("models", {}):
+                out["models"][key] = run["models"][key]
+        for key, value in run.get("training_tasks", {}).items():
+            out.setdefault("training_tasks", {})[key] = value
+        for task, rec in run["tasks"].items():
+            target = out["tasks"].setdefault(task, rec)
+            target["pdnet"].update(rec["pdnet"])
+            target["baselines"].update(rec["baselines"])
+            for row in [*rec["pdnet"], *rec["baselines"]]:
+                sources["rows"][f"{task}/{row}"] = name
+        out["config"].setdefault("merged_configs", {})[name] = run["config"]
+    out["table"] = table_rows(out)
+    out["merged_from"] = sources
+    out["wall_seconds_per_file"] = {base_name: base.get("wall_seconds"),
+                                    **{n: r.get("wall_seconds") for n, r in runs}}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base", required=True, help="the earlier full table (its rows are kept "
+                   "unless a run replaces them)")
+    p.add_argument("--runs", nargs="+", required=True, help="table JSONs whose rows win")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    base = json.loads(Path(args.base).read_text())
+    runs = [(r, json.loads(Path(r).read_text())) for r in args.runs]
+    print(f"wrote {write_json(args.out, merge(base, runs, args.base))}")
+
+
+if __name__ == "__main__":
+    main()
