@@ -8,7 +8,9 @@ Usage::
         --runs runs/table1/p1.json runs/table1/p2.json --out benchmarks/results/table1.json
 
 Rows of later files replace those of earlier ones; the merged file lists where each row came
-from under ``"merged_from"``, and its ``table`` is rebuilt from the merged rows.
+from under ``"merged_from"``, and its ``table`` is rebuilt from the merged rows. The first
+test images of the runs (``<stem>_visuals.safetensors``, for ``metaprior report``'s visual
+figures) are merged the same way, over the base's where it has one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import json
 from pathlib import Path
 
 from common import write_json
+from metaprior.checkpoint import _save_tensors, load_tensors
 from metaprior.table1 import table_rows
+
+
+def _visuals(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + "_visuals.safetensors")
 
 
 def merge(base: dict, runs: list[tuple[str, dict]], base_name: str) -> dict:
@@ -54,6 +62,14 @@ def main() -> None:
     base = json.loads(Path(args.base).read_text())
     runs = [(r, json.loads(Path(r).read_text())) for r in args.runs]
     print(f"wrote {write_json(args.out, merge(base, runs, args.base))}")
+    tensors = {}
+    for source in (args.base, *args.runs):
+        if _visuals(source).is_file():
+            tensors.update(load_tensors(_visuals(source)))
+    if tensors:
+        _save_tensors(_visuals(args.out), tensors,
+                      {"about": "first test image of each task, every method, float16"})
+        print(f"wrote {_visuals(args.out)}")
 
 
 if __name__ == "__main__":

@@ -204,17 +204,22 @@ def cmd_figure(args) -> None:
     results = _load_results()
     recipes = results["recipes"]
     panels = [(op, loss) for op, (_, _, _, losses) in operators().items() for loss in losses]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), sharex=True)
-    for ax, (op, loss) in zip(axes, panels, strict=True):
+    cols = 4
+    rows = (len(panels) + cols) // cols  # one spare panel for the legend
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, (op, loss) in zip(axes.flat, panels, strict=False):
         for name, rec in recipes.items():
             curve = rec["scores"][op][loss]["curve"]
             xs = sorted(int(n) for n in curve)
             ax.plot(xs, [curve[str(n)] for n in xs], marker="o", ms=3, label=name)
-        ax.set_title(f"{op}, {loss}", fontsize=9)
+        ax.set_title(f"{op}, {loss}", fontsize=10)
         ax.set_xlabel("fine-tuning steps")
+        ax.set_ylabel("PSNR (dB), BSDS500 val crops")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("PSNR (dB), BSDS500 val crops")
-    axes[-1].legend(fontsize=6, loc="lower right")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    axes.flat[len(panels)].legend(handles, labels, loc="center", fontsize=9)
     fig.tight_layout()
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURE, dpi=120)
