@@ -46,6 +46,7 @@ from metaprior.data import PatchSampler, bsds500
 from metaprior.evaluate import score
 from metaprior.meta.maml import reconstruct
 from metaprior.metrics import mean_std
+from metaprior.table1 import centre_crop, spread
 from metaprior.tasks import mri_task, sr_task
 
 OUT = RESULTS / "meta_prior_study.json"
@@ -64,16 +65,9 @@ def operators() -> dict:
     }
 
 
-def _centre(x: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    return x[..., (h - size) // 2:(h - size) // 2 + size, (w - size) // 2:(w - size) // 2 + size]
-
-
 def validation_images(data_root=None) -> list[torch.Tensor]:
     """``VAL_IMAGES`` BSDS500 val images evenly spread over the split, centre-cropped."""
-    val = bsds500(data_root, ("val",))
-    step = len(val) / VAL_IMAGES
-    return [_centre(val[int(i * step)], CROP) for i in range(VAL_IMAGES)]
+    return [centre_crop(im, CROP) for im in spread(bsds500(data_root, ("val",)), VAL_IMAGES)]
 
 
 def score_model(model, theta, steps: int, lr_grid, data_root=None, seed: int = 0,

@@ -122,7 +122,8 @@ class Table1Config:
         if set(self.variants) - {"equivariant"}:
             raise ValueError(f"variants must be among ('equivariant',), got {self.variants}")
         if any(not lr > 0 for lr in (self.lr, *self.lr_grid, *self.scale_grid)):
-            raise ValueError(f"lr and lr_grid values must be > 0, got {self.lr}, {self.lr_grid}")
+            raise ValueError(f"lr, lr_grid and scale_grid values must be > 0, got {self.lr}, "
+                             f"{self.lr_grid}, {self.scale_grid}")
         if any(s < 0 or s > self.steps for s in self.curve):
             raise ValueError(f"curve steps must lie in [0, steps={self.steps}], got {self.curve}")
 
@@ -144,13 +145,14 @@ class TaskData:
     about: dict
 
 
-def _centre_crop(x: Tensor, size: int) -> Tensor:
+def centre_crop(x: Tensor, size: int) -> Tensor:
+    """The central ``size``×``size`` crop (even side, at most the image's)."""
     h, w = x.shape[-2:]
     s = min(size, h, w) // 2 * 2
     return x[..., (h - s) // 2: (h - s) // 2 + s, (w - s) // 2: (w - s) // 2 + s]
 
 
-def _spread(items: list, n: int) -> list:
+def spread(items: list, n: int) -> list:
     """``n`` items evenly spread over ``items`` (MRI: both contrasts of the split)."""
     step = len(items) / n
     return [items[int(i * step)] for i in range(n)]
@@ -174,10 +176,10 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
             return lambda step: task.sample(sampler.sample(config.batch).to(device), g)
 
         select_stream = stream  # validation images come from BSDS val, not from the stream
-        val_images = [_centre_crop(im, config.grid_crop)
-                      for im in _spread(bsds500(data_root, ("val",)), config.grid_images)]
-        grid_images = [_centre_crop(im, config.grid_crop)
-                       for im in _spread(train, config.grid_images)]
+        val_images = [centre_crop(im, config.grid_crop)
+                      for im in spread(bsds500(data_root, ("val",)), config.grid_images)]
+        grid_images = [centre_crop(im, config.grid_crop)
+                       for im in spread(train, config.grid_images)]
         test_images = set3c(data_root)
         test_names = [p.stem for p in list_images(resolve_data_root(data_root) / "set3c")]
         peak: float | str = 1.0
@@ -197,7 +199,7 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
                 return task.sample(torch.stack([images[int(i)] for i in idx]).to(device), g)
             return next_batch
 
-        held = _spread(list(range(len(train))), config.grid_images)  # PD and PDFS slices alike
+        held = spread(list(range(len(train))), config.grid_images)  # PD and PDFS slices alike
         val_images = grid_images = [train[i] for i in held]
         select_stream = partial(stream, [im for i, im in enumerate(train) if i not in held])
         test_images = fastmri_knee(data_root, "test")
@@ -297,11 +299,12 @@ def _save_cache(cache: dict, cache_path: Path | None) -> None:
 
 def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
               config: Table1Config, cache: dict, key: str, cache_path: Path | None = None,
-              rule=None, lr_grid: Sequence[float] | None = None) -> dict:
+              rule=None) -> dict:
     """The fine-tuning learning rate of one (initialisation θ, loss) pair: the value of
-    ``lr_grid`` (default ``config.lr_grid``) whose ``config.steps``-step fine-tuning with the
-    step rule ``rule`` (default: Adam) on ``data.select_stream`` scores the best mean PSNR on
-    the held-out fine-tuning images ``data.val`` (never the test images).
+    ``config.lr_grid`` (for a ``rule`` with learned step sizes: ``config.scale_grid`` multiples
+    of its ``lr``) whose ``config.steps``-step fine-tuning with the step rule ``rule`` (default:
+    Adam) on ``data.select_stream`` scores the best mean PSNR on the held-out fine-tuning images
+    ``data.val`` (never the test images).
 
     Scores are cached in ``cache[key]`` per lr, fingerprinted by θ's bytes and the protocol, so
     a rerun reuses them and a wider grid only runs its new values.
@@ -333,7 +336,8 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     same = {k: v for k, v in cached.items() if k != "lr_grid"} == fingerprint
     scores = dict(entry["grid"]) if same else {}
     seconds = entry.get("seconds", 0.0) if same else 0.0
-    lr_grid = tuple(config.lr_grid if lr_grid is None else lr_grid)
+    lr_grid = (tuple(rule.lr * m for m in config.scale_grid) if rule.lr_scales is not None
+               else config.lr_grid)
     missing = [lr for lr in lr_grid if str(lr) not in scores]
     t0 = time.perf_counter()
     for lr in missing:
@@ -473,11 +477,8 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 lr, chosen = config.lr, None
                 prox = 0.0 if init == "random" else config.prox_lambda
                 if config.lr_grid:
-                    learned = rule is not None and rule.lr_scales is not None
-                    grid = [rule.lr * m for m in config.scale_grid] if learned else None
                     chosen = choose_lr(model, theta, data, loss, prox, config, cache,
-                                       f"{task_name}/{init}_ft_{tag}/lr", cache_path, rule,
-                                       grid)
+                                       f"{task_name}/{init}_ft_{tag}/lr", cache_path, rule)
                     lr = chosen["best"]
                     log(f"  {task_name} {init:10s} {loss:12s} lr {lr:g} (validation " + ", ".join(
                         f"{k}: " + ("diverged" if v is None else f"{v:.2f}")

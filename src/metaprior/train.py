@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -143,7 +143,6 @@ class MetaTrainer:
         self._ahead: Future | None = None  # (streams before the batch, batch) drawn ahead
 
     def _warm_start(self, source: str) -> None:
-
         model, _ = ckpt.load_model(source)
         if model.config != self.model.config:
             raise ValueError(f"--init-from {source}: its PDNet config {model.config} differs "
@@ -187,8 +186,11 @@ class MetaTrainer:
         meta = {"meta_config": to_dict(self.config.meta), "step": self.step,
                 "train_config": to_dict(self.config)}
         if self.log_inner_lr:
-            meta["inner_lrs"] = {k: float(v.detach()) for k, v in self.inner_lrs().items()}
+            meta["inner_lrs"] = self._inner_lr_values()
         return meta
+
+    def _inner_lr_values(self) -> dict[str, float]:
+        return {k: float(v.detach()) for k, v in self.inner_lrs().items()}
 
     def restore(self, path: Path) -> None:
         weights, tensors, state = ckpt.load_checkpoint(path)
@@ -260,12 +262,12 @@ class MetaTrainer:
             if cfg.optim.grad_clip > 0:
                 record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
                     self.model.parameters(), cfg.optim.grad_clip))
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * (group["base_lr"] / cfg.optim.lr)
+            for group in self.optimizer.param_groups:  # one schedule, each group's base lr
+                group["lr"] = learning_rate(replace(cfg.optim, lr=group["base_lr"]), self.step)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.log_inner_lr:
-                record["inner_lr"] = {k: float(v.detach()) for k, v in self.inner_lrs().items()}
+                record["inner_lr"] = self._inner_lr_values()
             self.nonfinite_streak = 0
         else:
             self.nonfinite_streak += 1
