@@ -80,15 +80,16 @@ def conv_norm_sq(weight: Tensor, grid: int = _FREQ_GRID, detach: bool = True) ->
 
 
 class _SymmetricClip(torch.autograd.Function):
-    """clip(v, -λ, λ) for a scalar λ > 0 with gradients to v and λ, through the fast
-    ``hardtanh`` kernel (clamp with tensor bounds is several times slower on CPU). Only the
+    """clip(v, -λ, λ) for a scalar λ > 0 with gradients to v and λ, through ``clamp`` with
+    Python-number bounds (with tensor bounds, or through ``hardtanh``, it is 2–4× slower on
+    CPU). Only the
     output is saved; the backward is :class:`_SymmetricClipBackward`, whose own backward is
     written out, so MAML's double backward costs one elementwise pass per layer."""
 
     @staticmethod
     def forward(v: Tensor, lam: Tensor) -> Tensor:
         bound = float(lam.detach())
-        return F.hardtanh(v, -bound, bound)
+        return torch.clamp(v, -bound, bound)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -137,9 +138,13 @@ class _SymmetricClipBackward(torch.autograd.Function):
         bound = float(lam.detach())
         if bound <= 0:  # everything clipped: the product is identically zero
             return torch.zeros_like(grad_grad_v), None, None
-        # On the clipped entries sign(o) = o / λ.
-        outside = out * (grad_grad_lam / lam)
-        return torch.where(out.abs() < bound, grad_grad_v, outside), None, None
+        # On the clipped entries sign(o) = o / λ, so with c = λ̂/λ the result is
+        # v̂ ⊙ m + c·o ⊙ (1 − m) = (v̂ − c·o) ⊙ m + c·o: the mask applied once through the
+        # hardtanh_backward kernel, no boolean temporaries (torch.where is ~5× slower on CPU).
+        c = grad_grad_lam / lam
+        masked = torch.ops.aten.hardtanh_backward(torch.addcmul(grad_grad_v, out, -c), out,
+                                                  -bound, bound)
+        return masked.addcmul_(out, c), None, None
 
 
 def symmetric_clip(v: Tensor, lam: Tensor) -> Tensor:
