@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from common import write_json
-from metaprior.checkpoint import _save_tensors, load_tensors
+from metaprior.checkpoint import load_tensors, save_tensors
 from metaprior.table1 import table_rows
 
 
@@ -67,7 +67,7 @@ def main() -> None:
         if _visuals(source).is_file():
             tensors.update(load_tensors(_visuals(source)))
     if tensors:
-        _save_tensors(_visuals(args.out), tensors,
+        save_tensors(_visuals(args.out), tensors,
                       {"about": "first test image of each task, every method, float16"})
         print(f"wrote {_visuals(args.out)}")
 

@@ -197,10 +197,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_fresh_run_replaces_stale_later_checkpoints(tmp_path):
-    """A run started afresh in a folder that holds a longer run's checkpoints keeps its own
+    """A run started with overwrite in a folder that holds a longer run's checkpoints keeps its own
     newest checkpoint (the stale, later-numbered ones go) and ``latest`` stays valid."""
     train.meta_train(tiny_config(tmp_path / "run", steps=6), progress=False, log=lambda *_: None)
-    train.meta_train(tiny_config(tmp_path / "run", steps=2), progress=False, log=lambda *_: None)
+    with pytest.raises(train.RunFolderError, match="already holds a run"):
+        train.meta_train(tiny_config(tmp_path / "run", steps=2), progress=False,
+                         log=lambda *_: None)
+    train.meta_train(tiny_config(tmp_path / "run", steps=2), progress=False, log=lambda *_: None,
+                     overwrite=True)
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*"))
     assert names == ["step_0000002"]
     assert latest_checkpoint(tmp_path / "run").name == "step_0000002"

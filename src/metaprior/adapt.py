@@ -7,6 +7,7 @@ with ``prox_lambda=0``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,22 @@ class AdaptConfig:
     # step size of each parameter tensor relative to ``lr`` (a meta-model's learned inner step
     # sizes divided by its inner_lr, see :meth:`from_model`); None: ``lr`` for every tensor
     lr_scales: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        from metaprior.losses import LOSSES
+
+        if self.steps < 0:
+            raise ValueError(f"adapt: steps must be >= 0 (0: the model as it is), got "
+                             f"{self.steps}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"adapt: lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.prox_lambda) and self.prox_lambda >= 0):
+            raise ValueError(f"adapt: prox_lambda must be >= 0, got {self.prox_lambda}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"adapt: loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"adapt: optimizer must be 'adam' or 'sgd', got "
+                             f"{self.optimizer!r}")
 
     @classmethod
     def from_model(cls, meta: dict, **overrides) -> AdaptConfig:

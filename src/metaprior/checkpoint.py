@@ -18,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -34,7 +35,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a flushed temporary file and an atomic rename: a
+    reader sees the old file or the new one, never a part."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -43,7 +47,10 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str]
+                 ) -> None:
+    """Write a ``.safetensors`` file atomically (as :func:`write_bytes_atomic`)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
               metadata=metadata)
@@ -60,15 +67,37 @@ def save_model(path: str | Path, model: PDNet, params: Params | None = None,
         raise ValueError(f"model files end in .safetensors, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     weights = params if params is not None else dict(model.named_parameters())
+    bad = [k for k, v in weights.items() if not bool(torch.isfinite(v.detach()).all())]
+    if bad:
+        raise FloatingPointError(f"model weights {bad[:3]} are not finite (a diverged run or a "
+                                 f"non-finite learning rate): {path} not written")
     meta = {"pdnet_config": json.dumps(model.config.__dict__)}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in
                  (metadata or {}).items()})
-    _save_tensors(path, dict(weights), meta)
+    save_tensors(path, dict(weights), meta)
     return path
 
 
+class UnreadableFileError(ValueError):
+    """A file that is not a readable ``.safetensors`` (empty, truncated, corrupt)."""
+
+
+def _open(path: str | Path, device="cpu"):
+    try:
+        return safe_open(str(path), framework="pt", device=str(device))
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise UnreadableFileError(f"{path} is a folder, not a .safetensors file") from None
+    except Exception as e:  # safetensors raises its own error types (header, size, JSON)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UnreadableFileError(f"{path} is not a readable .safetensors file ({first[:200]})"
+                                  ) from None
+
+
 def read_metadata(path: str | Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
+    """The file's metadata, each value JSON-decoded where it is JSON."""
+    with _open(path) as f:
         meta = f.metadata() or {}
     out = {}
     for k, v in meta.items():
@@ -80,8 +109,14 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_tensors(path: str | Path, device="cpu") -> dict[str, Tensor]:
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+    """All tensors of a ``.safetensors`` file (a one-line :class:`UnreadableFileError` if the
+    file is damaged)."""
+    with _open(path, device) as f:
+        try:
+            return {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise UnreadableFileError(f"{path} is damaged ({str(e).splitlines()[0][:200]})"
+                                      ) from None
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -112,13 +147,41 @@ def load_model(path: str | Path, device="cpu") -> tuple[PDNet, dict]:
     meta = read_metadata(path)
     if "pdnet_config" not in meta:
         raise ValueError(f"{path} has no 'pdnet_config' metadata: not a metaprior model file")
-    model = PDNet(PDNetConfig(**meta["pdnet_config"]))
+    config = meta["pdnet_config"]
+    try:
+        config = PDNetConfig(**{k: _typed(k, v) for k, v in dict(config).items()})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its 'pdnet_config' metadata is invalid ({e})") from None
+    model = PDNet(config)
     state = load_tensors(path)
-    missing = set(dict(model.named_parameters())) ^ set(state)
+    expected = {k: p for k, p in model.named_parameters()}
+    missing = set(expected) ^ set(state)
     if missing:
         raise ValueError(f"{path} does not match its PDNet config (tensors {sorted(missing)[:3]})")
+    for k, p in expected.items():
+        t = state[k]
+        if t.dtype != torch.float32 or t.shape != p.shape:
+            raise ValueError(f"{path}: tensor {k} is {t.dtype} {tuple(t.shape)}, a model of "
+                             f"this config holds float32 {tuple(p.shape)}")
     model.load_state_dict(state)
     return model.to(device), meta
+
+
+def _typed(name: str, value):
+    """A ``pdnet_config`` value checked against the field's type (JSON has no int/bool
+    distinction that Python would enforce)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(PDNetConfig)}
+    if name not in fields:
+        raise TypeError(f"unknown field {name!r}")
+    kind = type(fields[name].default)
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else True)
+    if not ok:
+        raise TypeError(f"{name} must be {kind.__name__}, got {value!r}")
+    return float(value) if kind is float else value
 
 
 # --- training checkpoints -------------------------------------------------------------------
@@ -148,14 +211,14 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(tmp / "model.safetensors", model, metadata=model_metadata)
-    _save_tensors(tmp / "state.safetensors", tensors, {})
-    _write_bytes_atomic(tmp / "state.json", json.dumps(state, indent=1).encode())
+    save_tensors(tmp / "state.safetensors", tensors, {})
+    write_bytes_atomic(tmp / "state.json", json.dumps(state, indent=1).encode())
     _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
-    _write_bytes_atomic(root / "latest", name.encode())
+    write_bytes_atomic(root / "latest", name.encode())
     _fsync_dir(root)
     # Older checkpoints beyond ``keep`` go, and so do later-numbered ones: they belong to an
     # earlier run in this folder that this one (started afresh) replaces.

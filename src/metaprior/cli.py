@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from metaprior import pretrained
+from metaprior import __version__, pretrained
+from metaprior.outputs import RunFolderError, check_output_file, check_writable_dir
 
 THREADS_HELP = ("intra-op CPU threads (default 1: on small 2-core machines, OpenMP spin-waiting "
                 "next to any other busy process makes small ops 10-100x slower with 2 threads)")
@@ -36,12 +38,14 @@ def _setup(args) -> None:
 # --- meta-train -------------------------------------------------------------------------------
 
 def cmd_meta_train(args) -> None:
-    from metaprior.config import build_config, load_config_file
+    from metaprior.config import build_config, explicit_values, load_config_file
     from metaprior.train import TrainConfig, meta_train
 
-    config = build_config(TrainConfig, load_config_file(args.config), args)
+    file_values = load_config_file(args.config)
+    config = build_config(TrainConfig, file_values, args)
     meta_train(config, resume=args.resume, progress=not args.no_progress,
-               steps=getattr(args, "optim.steps"))
+               steps=getattr(args, "optim.steps"), overwrite=args.overwrite,
+               given=explicit_values(TrainConfig, file_values, args))
 
 
 def _add_meta_train(sub) -> None:
@@ -57,8 +61,13 @@ def _add_meta_train(sub) -> None:
         "OUT/log.jsonl, OUT/checkpoints/, OUT/model.safetensors.")
     p.add_argument("--config", help="JSON file of overrides: {\"model\": {...}, \"meta\": {...}}")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoints/latest (its saved config; --steps may "
-                   "extend it)")
+                   help="continue from OUT/checkpoints/latest with its saved configuration "
+                   "(--steps may extend it and --device move it; any other option that differs "
+                   "from the saved value is refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its files are removed only once "
+                   "the new configuration and data have loaded); without it, or --resume, a "
+                   "folder holding a run is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     add_dataclass_arguments(p, SECTIONS)
@@ -70,19 +79,26 @@ def _add_meta_train(sub) -> None:
 def _read_images(folder: str, color: bool) -> list:
     from metaprior.data import list_images, load_image
 
-    return [load_image(p, gray=not color) for p in list_images(folder)]
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"--images {folder} is not a folder of images")
+    images = [load_image(p, gray=not color) for p in list_images(folder)]
+    if not images:
+        raise ValueError(f"--images {folder} holds no images (png, jpg, tif, bmp)")
+    return images
 
 
 def cmd_measure(args) -> None:
     from metaprior.measurements import save_measurements
     from metaprior.tasks import get_task
 
+    check_output_file(args.out, "--out", ".safetensors")
+    task = get_task(args.task)
     images = _read_images(args.images, args.color)
     if len({tuple(im.shape) for im in images}) > 1:
         raise ValueError(f"images in {args.images} differ in size: measure folders of "
                          f"equal-size images")
     x = torch.stack(images)
-    batch = get_task(args.task).sample(x, torch.Generator().manual_seed(args.seed))
+    batch = task.sample(x, torch.Generator().manual_seed(args.seed))
     path = save_measurements(args.out, batch, with_ground_truth=not args.no_ground_truth)
     print(f"wrote {path}: y {tuple(batch.y.shape)} {batch.y.dtype}, task {args.task}")
 
@@ -119,11 +135,17 @@ def cmd_adapt(args) -> None:
     from metaprior.measurements import load_measurements
     from metaprior.tasks import get_task
 
+    check_output_file(args.out, "--out", ".safetensors")
+    if (args.images is None) == (args.measurements is None):
+        raise ValueError("give exactly one of --images DIR or --measurements FILE")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_size < 1 or args.patch_size < 0:
+        raise ValueError(f"--batch-size must be >= 1 and --patch-size >= 0 (0: full images), "
+                         f"got {args.batch_size} and {args.patch_size}")
     model, meta = load_model(args.model, args.device)
     config = AdaptConfig.from_model(meta, steps=args.steps, lr=args.lr, loss=args.loss,
                                     prox_lambda=args.prox_lambda)
-    if (args.images is None) == (args.measurements is None):
-        raise ValueError("give exactly one of --images DIR or --measurements FILE")
     if args.measurements is not None:
         data = load_measurements(args.measurements, args.device)
         task_name = data.task
@@ -145,7 +167,15 @@ def cmd_adapt(args) -> None:
     theta = parameters_of(model)
     if evaluation is not None:
         print(f"before: {_psnr_line(model, theta, evaluation)}")
-    result = fine_tune(model, theta, next_batch, config)
+    from tqdm import tqdm
+
+    with tqdm(total=config.steps, desc="adapt", unit="step", disable=args.no_progress,
+              dynamic_ncols=True) as bar:
+        def progress(state, loss):
+            bar.set_postfix(loss=f"{loss:.4g}")
+            bar.update(1)
+
+        result = fine_tune(model, theta, next_batch, config, callback=progress)
     if evaluation is not None:
         print(f"after {config.steps} {config.loss} steps: "
               f"{_psnr_line(model, result.params, evaluation)}")
@@ -160,19 +190,31 @@ def cmd_reconstruct(args) -> None:
     from metaprior.measurements import load_measurements
     from metaprior.meta.maml import reconstruct
 
-    model, _ = load_model(args.model, args.device)
+    out = check_writable_dir(args.out, "--out")
+    model, meta = load_model(args.model, args.device)
     batch = load_measurements(args.measurements, args.device)
+    adapted_to = meta.get("adapted", {}).get("task") if isinstance(meta.get("adapted"),
+                                                                    dict) else None
+    if adapted_to and adapted_to != batch.task:
+        print(f"warning: the model was adapted to task {adapted_to!r}, the measurements are "
+              f"of task {batch.task!r}", file=sys.stderr)
     with torch.no_grad():
         x_hat = reconstruct(model, parameters_of(model), batch)
     if not bool(torch.isfinite(x_hat).all()):
         raise FloatingPointError("reconstruction is not finite; nothing written")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
+    written = set()
     for i, img in enumerate(x_hat.clamp(0, 1).cpu()):
         arr = (img.permute(1, 2, 0).squeeze(-1).numpy() * 255).round().astype("uint8")
-        Image.fromarray(arr).save(out / f"recon_{i:03d}.png")
+        tmp = out / f".recon_{i:03d}.png.tmp-{os.getpid()}"
+        Image.fromarray(arr).save(tmp, format="PNG")
+        os.replace(tmp, out / f"recon_{i:03d}.png")
+        written.add(f"recon_{i:03d}.png")
+    for stale in out.glob("recon_*.png"):  # an earlier, larger batch's extra images
+        if stale.name not in written:
+            stale.unlink()
     print(f"wrote {len(x_hat)} image(s) to {out}")
     if batch.target is not None:
         print(f"PSNR: {_psnr_line(model, parameters_of(model), batch)}")
@@ -212,6 +254,7 @@ def _add_io(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="with --images (default 8)")
     p.add_argument("--color", action="store_true", help="with --images: keep RGB")
     p.add_argument("--out", required=True, help="adapted model .safetensors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
     p.set_defaults(func=cmd_adapt)
 
@@ -229,6 +272,7 @@ def _add_io(sub) -> None:
 def cmd_demo(args) -> None:
     from metaprior.demo import DemoConfig, run_demo
 
+    check_writable_dir(args.out, "--out")
     run_demo(DemoConfig(seed=args.seed, out=args.out), device=args.device)
 
 
@@ -304,6 +348,11 @@ def cmd_evaluate(args) -> None:
         return cmd_evaluate_suite(args)
     if args.model is None:
         raise ValueError("evaluate needs --model (or --suite table1)")
+    if args.adapt_steps < 0:
+        raise ValueError(f"--adapt-steps must be >= 0 (0: no adaptation), got "
+                         f"{args.adapt_steps}")
+    if args.json:
+        check_output_file(args.json, "--json", ".json")
     model, meta = load_model(args.model, args.device)
     images = [im.to(args.device) for im in load_eval_images(args.images, args.data_root)]
     adapt = None
@@ -323,7 +372,9 @@ def cmd_evaluate(args) -> None:
               f"λ {adapt.prox_lambda}) on each image's own measurements"
               + (" and ground truth" if adapt.loss == "supervised" else ""))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        from metaprior.checkpoint import write_bytes_atomic
+
+        write_bytes_atomic(args.json, json.dumps(rows, indent=1).encode())
 
 
 def cmd_report(args) -> None:
@@ -349,7 +400,10 @@ def cmd_linear(args) -> None:
         config = exact_inner_config(seed=args.seed)
     else:
         config = LinearExperimentConfig(seed=args.seed)
+    check_writable_dir(args.out, "--out")
     if args.outer_steps is not None:
+        if args.outer_steps < 1:
+            raise ValueError(f"--outer-steps must be >= 1, got {args.outer_steps}")
         config = replace(config, outer_steps=args.outer_steps)
     result = run_linear_experiment(config, Path(args.out), sweep=args.sweep)
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1)[:4000])
@@ -358,6 +412,7 @@ def cmd_linear(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaprior", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"metaprior {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="meta-train on scikit-image's pictures, adapt to SR x2 "
                        "without ground truth, print a PSNR table (no data root needed)")
@@ -442,8 +497,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _setup(args)
         args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
-        raise SystemExit(f"error: {e}") from None
+    except (ValueError, OSError, FloatingPointError, RuntimeError, RunFolderError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        message = lines[0][:500] if lines else type(e).__name__  # one line, whatever e holds
+        raise SystemExit(f"error: {message}") from None
 
 
 if __name__ == "__main__":

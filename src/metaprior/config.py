@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import re
 import typing
 from pathlib import Path
@@ -67,22 +68,51 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str,
                                help=f"{comments.get(f.name, '')} (default: {shown})")
 
 
-def _coerce(cls, name: str, value: Any) -> Any:
+def _coerce(cls, name: str, value: Any, where: str = "") -> Any:
+    """``value`` checked against the field's type (a JSON ``"false"`` is not a bool, ``true``
+    is not an int) and converted where lossless (int -> float, list -> tuple)."""
     tp = _field_type(cls, next(f for f in dataclasses.fields(cls) if f.name == name))
-    if typing.get_origin(tp) is tuple and isinstance(value, list):
-        return tuple(value)
-    return value
+    label = f"{where}{name}"
+    optional = typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType",
+                                                                 None))
+    if optional:
+        if value is None:
+            return None
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ValueError(f"config {label} must be a list of names, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ValueError(f"config {label} must be of type {tp.__name__}, got {value!r}")
 
 
 def build_config(cls, file_values: dict | None = None, cli: argparse.Namespace | None = None):
     """Instantiate the top-level dataclass ``cls`` (whose fields are section dataclasses)."""
     file_values = file_values or {}
+    if not isinstance(file_values, dict):
+        raise ValueError("config must be a JSON object of sections, e.g. {\"model\": {...}}")
     unknown = set(file_values) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise ValueError(f"config file has unknown section(s) {sorted(unknown)}")
     sections = {}
     for f in dataclasses.fields(cls):
         sub = typing.get_type_hints(cls)[f.name]
+        if not isinstance(file_values.get(f.name, {}), dict):
+            raise ValueError(f"config section {f.name!r} must be an object of fields")
         values = dict(file_values.get(f.name, {}))
         names = {g.name for g in dataclasses.fields(sub)}
         bad = set(values) - names
@@ -93,7 +123,8 @@ def build_config(cls, file_values: dict | None = None, cli: argparse.Namespace |
                 v = getattr(cli, f"{f.name}.{name}", None)
                 if v is not None:
                     values[name] = v
-        sections[f.name] = sub(**{k: _coerce(sub, k, v) for k, v in values.items()})
+        sections[f.name] = sub(**{k: _coerce(sub, k, v, f"{f.name}.") for k, v in
+                                  values.items()})
     return cls(**sections)
 
 
@@ -116,3 +147,30 @@ def to_dict(config) -> dict:
 
 def from_dict(cls, values: dict):
     return build_config(cls, values)
+
+
+def explicit_values(cls, file_values: dict | None = None,
+                    cli: argparse.Namespace | None = None) -> dict[str, Any]:
+    """The ``"section.field"`` values given explicitly (in the file or as flags), resolved
+    with the same precedence and checks as :func:`build_config`."""
+    config = build_config(cls, file_values, cli)
+    given = {f"{section}.{name}" for section, values in (file_values or {}).items()
+             for name in values}
+    if cli is not None:
+        given |= {k for k, v in vars(cli).items() if "." in k and v is not None}
+    return {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
+            for key in sorted(given)}
+
+
+def check_positive(owner: str, **values: float) -> None:
+    """One-line ``ValueError`` naming the first value that is not a finite number > 0."""
+    for name, v in values.items():
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{owner}: {name} must be a finite number > 0, got {v!r}")
+
+
+def check_at_least(owner: str, bound: int, **values: int) -> None:
+    """One-line ``ValueError`` naming the first integer below ``bound``."""
+    for name, v in values.items():
+        if v < bound:
+            raise ValueError(f"{owner}: {name} must be >= {bound}, got {v!r}")

@@ -65,7 +65,8 @@ def run_demo(config: DemoConfig, device: str = "cpu", log=print, progress: bool 
     log(f"1/3 meta-training a depth-{config.depth} PDNet on {', '.join(cfg.meta.tasks)} "
         f"({config.meta_steps} outer steps, second-order MAML, 1 {cfg.meta.inner_loss} inner "
         f"Adam step) ...")
-    model_path = meta_train(cfg, log=lambda *_: None, progress=progress)
+    # the demo is re-runnable: each run replaces the previous one in its folder
+    model_path = meta_train(cfg, log=lambda *_: None, progress=progress, overwrite=True)
     model, _ = load_model(model_path, device)
     theta = parameters_of(model)
     t1 = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from metaprior.checkpoint import _save_tensors, load_tensors, read_metadata
+from metaprior.checkpoint import load_tensors, read_metadata, save_tensors
 from metaprior.tasks import Task, TaskBatch, get_task
 
 
@@ -31,7 +31,7 @@ def save_measurements(path: str | Path, batch: TaskBatch, with_ground_truth: boo
     for name, buf in batch.physics.named_buffers():
         tensors[f"physics.{name}"] = buf
     meta = {"task": batch.task, "image_shape": json.dumps(list(batch.x.shape))}
-    _save_tensors(path, tensors, meta)
+    save_tensors(path, tensors, meta)
     return path
 
 
@@ -45,13 +45,42 @@ def load_measurements(path: str | Path, device="cpu", task: Task | None = None) 
     if "task" not in meta or "image_shape" not in meta:
         raise ValueError(f"{path} lacks 'task'/'image_shape' metadata: write it with "
                          f"`metaprior measure`")
+    shape = meta["image_shape"]
+    if not (isinstance(shape, list) and len(shape) == 4 and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+        raise ValueError(f"{path}: 'image_shape' metadata must be [N, C, H, W] of positive "
+                         f"integers, got {shape!r}")
+    shape = tuple(shape)
+    if not isinstance(meta["task"], str):
+        raise ValueError(f"{path}: 'task' metadata must be a task name, got {meta['task']!r}")
     task = task or get_task(meta["task"])
     tensors = load_tensors(path, device)
-    shape = tuple(meta["image_shape"])
+    if "y" not in tensors:
+        raise ValueError(f"{path} holds no measurements 'y': write it with `metaprior measure`")
+    for name in ("x", "target"):
+        if name in tensors and tuple(tensors[name].shape) != shape:
+            raise ValueError(f"{path}: '{name}' has shape {tuple(tensors[name].shape)}, its "
+                             f"image_shape is {list(shape)}")
     physics = task.make_physics(shape, torch.Generator().manual_seed(0), torch.device(device))
     buffers = {k[len("physics."):]: v for k, v in tensors.items() if k.startswith("physics.")}
     if buffers:
-        physics.load_state_dict(buffers, strict=False)
+        try:
+            physics.load_state_dict(buffers, strict=False)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: its operator tensors do not fit task {task.name!r} at "
+                             f"image shape {list(shape)} ({str(e).splitlines()[-1].strip()})"
+                             ) from None
+    try:
+        with torch.no_grad():
+            expected = physics.A(torch.zeros(shape, device=device))
+    except RuntimeError as e:
+        raise ValueError(f"{path}: task {task.name!r} cannot be built for image shape "
+                         f"{list(shape)} ({str(e).splitlines()[0]})") from None
+    y = tensors["y"]
+    if tuple(y.shape) != tuple(expected.shape) or y.is_complex() != expected.is_complex():
+        raise ValueError(f"{path}: 'y' is {y.dtype} {tuple(y.shape)}, task {task.name!r} on "
+                         f"images {list(shape)} measures {expected.dtype} "
+                         f"{tuple(expected.shape)}")
     x = tensors.get("x")
     target = tensors.get("target", x)
     return TaskBatch(task.name, tensors["y"], physics, target, x)

@@ -17,6 +17,8 @@ on T1–T4 against depth for θ and the inner model, one row per inner loss) and
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -270,26 +272,53 @@ def write_report(results_path: str | Path, figures: str | Path, markdown: str | 
     """Rebuild every figure (and the RESULTS.md table) from ``results_path``: a Table 1
     suite's JSON or a ``--suite depth`` one."""
     results_path = Path(results_path)
-    results = json.loads(results_path.read_text())
+    try:
+        results = json.loads(results_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--results {results_path} is not JSON ({e.msg} at line {e.lineno})"
+                         ) from None
+    if not isinstance(results, dict) or not (results.get("suite") == "depth" or isinstance(
+            results.get("tasks"), list)):
+        raise ValueError(f"--results {results_path} is not the JSON of `metaprior evaluate "
+                         f"--suite table1` or `--suite depth`")
     figures = Path(figures)
+    staging = figures.with_name(f".{figures.name}.tmp-{os.getpid()}")
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        names, block = _render(results, results_path, staging)
+        table = (DEPTH_BEGIN, DEPTH_END, depth_table(results)) if block == "depth" else (
+            BEGIN, END, markdown_table(results))
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"--results {results_path} lacks what the report needs "
+                         f"({type(e).__name__}: {e}); nothing was written") from None
+    # Everything rendered: only now are the figures moved in and the markdown rewritten.
     figures.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        os.replace(staging / name, figures / name)
+        written.append(figures / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    if markdown:
+        _replace_block(Path(markdown), *table)
+        written.append(Path(markdown))
+    return written
+
+
+def _render(results: dict, results_path: Path, folder: Path) -> tuple[list[str], str]:
+    """Draw every figure of ``results`` into ``folder``; returns the file names and which
+    markdown block the results fill ("depth" or "table1")."""
     if results.get("suite") == "depth":
-        written = [training_tasks_vs_depth(results, figures / "training_tasks_depth.png")]
-        if markdown:
-            _replace_block(Path(markdown), DEPTH_BEGIN, DEPTH_END, depth_table(results))
-            written.append(Path(markdown))
-        return written
+        return [training_tasks_vs_depth(results, folder / "training_tasks_depth.png").name], \
+            "depth"
     visuals_path = results_path.with_name(results_path.stem + "_visuals.safetensors")
     written = []
     for task in results["tasks"]:
-        curves = finetune_curves(results, task, figures / f"finetune_curves_{task}.png")
+        curves = finetune_curves(results, task, folder / f"finetune_curves_{task}.png")
         if curves is not None:
-            written.append(curves)
+            written.append(curves.name)
         if visuals_path.is_file():
-            written.append(visual(results, visuals_path, task, figures / f"visual_{task}.png"))
+            written.append(visual(results, visuals_path, task, folder / f"visual_{task}.png").name)
     if "training_tasks" in results:
-        written.append(training_tasks(results, figures / "training_tasks.png"))
-    if markdown:
-        _replace_block(Path(markdown), BEGIN, END, markdown_table(results))
-        written.append(Path(markdown))
-    return written
+        written.append(training_tasks(results, folder / "training_tasks.png").name)
+    return written, "table1"

@@ -291,10 +291,10 @@ def finetune_curve(model, theta, data: TaskData, loss: str, steps: int, lr: floa
 def _save_cache(cache: dict, cache_path: Path | None) -> None:
     """Write the grid-search / lr-selection cache atomically (``None``: not kept on disk). It
     is saved as it grows, so a long run that stops keeps what it found."""
-    from metaprior.checkpoint import _write_bytes_atomic
+    from metaprior.checkpoint import write_bytes_atomic
 
     if cache_path is not None:
-        _write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
+        write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
 
 
 def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
@@ -439,7 +439,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
         grid_cache: JSON of earlier grid-search choices to reuse (and update).
     """
     from metaprior.adapt import AdaptConfig
-    from metaprior.checkpoint import _save_tensors, _write_bytes_atomic
+    from metaprior.checkpoint import save_tensors, write_bytes_atomic
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -522,9 +522,9 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                           "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "device": str(device)}
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomic(out, json.dumps(_jsonable(results), indent=1).encode())
+    write_bytes_atomic(out, json.dumps(_jsonable(results), indent=1).encode())
     vis_path = out.with_name(out.stem + "_visuals.safetensors")
-    _save_tensors(vis_path, {k: v.to(torch.float16).contiguous() for k, v in visuals.items()},
+    save_tensors(vis_path, {k: v.to(torch.float16).contiguous() for k, v in visuals.items()},
                   {"about": "first test image of each task, every method, float16"})
     return results
 
@@ -580,7 +580,7 @@ def run_depth_sweep(config: Table1Config, out: str | Path, data_root=None, devic
     """PAPER.md Fig. 3: every model of ``config.depth_models`` on T1–T4 (Set3C), θ and the
     inner model, grouped by inner loss and sorted by depth; written to ``out`` (JSON).
     ``metaprior report --results OUT`` draws PSNR against depth."""
-    from metaprior.checkpoint import _write_bytes_atomic
+    from metaprior.checkpoint import write_bytes_atomic
 
     if not config.depth_models:
         raise ValueError("--suite depth needs depth_models in --suite-config: "
@@ -605,7 +605,7 @@ def run_depth_sweep(config: Table1Config, out: str | Path, data_root=None, devic
                            "threads": torch.get_num_threads(), "device": str(device)}}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_bytes_atomic(out, json.dumps(_jsonable(results), indent=1).encode())
+    write_bytes_atomic(out, json.dumps(_jsonable(results), indent=1).encode())
     return results
 
 

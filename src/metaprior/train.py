@@ -22,12 +22,20 @@ import torch
 from tqdm import tqdm
 
 from metaprior import checkpoint as ckpt
-from metaprior.config import from_dict, to_dict
+from metaprior.config import check_at_least, check_positive, from_dict, to_dict
 from metaprior.data import PatchSampler, bsds500, demo_images
 from metaprior.meta.maml import INNER_LR_PREFIX, MetaConfig, inner_adapt, reconstruct
 from metaprior.meta.step import meta_gradient
 from metaprior.metrics import psnr
 from metaprior.models import PDNet, PDNetConfig
+from metaprior.outputs import (
+    RunFolderError,
+    RunLock,
+    check_writable_dir,
+    clear_run,
+    holds_run,
+    remove_orphans,
+)
 from metaprior.tasks import TaskBatch, get_task
 
 
@@ -40,6 +48,12 @@ class DataConfig:
     outer_batch: int = 8  # patches per task for the outer loss
     val_batch: int = 8  # fixed validation patches per task (from the outer pool)
 
+    def __post_init__(self) -> None:
+        if self.dataset not in ("bsds", "demo"):
+            raise ValueError(f"dataset must be 'bsds' or 'demo', got {self.dataset!r}")
+        check_at_least("data", 1, patch_size=self.patch_size, inner_batch=self.inner_batch,
+                       outer_batch=self.outer_batch, val_batch=self.val_batch)
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -50,17 +64,32 @@ class OptimConfig:
     grad_clip: float = 0.0  # clip the global hypergradient norm (0: off)
     inner_lr_lr: float = 1e-2  # outer Adam lr of the learned log inner step sizes (same schedule)
 
+    def __post_init__(self) -> None:
+        check_at_least("optim", 1, steps=self.steps)
+        check_positive("optim", lr=self.lr, inner_lr_lr=self.inner_lr_lr)
+        check_at_least("optim", 0, warmup_steps=self.warmup_steps)
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"optim: grad_clip must be >= 0 (0: off), got {self.grad_clip}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"optim: schedule must be 'cosine' or 'constant', got "
+                             f"{self.schedule!r}")
+
 
 @dataclass(frozen=True)
 class RunConfig:
     out: str = "runs/meta"  # output folder: config.json, log.jsonl, checkpoints/, model
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = 0  # seed of the initialisation and of every data stream (patches, masks, noise)
+    device: str = "cpu"  # torch device: cpu, cuda or cuda:N
     val_every: int = 100  # validation PSNR every N steps (0: never)
-    ckpt_every: int = 100  # checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 2
+    ckpt_every: int = 100  # checkpoint every N steps (and at the end; 0: at the end only)
+    keep_checkpoints: int = 2  # newest checkpoints kept (0: keep all)
     max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
     init_from: str = ""  # start θ from this model (file, run, shipped name; "" = random init)
+
+    def __post_init__(self) -> None:
+        check_at_least("run", 0, val_every=self.val_every, ckpt_every=self.ckpt_every,
+                       keep_checkpoints=self.keep_checkpoints)
+        check_at_least("run", 1, max_nonfinite=self.max_nonfinite)
 
 
 @dataclass(frozen=True)
@@ -296,40 +325,91 @@ class MetaTrainer:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines of steps >= ``step`` (written after the checkpoint we resume from)."""
+    """Drop log lines of steps >= ``step`` (written after the checkpoint we resume from), and
+    a last line torn by a kill mid-write; a damaged line elsewhere is an error naming it."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", -1) < step]
-    path.write_text("".join(line + "\n" for line in keep))
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # torn by a kill: the checkpoint has the state, drop the fragment
+            raise ValueError(f"{path} line {i + 1} is not JSON: repair or remove that line, "
+                             f"then --resume") from None
+        if record.get("step", -1) < step:
+            keep.append(line)
+    ckpt.write_bytes_atomic(path, "".join(line + "\n" for line in keep).encode())
+
+
+#: Values a resumed run may change (the rest come from its saved configuration).
+RESUMABLE = ("optim.steps", "run.out", "run.device")
+
+
+def _resume_config(out: Path, given: dict, steps: int | None) -> tuple[TrainConfig, Path]:
+    """The saved configuration of the run in ``out`` and its latest checkpoint; an explicitly
+    ``given`` value that differs from the saved one is an error (only :data:`RESUMABLE`
+    values may change)."""
+    latest = ckpt.latest_checkpoint(out)
+    if latest is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}")
+    saved = json.loads((latest / "state.json").read_text())["config"]
+    for key, value in given.items():
+        section, name = key.split(".")
+        old = saved.get(section, {}).get(name)
+        if key not in RESUMABLE and (list(value) if isinstance(value, tuple) else value) != old:
+            raise ValueError(f"--resume continues the saved run, whose {key} is {old!r}, not "
+                             f"{value!r}: drop that option (only --steps and --device may "
+                             f"change) or start a new run in another --out")
+    if steps is not None:
+        saved["optim"]["steps"] = steps
+    if "run.device" in given:
+        saved["run"]["device"] = given["run.device"]
+    saved["run"]["out"] = str(out)
+    return from_dict(TrainConfig, saved), latest
 
 
 def meta_train(config: TrainConfig, resume: bool = False, log=print, progress: bool = True,
-               steps: int | None = None) -> Path:
+               steps: int | None = None, overwrite: bool = False,
+               given: dict | None = None) -> Path:
     """Run (or resume) meta-training; returns the path of the final model file.
 
-    With ``resume``, the configuration saved in the run's last checkpoint is used (``config``
-    only gives the output folder), and ``steps``, if given, extends the run.
+    With ``resume``, the configuration saved in the run's last checkpoint is used; ``steps``
+    (if given) extends the run, and ``given`` (explicitly requested ``"section.field"``
+    values) must agree with it except for ``optim.steps`` and ``run.device``. A folder that
+    already holds a run is refused unless ``resume`` or ``overwrite``; with ``overwrite`` the
+    earlier run's files are removed only after the new run's configuration and data loaded.
+    The folder is locked (:class:`metaprior.outputs.RunLock`) while the run writes.
     """
-    out = Path(config.run.out)
-    if resume:
-        latest = ckpt.latest_checkpoint(out)
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}")
-        saved = json.loads((latest / "state.json").read_text())["config"]
-        if steps is not None:
-            saved["optim"]["steps"] = steps
-        config = from_dict(TrainConfig, saved)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(to_dict(config), indent=1))
-    trainer = MetaTrainer(config, log)
-    log_path = out / "log.jsonl"
-    if resume:
-        trainer.restore(latest)
-        _truncate_log(log_path, trainer.step)
-        log(f"resumed from {latest} at step {trainer.step}")
-    elif log_path.exists():
-        log_path.unlink()
+    out = check_writable_dir(config.run.out, "--out")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite replaces it: give "
+                         "one of them")
+    with RunLock(out):
+        remove_orphans(out)
+        remove_orphans(ckpt.checkpoint_dir(out))
+        if resume:
+            config, latest = _resume_config(out, given or {}, steps)
+        elif holds_run(out) and not overwrite:
+            raise RunFolderError(f"--out {out} already holds a run: continue it with --resume, "
+                                 f"replace it with --overwrite, or choose another --out")
+        trainer = MetaTrainer(config, log)  # validates tasks, data and warm start first
+        log_path = out / "log.jsonl"
+        if resume:
+            trainer.restore(latest)
+            _truncate_log(log_path, trainer.step)
+            log(f"resumed from {latest} at step {trainer.step}")
+        elif overwrite:
+            clear_run(out)
+        ckpt.write_bytes_atomic(out / "config.json", json.dumps(to_dict(config), indent=1)
+                                .encode())
+        return _train_loop(trainer, out, log_path, progress)
+
+
+def _train_loop(trainer: MetaTrainer, out: Path, log_path: Path, progress: bool) -> Path:
+    config = trainer.config
     run = config.run
     bar = tqdm(total=config.optim.steps, initial=trainer.step, disable=not progress,
                desc="meta-train", unit="step", dynamic_ncols=True)
@@ -357,5 +437,5 @@ def meta_train(config: TrainConfig, resume: bool = False, log=print, progress: b
     bar.close()
     final = ckpt.save_model(out / "model.safetensors", trainer.model,
                             metadata=trainer.model_metadata())
-    log(f"wrote {final}")
+    trainer.log(f"wrote {final}")
     return final

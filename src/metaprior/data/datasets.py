@@ -61,7 +61,7 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def _to_tensor(array: np.ndarray, gray: bool) -> Tensor:
-    """(H, W) or (H, W, C) uint8/float array -> (C, H, W) float32 in [0, 1]."""
+    """(H, W) or (H, W, C) uint8/uint16/float array -> (C, H, W) float32 in [0, 1]."""
     from skimage.color import gray2rgb, rgb2gray
     from skimage.util import img_as_float32
 
@@ -80,8 +80,34 @@ def load_image(path: str | os.PathLike, gray: bool = True) -> Tensor:
     """Read an image file as a (C, H, W) float32 tensor in [0, 1] (C = 1 if ``gray``)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return _to_tensor(np.asarray(im.convert("RGB")), gray)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _to_tensor(_array_at_scale(im, path), gray)
+    except (OSError, SyntaxError) as e:  # PIL: unreadable, truncated or unknown format
+        raise ValueError(f"image {path} cannot be read ({str(e).splitlines()[0][:200]})"
+                         ) from None
+
+
+def _array_at_scale(im, path) -> np.ndarray:
+    """The pixels of a PIL image as an array whose dtype gives their scale: uint8 (8-bit),
+    uint16 (16-bit grayscale, read at its true scale, not saturated) or float32 in [0, 1]."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(im).astype(np.uint16)
+    if im.mode == "I":  # 32-bit integer pixels: PNG stores 16-bit grayscale this way too
+        arr = np.asarray(im)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise ValueError(f"image {path}: 32-bit integer pixels outside [0, 65535]; save "
+                             f"it as 8- or 16-bit")
+        return arr.astype(np.uint16)
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ValueError(f"image {path}: float pixels must be finite and in [0, 1]")
+        return arr
+    if im.mode in ("L", "LA"):
+        return np.asarray(im.convert("L"))
+    return np.asarray(im.convert("RGB"))
 
 
 def bsds500(

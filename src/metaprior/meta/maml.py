@@ -12,6 +12,7 @@ the steps stay in the autograd graph, so :math:`\phi_K` is a differentiable func
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -135,6 +136,11 @@ class MetaConfig:
             raise ValueError(f"outer_theta_weight must be >= 0, got {self.outer_theta_weight}")
         if self.inner_lr <= 0:
             raise ValueError(f"inner_lr must be > 0, got {self.inner_lr}")
+        if self.tasks_per_step < 0 or self.cg_iters < 1 or not self.prox_lambda >= 0:
+            raise ValueError(f"tasks_per_step must be >= 0, cg_iters >= 1 and prox_lambda >= 0, "
+                             f"got {self.tasks_per_step}, {self.cg_iters}, {self.prox_lambda}")
+        if not math.isfinite(self.inner_lr):
+            raise ValueError(f"inner_lr must be finite, got {self.inner_lr}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0: one per free core), got {self.workers}")
 

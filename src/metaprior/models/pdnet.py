@@ -49,7 +49,7 @@ class PDNetConfig:
     # True: τ_k are constants in the backward pass (PAPER.md §5 [D]). False: differentiate
     # through Condat's rule too, so gradients are exact derivatives of the forward map (what
     # finite-difference checks compare against).
-    detach_step_sizes: bool = True
+    detach_step_sizes: bool = True  # τ_k constant in backward (false: differentiate Condat's rule)
     # Gradient checkpointing, to second order (checkpoint_twice). Memory ~ depth/segment +
     # segment layers per inner step.
     checkpoint_segment: int = 0  # recompute segments of this many layers in backward (0: off)
@@ -283,8 +283,14 @@ class PDNet(Reconstructor):
     def __init__(self, config: PDNetConfig | None = None) -> None:
         super().__init__()
         self.config = config or PDNetConfig()
-        if self.config.depth < 1 or self.config.width < 1:
-            raise ValueError(f"depth and width must be >= 1, got {self.config}")
+        c = self.config
+        if c.depth < 1 or c.width < 1 or c.kernel_size < 1 or c.kernel_size % 2 == 0:
+            raise ValueError(f"model: depth and width must be >= 1 and kernel_size odd, got "
+                             f"depth {c.depth}, width {c.width}, kernel_size {c.kernel_size}")
+        if not (c.gamma > 0 and 0 < c.step_safety <= 1 and c.weight_init_std >= 0
+                and c.checkpoint_segment >= 0 and math.isfinite(c.gamma + c.lam_init)):
+            raise ValueError(f"model: need gamma > 0, 0 < step_safety <= 1, weight_init_std >= "
+                             f"0, checkpoint_segment >= 0 and finite values, got {c}")
         self.layers = nn.ModuleList(PDLayer(self.config) for _ in range(self.config.depth))
 
     def num_params(self) -> int:

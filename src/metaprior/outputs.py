@@ -1,0 +1,147 @@
+"""Output paths and run folders: checked before any work starts, locked while a run writes.
+
+Promises (tested in ``tests/test_reliability.py``, stated in ``docs/reliability.md``):
+
+* an output path is checked (parent writable, not a folder where a file is wanted, the right
+  suffix) *before* a command computes anything, so a long adaptation never fails at the end;
+* a run folder that already holds a run is never reused silently: meta-training refuses it
+  unless told to ``resume`` it or to ``overwrite`` it, and an overwrite removes the earlier
+  run's files only once the new run's configuration and data have been validated;
+* one process at a time writes a run folder: :class:`RunLock` holds an exclusive
+  ``flock`` on ``OUT/.lock`` for the life of the run (released by the kernel if the process
+  dies, so a killed run never leaves a stale lock); a second process gets a one-line error;
+* temporary files a killed writer left behind (``.step_*.tmp-PID``, ``.*.tmp-PID``) are
+  removed by the next writer holding the lock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+#: Files and folders of a meta-training run (what ``overwrite`` removes; nothing else is).
+RUN_FILES = ("config.json", "log.jsonl", "model.safetensors", "checkpoints")
+LOCK_NAME = ".lock"
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used as asked (busy, holds another run, not writable)."""
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_dir(path: str | Path, flag: str) -> Path:
+    """``path`` is, or can be created as, a writable folder; else a one-line error naming
+    ``flag``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{flag} {path} is an existing file, not a folder: choose a "
+                             f"folder path")
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise RunFolderError(f"{flag} {path}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise RunFolderError(f"{flag} {path}: {base} is not writable: choose another path")
+    return path
+
+
+def check_output_file(path: str | Path, flag: str, suffix: str | None = None) -> Path:
+    """``path`` can be written as a file (its folder exists or can be created and is writable,
+    it is not a folder, it ends in ``suffix``); else a one-line error naming ``flag``."""
+    path = Path(path)
+    if suffix is not None and path.suffix != suffix:
+        raise RunFolderError(f"{flag} {path} must end in {suffix}")
+    if path.is_dir():
+        raise RunFolderError(f"{flag} {path} is a folder: give a file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise RunFolderError(f"{flag} {path} exists and is not writable")
+    check_writable_dir(path.parent, flag)
+    return path
+
+
+def holds_run(out: str | Path) -> bool:
+    """Whether ``out`` holds any file of a meta-training run."""
+    return any((Path(out) / name).exists() for name in RUN_FILES)
+
+
+def clear_run(out: str | Path) -> None:
+    """Remove the files of an earlier run in ``out`` (only :data:`RUN_FILES`)."""
+    out = Path(out)
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def remove_orphans(folder: str | Path) -> list[Path]:
+    """Remove the temporary files and folders (``.NAME.tmp-PID``) that a killed writer left
+    in ``folder``; call only while holding the folder's :class:`RunLock`."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(".*.tmp-*"):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+class RunLock:
+    """Exclusive lock of a run folder for the life of a ``with`` block.
+
+    ``flock`` on ``folder/.lock`` (the file keeps the holder's pid, for the error message).
+    A folder the lock created is removed again if the block fails before writing anything.
+    The kernel drops the lock when the holder exits, however it exits. On platforms without
+    ``fcntl`` the lock is a no-op.
+    """
+
+    def __init__(self, folder: str | Path, flag: str = "--out") -> None:
+        self.folder = Path(folder)
+        self.flag = flag
+        self._fd: int | None = None
+        self._created = False
+
+    def __enter__(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self._created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunFolderError(f"{self.flag} {self.folder} is in use by another process "
+                                 f"(pid {holder}): wait for it to finish or choose another "
+                                 f"folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)
+        # A run that failed in a folder it created leaves nothing behind (the lock file is
+        # removed while still held, so no other process can have locked it meanwhile).
+        if exc_type is not None and self._created and [
+                p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+            (self.folder / LOCK_NAME).unlink()
+            self.folder.rmdir()
+        os.close(self._fd)  # closing the descriptor releases the flock
+        self._fd = None

@@ -1,0 +1,343 @@
+"""Bad input through the real command line: a non-zero exit, one line naming what is wrong,
+no traceback, and no file changed or left behind. Plus a fuzz test of the file readers and a
+two-process test of the run-folder lock (docs/reliability.md lists what each test covers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from metaprior import train
+from metaprior.checkpoint import UnreadableFileError, load_model, save_model
+from metaprior.cli import main
+from metaprior.measurements import load_measurements, save_measurements
+from metaprior.models import PDNet, PDNetConfig
+from metaprior.outputs import RunFolderError, RunLock
+from metaprior.tasks import get_task
+from test_train import TINY, tiny_config
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> Path:
+    """A folder of valid and broken inputs, and a one-step run with a checkpoint."""
+    root = tmp_path_factory.mktemp("inputs")
+    imgs = root / "imgs"
+    imgs.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        arr = (torch.rand(16, 16, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(imgs / f"{i}.png")
+    model = PDNet(PDNetConfig(depth=2))
+    save_model(root / "model.safetensors", model)
+    batch = get_task("sr2").sample(torch.rand(2, 1, 16, 16, generator=g), g)
+    save_measurements(root / "y.safetensors", batch)
+    good = (root / "model.safetensors").read_bytes()
+    (root / "empty.safetensors").write_bytes(b"")
+    (root / "garbage.safetensors").write_bytes(b"not a safetensors file at all")
+    (root / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    (root / "huge_header.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    meta = {"pdnet_config": json.dumps(model.config.__dict__)}
+    save_file({k: v.double() for k, v in state.items()}, str(root / "float64.safetensors"), meta)
+    save_file({k: v.to(torch.int32) for k, v in state.items()}, str(root / "int32.safetensors"),
+              meta)
+    save_file({k: v[..., :2].contiguous() if v.ndim else v for k, v in state.items()},
+              str(root / "wrong_shape.safetensors"), meta)
+    save_file(state, str(root / "bad_config.safetensors"),
+              {"pdnet_config": json.dumps({**model.config.__dict__, "depth": "2"})})
+    y = batch.y.contiguous()
+    save_file({"x": batch.x}, str(root / "no_y.safetensors"),
+              {"task": "sr2", "image_shape": "[2, 1, 16, 16]"})
+    save_file({"y": y}, str(root / "string_shape.safetensors"),
+              {"task": "sr2", "image_shape": "\"16x16\""})
+    save_file({"y": y}, str(root / "wrong_y.safetensors"),
+              {"task": "mri4", "image_shape": "[2, 1, 16, 16]"})
+    for name, data in {"corrupt": b"\x89PNG\r\n\x1a\n broken", "zero": b""}.items():
+        folder = root / f"{name}_imgs"
+        folder.mkdir()
+        (folder / "a.png").write_bytes(data)
+    (root / "a_file").write_text("not a folder")
+    (root / "cfg").mkdir()
+    for name, values in {"bool_str": {"model": {"detach_step_sizes": "false"}},
+                         "bool_depth": {"model": {"depth": True}},
+                         "tasks_str": {"meta": {"tasks": "denoise"}},
+                         "lr_str": {"optim": {"lr": "0.001"}},
+                         "section": {"model": [1, 2]}}.items():
+        (root / "cfg" / f"{name}.json").write_text(json.dumps(values))
+    (root / "report.json").write_text(json.dumps({"tasks": ["sr2"]}))
+    (root / "not_suite.json").write_text(json.dumps([1, 2]))
+    train.meta_train(tiny_config(root / "run", steps=1), progress=False, log=lambda *_: None)
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file with its size and mtime (run folders' ``.lock`` files excepted: taking the
+    lock rewrites the holder's pid)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+M, Y, IMGS = "{root}/model.safetensors", "{root}/y.safetensors", "{root}/imgs"
+ADAPT = ["adapt", "--model", M, "--measurements", Y, "--out", "{root}/new/a.safetensors"]
+MT = ["meta-train", *TINY, "--steps", "1", "--no-progress"]
+CFG = ["meta-train", "--dataset", "demo", "--steps", "1", "--no-progress", "--config"]
+
+# (command line, a fragment the one-line message must contain)
+BAD_INPUTS = [
+    (["adapt", "--model", M, "--measurements", Y, "--steps", "0", "--out", "{root}/o.safetensors"],
+     "--steps must be >= 1"),
+    (["adapt", "--model", M, "--measurements", Y, "--steps", "-3", "--out",
+      "{root}/o.safetensors"], "--steps must be >= 1"),
+    ([*ADAPT, "--lr", "nan"], "lr must be a finite number"),
+    ([*ADAPT, "--lr", "-1"], "lr must be a finite number"),
+    (["adapt", "--model", M, "--measurements", Y, "--out", "{root}/imgs"], "must end in"),
+    (["adapt", "--model", M, "--measurements", Y, "--out", "{root}/a_file/m.safetensors"],
+     "is an existing file"),
+    (["adapt", "--model", M, "--images", IMGS, "--task", "sr2", "--batch-size", "0", "--out",
+      "{root}/o.safetensors"], "--batch-size must be >= 1"),
+    (["adapt", "--model", "{root}/empty.safetensors", "--measurements", Y, "--out",
+      "{root}/o.safetensors"], "not a readable .safetensors"),
+    (["adapt", "--model", "{root}/garbage.safetensors", "--measurements", Y, "--out",
+      "{root}/o.safetensors"], "not a readable .safetensors"),
+    (["adapt", "--model", "{root}/truncated.safetensors", "--measurements", Y, "--out",
+      "{root}/o.safetensors"], "safetensors"),
+    (["adapt", "--model", "{root}/huge_header.safetensors", "--measurements", Y, "--out",
+      "{root}/o.safetensors"], "not a readable .safetensors"),
+    (["reconstruct", "--model", "{root}/float64.safetensors", "--measurements", Y, "--out",
+      "{root}/rec"], "holds float32"),
+    (["reconstruct", "--model", "{root}/int32.safetensors", "--measurements", Y, "--out",
+      "{root}/rec"], "holds float32"),
+    (["reconstruct", "--model", "{root}/wrong_shape.safetensors", "--measurements", Y, "--out",
+      "{root}/rec"], "wrong_shape.safetensors: tensor"),
+    (["reconstruct", "--model", "{root}/bad_config.safetensors", "--measurements", Y, "--out",
+      "{root}/rec"], "'pdnet_config' metadata is invalid"),
+    (["reconstruct", "--model", M, "--measurements", "{root}/no_y.safetensors", "--out",
+      "{root}/rec"], "holds no measurements 'y'"),
+    (["reconstruct", "--model", M, "--measurements", "{root}/string_shape.safetensors",
+      "--out", "{root}/rec"], "'image_shape' metadata must be"),
+    (["reconstruct", "--model", M, "--measurements", "{root}/wrong_y.safetensors", "--out",
+      "{root}/rec"], "measures"),
+    (["reconstruct", "--model", M, "--measurements", "{root}/garbage.safetensors", "--out",
+      "{root}/rec"], "not a readable .safetensors"),
+    (["reconstruct", "--model", M, "--measurements", Y, "--out", "{root}/a_file"],
+     "is an existing file"),
+    (["measure", "--task", "sr2", "--images", "{root}/corrupt_imgs", "--out",
+      "{root}/m.safetensors"], "cannot be read"),
+    (["measure", "--task", "sr2", "--images", "{root}/zero_imgs", "--out",
+      "{root}/m.safetensors"], "cannot be read"),
+    (["measure", "--task", "sr2", "--images", IMGS, "--out", "{root}/imgs"], "must end in"),
+    (["measure", "--task", "nope", "--images", IMGS, "--out", "{root}/m.safetensors"],
+     "unknown task"),
+    (["evaluate", "--model", M, "--images", IMGS, "--tasks", "sr2", "--adapt-steps", "-1"],
+     "--adapt-steps must be >= 0"),
+    (["evaluate", "--model", M, "--images", IMGS, "--tasks", "sr2", "--json", "{root}/imgs"],
+     "--json"),
+    (["linear", "--outer-steps", "0", "--out", "{root}/lin"], "--outer-steps must be >= 1"),
+    (["linear", "--out", "{root}/a_file"], "is an existing file"),
+    (["demo", "--out", "{root}/a_file"], "is an existing file"),
+    (["report", "--results", "{root}/report.json", "--figures", "{root}/fig", "--markdown",
+      ""], "lacks what the report needs"),
+    (["report", "--results", "{root}/not_suite.json", "--figures", "{root}/fig"],
+     "is not the JSON of"),
+    ([*CFG, "{root}/cfg/bool_str.json", "--out", "{root}/r1"],
+     "model.detach_step_sizes must be of type bool"),
+    ([*CFG, "{root}/cfg/bool_depth.json", "--out", "{root}/r1"],
+     "model.depth must be of type int"),
+    ([*CFG, "{root}/cfg/tasks_str.json", "--out", "{root}/r1"],
+     "meta.tasks must be a list of names"),
+    ([*CFG, "{root}/cfg/lr_str.json", "--out", "{root}/r1"],
+     "optim.lr must be of type float"),
+    ([*CFG, "{root}/cfg/section.json", "--out", "{root}/r1"],
+     "section 'model' must be an object"),
+    ([*MT, "--inner-batch", "0", "--out", "{root}/r1"], "inner_batch must be >= 1"),
+    ([*MT, "--patch-size", "0", "--out", "{root}/r1"], "patch_size must be >= 1"),
+    (["meta-train", *TINY, "--steps", "0", "--out", "{root}/r1"], "steps must be >= 1"),
+    (["meta-train", *TINY, "--steps", "1", "--lr", "inf", "--out", "{root}/r1"],
+     "lr must be a finite number"),
+    ([*MT, "--dataset", "bsds", "--data-root", "{root}/absent", "--out", "{root}/r1"],
+     "absent"),
+    ([*MT, "--out", "{root}/run"], "already holds a run"),
+    ([*MT, "--out", "{root}/run", "--resume", "--overwrite"], "give one of them"),
+    ([*MT, "--out", "{root}/run", "--resume", "--depth", "3"], "whose model.depth is 2"),
+    ([*MT, "--out", "{root}/a_file"], "is an existing file"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", BAD_INPUTS,
+                         ids=[f"{i:02d}-{a[0]}" for i, (a, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_gives_one_line_and_changes_nothing(sandbox, argv, fragment):
+    before = _snapshot(sandbox)
+    with pytest.raises(SystemExit) as exc:
+        main([a.format(root=sandbox) for a in argv])
+    message = str(exc.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    assert fragment in message, message
+    assert _snapshot(sandbox) == before, "a file was changed or left behind"
+
+
+def test_bad_input_through_the_installed_entry_point(sandbox):
+    """The same through ``python -m metaprior`` in a fresh process: exit status 1, exactly one
+    line on stderr, no traceback."""
+    picked = [c for c in BAD_INPUTS if c[1] in ("lr must be a finite number",
+                                               "model.detach_step_sizes must be of type bool")]
+    picked.append(next(c for c in BAD_INPUTS if "garbage" in c[0][2]))
+    for argv, fragment in picked:
+        before = _snapshot(sandbox)
+        proc = subprocess.run([sys.executable, "-m", "metaprior",
+                               *[a.format(root=sandbox) for a in argv]],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr
+        assert _snapshot(sandbox) == before
+
+
+def test_no_non_finite_model_is_written(tmp_path):
+    model = PDNet(PDNetConfig(depth=2))
+    params = {k: torch.full_like(v, float("nan")) for k, v in model.named_parameters()}
+    with pytest.raises(FloatingPointError, match="not finite"):
+        save_model(tmp_path / "m.safetensors", model, params)
+    assert not any(tmp_path.iterdir())
+
+
+def test_sixteen_bit_and_float_images_are_read_at_their_scale(tmp_path):
+    from metaprior.data import load_image
+
+    g = torch.Generator().manual_seed(0)
+    raw = (torch.rand(16, 16, generator=g) * 0.8 * 65535).numpy().astype("uint16")
+    Image.fromarray(raw).save(tmp_path / "a16.png")
+    assert float(load_image(tmp_path / "a16.png").mean()) == pytest.approx(
+        raw.mean() / 65535, rel=1e-5)
+    Image.fromarray(raw.astype("float32") / 65535).save(tmp_path / "f.tif")
+    assert float(load_image(tmp_path / "f.tif").mean()) == pytest.approx(raw.mean() / 65535,
+                                                                         rel=1e-5)
+    Image.fromarray(raw.astype("float32")).save(tmp_path / "big.tif")
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        load_image(tmp_path / "big.tif")
+
+
+def test_reconstruct_replaces_stale_images_and_warns_on_another_task(sandbox, tmp_path, capsys):
+    out = tmp_path / "rec"
+    out.mkdir()
+    for i in range(5):
+        (out / f"recon_{i:03d}.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("kept")
+    adapted = tmp_path / "adapted.safetensors"
+    model, _meta = load_model(sandbox / "model.safetensors")
+    save_model(adapted, model, metadata={"adapted": {"task": "mri4"}})
+    main(["reconstruct", "--model", str(adapted), "--measurements",
+          str(sandbox / "y.safetensors"), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "recon_000.png",
+                                                     "recon_001.png"]
+    assert "adapted to task 'mri4'" in capsys.readouterr().err
+
+
+def test_fuzzed_files_are_read_or_refused_in_one_line(sandbox, tmp_path):
+    """Random truncations and byte flips of a model file and a measurement file: each read
+    either succeeds or raises a ValueError (never another exception, never a hang: 120 fixed
+    cases)."""
+    rnd = random.Random(0)
+    sources = {"model": (sandbox / "model.safetensors").read_bytes(),
+               "y": (sandbox / "y.safetensors").read_bytes()}
+    outcomes = {"ok": 0, "refused": 0}
+    for i in range(120):
+        kind = "model" if i % 2 else "y"
+        data = bytearray(sources[kind])
+        if rnd.random() < 0.4:
+            data = data[: rnd.randrange(len(data))]
+        else:
+            for _ in range(rnd.randint(1, 8)):
+                pos = rnd.randrange(min(len(data), 400) if rnd.random() < 0.7 else len(data))
+                data[pos] = rnd.randrange(256)
+        path = tmp_path / f"{kind}{i}.safetensors"
+        path.write_bytes(bytes(data))
+        try:
+            if kind == "model":
+                load_model(path)
+            else:
+                load_measurements(path)
+            outcomes["ok"] += 1
+        except ValueError as e:
+            assert "\n" not in str(e).strip() or isinstance(e, UnreadableFileError)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 30 and sum(outcomes.values()) == 120
+
+
+def test_a_run_folder_is_locked_against_a_second_process(tmp_path):
+    """A second writer (another process holding the lock) makes meta-train stop at once with
+    one line; after the holder exits, the folder is free again (no stale lock)."""
+    folder = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from metaprior.outputs import RunLock\n"
+         f"with RunLock({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=r"in use by another process \(pid \d+\)"):
+            main([*MT, "--out", str(folder)])
+        assert not (folder / "config.json").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    with RunLock(folder):  # released by the holder's exit
+        pass
+
+
+def test_lock_is_exclusive_within_a_process_too(tmp_path):
+    with RunLock(tmp_path), pytest.raises(RunFolderError, match="in use"):
+        with RunLock(tmp_path):
+            pass
+
+
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_loaded(tmp_path):
+    """A failing start with --overwrite (unknown task) leaves the earlier run intact; a
+    kill's orphaned temporary checkpoint folder is removed by the next run."""
+    cfg = tiny_config(tmp_path / "run", steps=2)
+    train.meta_train(cfg, progress=False, log=lambda *_: None)
+    before = _snapshot(tmp_path / "run")
+    orphan = tmp_path / "run" / "checkpoints" / ".step_0000004.tmp-99999"
+    orphan.mkdir()
+    bad = replace(cfg, data=replace(cfg.data, dataset="demo"), meta=replace(
+        cfg.meta, tasks=("nope",)))
+    with pytest.raises(ValueError, match="unknown task"):
+        train.meta_train(bad, progress=False, log=lambda *_: None, overwrite=True)
+    assert {k: v for k, v in _snapshot(tmp_path / "run").items() if ".tmp-" not in k} == before
+    assert not orphan.exists()
+
+
+def test_resume_tolerates_a_torn_last_log_line(tmp_path):
+    cfg = tiny_config(tmp_path / "run", steps=2)
+    train.meta_train(cfg, progress=False, log=lambda *_: None)
+    log = tmp_path / "run" / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 2, "outer_lo')
+    train.meta_train(cfg, resume=True, steps=3, progress=False, log=lambda *_: None)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == [0, 1, 2]
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(["garbage", *lines]) + "\n")
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
+        train.meta_train(cfg, resume=True, steps=4, progress=False, log=lambda *_: None)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_read_only_output_folder_is_refused_before_any_work(sandbox, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(SystemExit, match="not writable"):
+            main([a.format(root=sandbox) for a in ADAPT[:-1]] + [str(ro / "a.safetensors")])
+    finally:
+        ro.chmod(0o755)
