@@ -10,6 +10,7 @@ batches as drawn serially). Every step is logged to ``log.jsonl``; checkpoints a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -22,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from metaprior import checkpoint as ckpt
+from metaprior import distributed
 from metaprior.config import check_at_least, check_positive, from_dict, to_dict
 from metaprior.data import PatchSampler, bsds500, demo_images
 from metaprior.meta.maml import INNER_LR_PREFIX, MetaConfig, inner_adapt, reconstruct
@@ -85,11 +87,13 @@ class RunConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept (0: keep all)
     max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
     init_from: str = ""  # start θ from this model (file, run, shipped name; "" = random init)
+    dist_timeout: float = 600.0  # torchrun runs: seconds a rank waits for a silent peer
 
     def __post_init__(self) -> None:
         check_at_least("run", 0, val_every=self.val_every, ckpt_every=self.ckpt_every,
                        keep_checkpoints=self.keep_checkpoints)
         check_at_least("run", 1, max_nonfinite=self.max_nonfinite)
+        check_positive("run", dist_timeout=self.dist_timeout)
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ class MetaTrainer:
     def __init__(self, config: TrainConfig, log=print) -> None:
         self.config = config
         self.log = log
-        self.device = torch.device(config.run.device)
+        self.device = torch.device(distributed.rank_device(config.run.device))
         seed = config.run.seed
         torch.manual_seed(seed)  # parameter initialisation only
         self.model = PDNet(config.model).to(self.device)
@@ -281,8 +285,9 @@ class MetaTrainer:
         finite = math.isfinite(outer) and all(bool(torch.isfinite(g).all())
                                               for g in total.values())
         record = {"step": self.step, "lr": lr, "outer_loss": outer,
-                  "tasks": {r.task: {"inner_loss": r.inner_loss, "outer_loss": r.outer_loss,
-                                     **r.info} for r in results}}
+                  "tasks": {key: {"inner_loss": r.inner_loss, "outer_loss": r.outer_loss,
+                                  **r.info} for key, r in zip(_task_keys(results), results,
+                                                              strict=True)}}
         if finite:
             for name, p in self.model.named_parameters():
                 p.grad = total[name].to(p.dtype)
@@ -324,6 +329,17 @@ class MetaTrainer:
         return out
 
 
+def _task_keys(results) -> list[str]:
+    """Log keys of a meta-batch's tasks: the task name, with ``#2``, ``#3``… for a task that
+    appears more than once (e.g. ``--tasks deblur-mix,deblur-mix,...``)."""
+    seen: dict[str, int] = {}
+    keys = []
+    for r in results:
+        seen[r.task] = seen.get(r.task, 0) + 1
+        keys.append(r.task if seen[r.task] == 1 else f"{r.task}#{seen[r.task]}")
+    return keys
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines of steps >= ``step`` (written after the checkpoint we resume from), and
     a last line torn by a kill mid-write; a damaged line elsewhere is an error naming it."""
@@ -345,7 +361,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 #: Values a resumed run may change (the rest come from its saved configuration).
-RESUMABLE = ("optim.steps", "run.out", "run.device")
+RESUMABLE = ("optim.steps", "run.out", "run.device", "run.dist_timeout")
 
 
 def _resume_config(out: Path, given: dict, steps: int | None) -> tuple[TrainConfig, Path]:
@@ -383,46 +399,83 @@ def meta_train(config: TrainConfig, resume: bool = False, log=print, progress: b
     earlier run's files are removed only after the new run's configuration and data loaded.
     The folder is locked (:class:`metaprior.outputs.RunLock`) while the run writes.
     """
-    out = check_writable_dir(config.run.out, "--out")
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out, --overwrite replaces it: give "
                          "one of them")
-    with RunLock(out):
-        remove_orphans(out)
-        remove_orphans(ckpt.checkpoint_dir(out))
-        if resume:
-            config, latest = _resume_config(out, given or {}, steps)
-        elif holds_run(out) and not overwrite:
-            raise RunFolderError(f"--out {out} already holds a run: continue it with --resume, "
-                                 f"replace it with --overwrite, or choose another --out")
-        trainer = MetaTrainer(config, log)  # validates tasks, data and warm start first
-        log_path = out / "log.jsonl"
-        if resume:
-            trainer.restore(latest)
-            _truncate_log(log_path, trainer.step)
-            log(f"resumed from {latest} at step {trainer.step}")
-        elif overwrite:
-            clear_run(out)
-        ckpt.write_bytes_atomic(out / "config.json", json.dumps(to_dict(config), indent=1)
-                                .encode())
-        return _train_loop(trainer, out, log_path, progress)
+    out = check_writable_dir(config.run.out, "--out")
+    joined = distributed.launched() and not distributed.active()
+    distributed.setup(config.run.device, config.run.dist_timeout)
+    main = distributed.is_main()
+    try:
+        with RunLock(out) if main else contextlib.nullcontext():
+            # Phase 1, rank 0: folder checks under the lock, configuration, data (the other
+            # ranks wait, so they never read a folder rank 0 is about to refuse).
+            trainer = latest = None
+            with _agreed("checking --out and loading the run"):
+                if main:
+                    remove_orphans(out)
+                    remove_orphans(ckpt.checkpoint_dir(out))
+                    if resume:
+                        config, latest = _resume_config(out, given or {}, steps)
+                    elif holds_run(out) and not overwrite:
+                        raise RunFolderError(f"--out {out} already holds a run: continue it "
+                                             f"with --resume, replace it with --overwrite, or "
+                                             f"choose another --out")
+                    trainer = MetaTrainer(config, log)  # validates tasks, data, warm start
+            # Phase 2, the other ranks: the same state (read from the shared run folder).
+            with _agreed("loading the run on every rank"):
+                if not main:
+                    if resume:
+                        config, latest = _resume_config(out, given or {}, steps)
+                    trainer = MetaTrainer(config, log=lambda *_: None)
+                if resume:
+                    trainer.restore(latest)
+            if main:
+                if resume:
+                    _truncate_log(out / "log.jsonl", trainer.step)
+                    log(f"resumed from {latest} at step {trainer.step}")
+                elif overwrite:
+                    clear_run(out)
+                ckpt.write_bytes_atomic(out / "config.json",
+                                        json.dumps(to_dict(config), indent=1).encode())
+            return _train_loop(trainer, out, progress and main)
+    finally:
+        if joined:
+            distributed.teardown()
 
 
-def _train_loop(trainer: MetaTrainer, out: Path, log_path: Path, progress: bool) -> Path:
+@contextlib.contextmanager
+def _agreed(what: str):
+    """Run the block on every rank, then agree that it succeeded everywhere (a rank that
+    failed raises its own error; the others a one-line one naming ``what``)."""
+    try:
+        yield
+    except BaseException:
+        distributed.agree(False, what)
+        raise
+    distributed.agree(True, what)
+
+
+def _train_loop(trainer: MetaTrainer, out: Path, progress: bool) -> Path:
+    """The outer steps; rank 0 alone logs, validates, checkpoints and writes the model."""
     config = trainer.config
     run = config.run
+    main = distributed.is_main()
     bar = tqdm(total=config.optim.steps, initial=trainer.step, disable=not progress,
                desc="meta-train", unit="step", dynamic_ncols=True)
-    with open(log_path, "a") as log_file:
+    with open(out / "log.jsonl", "a") if main else contextlib.nullcontext() as log_file:
         while trainer.step < config.optim.steps:
             record = trainer.outer_step()
-            if trainer.nonfinite_streak >= run.max_nonfinite:
-                log_file.write(json.dumps(record) + "\n")
+            if trainer.nonfinite_streak >= run.max_nonfinite:  # the same on every rank
+                if main:
+                    log_file.write(json.dumps(record) + "\n")
                 last = ckpt.latest_checkpoint(out)
                 raise TrainingDivergedError(
                     f"{trainer.nonfinite_streak} non-finite steps in a row at step "
                     f"{trainer.step - 1}: stopped; last good checkpoint: {last} (lower --lr or "
                     f"--inner-lr)")
+            if not main:
+                continue
             if run.val_every and trainer.step % run.val_every == 0:
                 record["val"] = trainer.validate()
             log_file.write(json.dumps(record) + "\n")
@@ -435,7 +488,9 @@ def _train_loop(trainer: MetaTrainer, out: Path, log_path: Path, progress: bool)
                             s_per_step=f"{record['seconds']:.2f}")
             bar.update(1)
     bar.close()
-    final = ckpt.save_model(out / "model.safetensors", trainer.model,
-                            metadata=trainer.model_metadata())
-    trainer.log(f"wrote {final}")
+    final = out / "model.safetensors"
+    if main:
+        ckpt.save_model(final, trainer.model, metadata=trainer.model_metadata())
+        trainer.log(f"wrote {final}")
+    distributed.barrier()  # every rank returns once the model is written
     return final

@@ -1,5 +1,5 @@
 r"""The outer step: per-task hypergradients, then their sum (the one place where tasks meet;
-a distributed run all-reduces exactly this sum).
+a distributed run all-reduces exactly this sum, :mod:`metaprior.distributed`).
 
 The tasks of a meta-batch are independent until that sum, so they run concurrently in
 ``MetaConfig.workers`` threads (torch releases the GIL inside its kernels; each thread gets its
@@ -19,8 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
+from metaprior import distributed
 from metaprior.meta.implicit import implicit_hypergradient
 from metaprior.meta.maml import (
+    INNER_LR_PREFIX,
     MetaConfig,
     TaskHypergradient,
     first_order_hypergradient,
@@ -60,12 +62,14 @@ def sum_hypergradients(results: Sequence[TaskHypergradient]) -> Params:
 
 def num_workers(config: MetaConfig, tasks: int) -> int:
     """Threads for a meta-batch of ``tasks`` tasks: ``config.workers``, or with 0 the cores
-    this process may use divided by torch's intra-op threads; never more than ``tasks``."""
+    this process may use divided by torch's intra-op threads and by the ranks torchrun
+    started on this machine; never more than ``tasks``."""
     workers = config.workers
     if workers == 0:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
-        workers = max(1, cores // torch.get_num_threads())
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's ranks here
+        workers = max(1, cores // (torch.get_num_threads() * local_ranks))
     return max(1, min(workers, tasks))
 
 
@@ -79,14 +83,60 @@ def meta_gradient(
     config: MetaConfig, lrs: Params | None = None,
 ) -> tuple[Params, list[TaskHypergradient]]:
     """Hypergradient of the summed outer loss over a meta-batch of (inner, outer) batches
-    (and of the learned inner step sizes ``lrs``, if given)."""
-    workers = num_workers(config, len(batches))
-    if workers == 1:
+    (and of the learned inner step sizes ``lrs``, if given).
+
+    In a distributed run (:mod:`metaprior.distributed`) every rank passes the same meta-batch,
+    computes the tasks of its :func:`~metaprior.distributed.shard`, and the sum is one
+    all-reduce; every rank returns the same total and the records of all tasks (their
+    ``grads`` only for its own tasks)."""
+    mine = distributed.shard(len(batches))
+    own = [batches[i] for i in mine]
+    workers = num_workers(config, len(own))
+    if not own:
+        results = []
+    elif workers == 1:
         results = [task_hypergradient(model, theta, inner, outer, config, lrs)
-                   for inner, outer in batches]
+                   for inner, outer in own]
     else:
-        results = _concurrent(model, theta, batches, config, workers, lrs)
-    return sum_hypergradients(results), results
+        results = _concurrent(model, theta, own, config, workers, lrs)
+    if not distributed.active():
+        return sum_hypergradients(results), results
+    return _reduce(model, theta, batches, mine, results, lrs)
+
+
+#: Per-task numbers exchanged between ranks for the log (besides the losses).
+_INFO_KEYS = ("cg_residual", "cg_iters")
+
+
+def _reduce(model: nn.Module, theta: Params, batches, mine: list[int],
+            results: list[TaskHypergradient], lrs: Params | None
+            ) -> tuple[Params, list[TaskHypergradient]]:
+    """Sum the ranks' hypergradients and share every task's losses, in one all-reduce."""
+    names = list(theta) + ([INNER_LR_PREFIX + k for k in lrs] if lrs is not None else [])
+    ref = next(iter(theta.values()))
+    if results:
+        local = sum_hypergradients(results)
+    else:
+        shapes = {**{k: v.shape for k, v in theta.items()},
+                  **{INNER_LR_PREFIX + k: v.shape for k, v in (lrs or {}).items()}}
+        local = {k: torch.zeros(shapes[k], dtype=ref.dtype, device=ref.device) for k in names}
+    # per-task [inner loss, outer loss, *info]: zeros on other ranks' rows, NaN = absent
+    stats = torch.zeros(len(batches), 2 + len(_INFO_KEYS), dtype=torch.float64,
+                        device=ref.device)
+    for i, r in zip(mine, results, strict=True):
+        stats[i] = torch.tensor([r.inner_loss, r.outer_loss,
+                                 *(float(r.info.get(k, float("nan"))) for k in _INFO_KEYS)],
+                                dtype=torch.float64)
+    packed = {**{k: local[k] for k in names}, "stats": stats.to(ref.dtype)}
+    summed = distributed.all_reduce_sum(packed)
+    own = dict(zip(mine, results, strict=True))
+    records = []
+    for i, (inner, _) in enumerate(batches):
+        row = summed["stats"][i].double().tolist()
+        info = {k: v for k, v in zip(_INFO_KEYS, row[2:], strict=True) if v == v}
+        records.append(TaskHypergradient(inner.task, own[i].grads if i in own else {},
+                                         row[0], row[1], info))
+    return {k: summed[k] for k in names}, records
 
 
 def _concurrent(

@@ -1,0 +1,142 @@
+r"""Meta-training across processes with ``torch.distributed`` (launched by ``torchrun``).
+
+The outer step is a sum over tasks, :math:`\nabla_\theta \sum_i \mathcal L_{\rm outer}
+(\phi_i(\theta))` (eq. 2 of the paper), so it splits exactly: rank :math:`r` of :math:`R`
+computes the hypergradients of tasks :math:`i \equiv r \pmod R` of the meta-batch, one
+all-reduce sums them, and every rank applies the same outer Adam update to the same θ.
+
+Every rank draws the *whole* meta-batch from the run's seeded streams (drawing is cheap next
+to a hypergradient) and keeps its share. So the tasks, images, masks and noise of step
+:math:`n` do not depend on the number of ranks: a run is reproducible, a 2-rank run computes
+the 1-rank run's updates (up to the order of the floating-point sum), and a run can resume
+with another number of ranks. Rank 0 alone writes the log, checkpoints and the model.
+
+Backends: gloo on CPU, NCCL on CUDA (each rank on ``cuda:LOCAL_RANK``). A rank that dies
+makes the others fail in their next collective within ``timeout`` seconds (or at once, when
+``torchrun`` tears the group down) with a one-line error naming the lost rank where the
+backend reports it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+#: Environment variables torchrun sets for every worker.
+ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched() -> bool:
+    """Whether this process was started as one of several workers (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """Whether a process group with more than one rank is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Rank 0 (or a single process): the one that writes files."""
+    return rank() == 0
+
+
+def setup(device: str, timeout: float = 600.0) -> str:
+    """Join the process group described by torchrun's environment (no-op for one process).
+
+    Returns the device this rank uses: ``device`` on CPU, ``cuda:LOCAL_RANK`` when ``device``
+    is ``cuda`` (one GPU per rank).
+    """
+    if not launched() or active():
+        return rank_device(device)
+    missing = [k for k in ENV if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"WORLD_SIZE > 1 but {', '.join(missing)} unset: launch with "
+                           f"torchrun --nproc-per-node N -m metaprior meta-train ...")
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    return rank_device(device)
+
+
+def rank_device(device: str) -> str:
+    """The device of this rank: ``device``, or ``cuda:LOCAL_RANK`` for ``cuda`` under torchrun."""
+    if str(device) == "cuda" and launched():
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return str(device)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(n: int) -> list[int]:
+    """Indices of the ``n`` tasks of a meta-batch that this rank computes (round robin)."""
+    return list(range(rank(), n, world_size()))
+
+
+def all_reduce_sum(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    r""":math:`\sum_{\rm ranks}` of every tensor, in one all-reduce of one flat buffer (same
+    keys, shapes and order on every rank)."""
+    if not active():
+        return tensors
+    names = list(tensors)
+    flat = torch.cat([tensors[k].reshape(-1) for k in names])
+    try:
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    except RuntimeError as e:
+        raise PeerLostError(_lost(e)) from None
+    out, offset = {}, 0
+    for k in names:
+        n = tensors[k].numel()
+        out[k] = flat[offset:offset + n].view_as(tensors[k])
+        offset += n
+    return out
+
+
+def barrier() -> None:
+    if active():
+        try:
+            dist.barrier()
+        except RuntimeError as e:
+            raise PeerLostError(_lost(e)) from None
+
+
+class PeerLostError(RuntimeError):
+    """Another rank stopped answering (died, or was killed): this rank stops too."""
+
+
+def _lost(error: Exception) -> str:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"rank {rank()} of {world_size()}: a peer rank stopped answering ({first[:300]}); "
+            f"resume from the last checkpoint with --resume (any number of ranks)")
+
+
+def agree(ok: bool, what: str) -> None:
+    """Collective check that every rank succeeded at ``what``: a rank that did not has raised
+    its own error; the others raise one naming the step, instead of waiting for it forever."""
+    if not active():
+        return
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    try:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    except RuntimeError as e:
+        raise PeerLostError(_lost(e)) from None
+    if ok and int(flag) == 0:
+        raise RuntimeError(f"rank {rank()}: another rank failed while {what} (its error says "
+                           f"why); stopping")
