@@ -30,7 +30,7 @@ test-all: $(VENV)/.installed-dev
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format src tests benchmarks

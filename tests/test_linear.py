@@ -1,4 +1,5 @@
-"""Tests of the linear theory (PAPER.md §3): Lemma 3.2, Theorem 3.1 (i)-(iii), the toy model."""
+"""Tests of the linear theory (Sec. 3 of the paper): Lemma 3.2, Theorem 3.1 (i)-(iii), the
+toy model."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """``python -m metaprior``: the command line (:mod:`metaprior.cli`)."""
 
-from metaprior.cli import main
+if __name__ == "__main__":
+    from metaprior.cli import main
 
-main()
+    main()

@@ -1,4 +1,4 @@
-r"""Few-step adaptation of a (meta-)model to a task: the inner problem of PAPER.md eq. (2)
+r"""Few-step adaptation of a (meta-)model to a task: the inner problem of eq. (2) of the paper
 solved from :math:`\theta` on the task's own data, supervised or without ground truth.
 
 Training from scratch (the "PDNet" baseline) is the same loop from a random initialisation

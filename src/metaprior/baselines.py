@@ -1,4 +1,5 @@
-r"""Baselines for the unseen tasks (PAPER.md §7): variational and plug-and-play reconstructions.
+r"""Baselines for the unseen tasks (the paper's Sec. 4.3): variational and plug-and-play
+reconstructions.
 
 Every baseline is a :data:`metaprior.evaluate.Method` once its hyper-parameter is fixed: a
 callable ``TaskBatch -> (B, C, H, W)`` estimate, so it is scored exactly like a PDNet.

@@ -432,14 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the per-image PSNRs here")
     p.add_argument("--adapt-steps", type=int, default=0,
                    help="also score after N steps of the model's inner problem on each test "
-                   "image (PAPER.md Fig. 3's inner model; default 0: off)")
-    g = p.add_argument_group("suites (PAPER.md Table 1 and Fig. 3; need the data root)")
+                   "image (the paper's Fig. 3 inner model; default 0: off)")
+    g = p.add_argument_group("suites (the paper's Table 1 and Fig. 3; need the data root)")
     g.add_argument("--suite", choices=["table1", "scratch", "depth"], default=None,
                    help="table1: the Table 1 protocol: SR x2 and MRI x4, baselines with grid "
                    "search on fine-tuning images, shipped meta-models / joint pre-training / "
                    "random init fine-tuned 0-50 steps, supervised and unsupervised; scratch: "
                    "train the paper's from-scratch PDNet for one task (--scratch-steps) and "
-                   "write it to --out (.safetensors); depth: PAPER.md Fig. 3, the "
+                   "write it to --out (.safetensors); depth: the paper's Fig. 3, the "
                    "meta-models listed as depth_models in --suite-config scored on T1-T4 "
                    "(Set3C), theta and one inner step")
     g.add_argument("--out", default=None,
@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "skip; default docs/RESULTS.md)")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("linear", help="linear Gaussian toy of PAPER.md §3: meta-train θy on "
+    p = sub.add_parser("linear", help="linear Gaussian toy of the paper's Sec. 3: meta-train θy on "
                        "masks of area A, fine-tune without ground truth on area B, Fig. 2 + JSON")
     p.add_argument("--out", default="runs/linear", help="output folder (default runs/linear)")
     p.add_argument("--outer-steps", type=int, default=None, help="outer steps (default 180)")

@@ -7,7 +7,7 @@
 3. print PSNR on 3 held-out pictures: zero filling, the meta-model, the adapted model, and for
    contrast the same 20 steps *with* ground truth (supervised loss).
 
-Fine-tuning uses the meta-training inner learning rate and λ, as PAPER.md §6 prescribes (no
+Fine-tuning uses the meta-training inner learning rate and λ, as the paper prescribes (no
 ground truth means nothing to tune them on).
 """
 

@@ -52,7 +52,7 @@ def task_table(model, params, task_names, images, seed: int = 0, adapt=None) -> 
     """PSNR (dB) of the pseudo-inverse and of ``model`` with ``params`` for each task.
 
     With ``adapt`` (an :class:`metaprior.adapt.AdaptConfig`), also the PSNR after solving the
-    inner problem on each test image's own batch (the "inner" model of PAPER.md Fig. 3; with a
+    inner problem on each test image's own batch (the "inner" model of the paper's Fig. 3; with a
     supervised loss this uses the image's ground truth).
     """
     from metaprior.adapt import fine_tune

@@ -1,4 +1,5 @@
-r"""Per-task losses of PAPER.md eq. (1) and the proximal term of eq. (2), as pure functions.
+r"""Per-task losses of eq. (1) of the paper (arXiv 2311.18710) and the proximal term of
+eq. (2), as pure functions.
 
 Both data losses are *means* over the batch and the pixels (or measurement entries), times ½,
 so their scale does not depend on image size or batch size:

@@ -2,14 +2,14 @@ r"""Figures and the markdown table of Table 1, rebuilt from the suite's JSON
 (:mod:`metaprior.table1`) without re-running anything.
 
 * ``finetune_curves_<task>.png``: PSNR vs fine-tuning steps for the meta-models, joint
-  pre-training and random initialisation, supervised and unsupervised (PAPER.md Fig. B.2),
+  pre-training and random initialisation, supervised and unsupervised (the paper's Fig. B.2),
   with the best variational baseline, DPIR-FFDNet and the from-scratch PDNet as horizontal
   lines.
 * ``visual_<task>.png``: the first test image for every method (Fig. 4 for SR, Fig. B.3 for MRI).
 * the markdown table (ours beside the paper's numbers) between the markers
   ``<!-- table1:begin -->`` / ``<!-- table1:end -->`` of ``RESULTS.md``.
 
-From the JSON of ``--suite depth`` instead: ``training_tasks_depth.png`` (PAPER.md Fig. 3, PSNR
+From the JSON of ``--suite depth`` instead: ``training_tasks_depth.png`` (the paper's Fig. 3, PSNR
 on T1–T4 against depth for θ and the inner model, one row per inner loss) and its table between
 ``<!-- depth:begin -->`` / ``<!-- depth:end -->``.
 """
@@ -21,10 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend
 
 from metaprior.metrics import mean_std
 
@@ -67,8 +64,8 @@ def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
     if not tags:
         return None
     titles = {"sup": "supervised", "unsup": "unsupervised", "ei": "equivariant (no GT)"}
-    fig, axes = plt.subplots(1, len(tags), figsize=(5 * len(tags), 3.8), sharey=True,
-                             squeeze=False)
+    fig = Figure(figsize=(5 * len(tags), 3.8))
+    axes = fig.subplots(1, len(tags), sharey=True, squeeze=False)
     axes = axes[0]
     for ax, tag in zip(axes, tags, strict=True):
         title = titles[tag]
@@ -90,7 +87,6 @@ def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
     axes[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -119,7 +115,8 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
         panels.append(("scratch", f"scratch {last} st.", run["steps"][str(last)]["psnr"][0]))
     cols = 4
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows))
+    fig = Figure(figsize=(3 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (key, title, value) in zip(axes.flat, panels, strict=False):
@@ -131,15 +128,14 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
         ax.set_title(title if value is None else f"{title}\n{value:.2f} dB", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=72)
-    plt.close(fig)
     return path
 
 
 def training_tasks(results: dict, path: Path) -> Path:
-    """PAPER.md Fig. 3 at the shipped depth: meta-model vs inner model on T1–T4 (Set3C)."""
+    """The paper's Fig. 3 at the shipped depth: meta-model vs inner model on T1–T4 (Set3C)."""
     tt = results["training_tasks"]
-    fig, axes = plt.subplots(1, len(tt), figsize=(5.5 * len(tt), 3.6), sharey=True,
-                             squeeze=False)
+    fig = Figure(figsize=(5.5 * len(tt), 3.6))
+    axes = fig.subplots(1, len(tt), sharey=True, squeeze=False)
     axes = axes[0]
     for ax, (name, entry) in zip(axes, tt.items(), strict=True):
         rows = entry["rows"]
@@ -155,17 +151,16 @@ def training_tasks(results: dict, path: Path) -> Path:
     axes[-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def training_tasks_vs_depth(results: dict, path: Path) -> Path:
-    """PAPER.md Fig. 3: mean ± std PSNR on Set3C against depth, θ and the inner model, for
+    """The paper's Fig. 3: mean ± std PSNR on Set3C against depth, θ and the inner model, for
     each training task (columns) and inner loss (rows); A⁺y as a dotted line."""
     sweep = results["depth_sweep"]
     tasks = [r["task"] for r in next(iter(sweep.values()))[0]["rows"]]
-    fig, axes = plt.subplots(len(sweep), len(tasks), figsize=(3.6 * len(tasks), 3.0 * len(sweep)),
-                             squeeze=False)
+    fig = Figure(figsize=(3.6 * len(tasks), 3.0 * len(sweep)))
+    axes = fig.subplots(len(sweep), len(tasks), squeeze=False)
     for row, (name, entries) in zip(axes, sweep.items(), strict=True):
         depths = [e["depth"] for e in entries]
         for j, (ax, task) in enumerate(zip(row, tasks, strict=True)):
@@ -184,7 +179,6 @@ def training_tasks_vs_depth(results: dict, path: Path) -> Path:
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

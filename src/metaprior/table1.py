@@ -1,6 +1,6 @@
-r"""Table 1 of PAPER.md §7: the unseen tasks, every method side by side.
+r"""Table 1 of the paper (arXiv 2311.18710): the unseen tasks, every method side by side.
 
-Protocol (PAPER.md §4, §6, §7; [D] choices recorded in the output):
+Protocol (the paper's Sec. 4; choices it leaves open are recorded in the output):
 
 * **SR ×2**: fine-tuning data = BSDS500 train+test (random 64×64 grayscale patches, batch 8);
   test = Set3C, RGB with the three channels folded into the batch (each channel is a grayscale
@@ -41,7 +41,7 @@ from metaprior.meta.maml import reconstruct
 from metaprior.metrics import mean_std, psnr, ssim
 from metaprior.tasks import TaskBatch, get_task
 
-#: PAPER.md Table 1 (dB, mean ± std), for the side-by-side report.
+#: Table 1 of the paper (dB, mean ± std), for the side-by-side report.
 PAPER_TABLE1 = {
     "sr2": {"wavelet": (23.84, 1.22), "tgv": (25.52, 1.33), "dpir": (27.34, 0.67),
             "meta_sup_ft_sup_50": (26.73, 0.78), "meta_unsup_ft_unsup_50": (27.36, 0.79),
@@ -84,7 +84,7 @@ class Table1Config:
     grid_images: int = 4  # fine-tuning images used by the baselines' grid search
     grid_crop: int = 128  # SR grid search: centre crops of this side (BSDS images)
     scratch_models: tuple[str, ...] = ()  # "task=model" from-scratch PDNets (--suite scratch)
-    scratch_lr: float = 1e-3  # Adam learning rate of --suite scratch (PAPER.md §6 [D])
+    scratch_lr: float = 1e-3  # Adam learning rate of --suite scratch (the paper leaves it open)
     pdnet: bool = True  # also fine-tune the PDNets (False: baselines only, e.g. to fill the cache)
     training_tasks: bool = True  # also score the meta-models on T1-T4 (Set3C; Fig. 3 at one depth)
     # --suite depth (Fig. 3 across depths): "meta_sup=MODEL" / "meta_unsup=MODEL" entries
@@ -367,8 +367,7 @@ def _random_init(model, seed: int):
     from metaprior.adapt import parameters_of
     from metaprior.models import PDNet
 
-    torch.manual_seed(seed)
-    return parameters_of(PDNet(model.config).to(next(model.parameters()).device))
+    return parameters_of(PDNet.seeded(model.config, seed).to(next(model.parameters()).device))
 
 
 # --- baselines -----------------------------------------------------------------------------
@@ -564,7 +563,7 @@ def _log_rows(prefix: str, rows: list[dict], log) -> None:
 
 def training_task_scores(inits: dict, config: Table1Config, data_root, device, log=print
                          ) -> dict:
-    """PAPER.md Fig. 3 at the shipped depth: on Set3C, each meta-model θ and the "inner" model
+    """The paper's Fig. 3 at the shipped depth: on Set3C, each meta-model θ and the "inner" model
     (one step of its own inner loss on each test image's measurements) for T1–T4."""
     images = _set3c(config, data_root, device)
     out = {}
@@ -577,7 +576,7 @@ def training_task_scores(inits: dict, config: Table1Config, data_root, device, l
 
 def run_depth_sweep(config: Table1Config, out: str | Path, data_root=None, device="cpu",
                     log=print) -> dict:
-    """PAPER.md Fig. 3: every model of ``config.depth_models`` on T1–T4 (Set3C), θ and the
+    """The paper's Fig. 3: every model of ``config.depth_models`` on T1–T4 (Set3C), θ and the
     inner model, grouped by inner loss and sorted by depth; written to ``out`` (JSON).
     ``metaprior report --results OUT`` draws PSNR against depth."""
     from metaprior.checkpoint import write_bytes_atomic

@@ -4,7 +4,7 @@ A :class:`Task` turns a batch of clean images :math:`x` into a :class:`TaskBatch
 :math:`(y, A, \text{target})` with :math:`y = A x + \sigma e`. Randomness (masks, noise)
 comes from a ``torch.Generator`` passed in by the caller; the global RNG is never touched.
 
-Registered tasks (PAPER.md §4, defaults marked [D] there):
+Registered tasks (the paper's Sec. 4; where it leaves a setting open, the choice is ours):
 
 ============  ======================================  =====================================
 name          operator                                target

@@ -1,4 +1,5 @@
-r"""Meta-training (PAPER.md eq. 2, §6): outer Adam on the sum of per-task hypergradients.
+r"""Meta-training (eq. (2) of the paper, arXiv 2311.18710): outer Adam on the sum of per-task
+hypergradients.
 
 Each outer step draws the meta-batch of tasks, an inner batch per task from the inner pool
 (BSDS500 train+test patches) and an outer batch from the outer pool (BSDS500 val patches),
@@ -145,8 +146,7 @@ class MetaTrainer:
         self.log = log
         self.device = torch.device(distributed.rank_device(config.run.device))
         seed = config.run.seed
-        torch.manual_seed(seed)  # parameter initialisation only
-        self.model = PDNet(config.model).to(self.device)
+        self.model = PDNet.seeded(config.model, seed).to(self.device)
         if config.run.init_from:
             self._warm_start(config.run.init_from)
         # learned inner step sizes, as logs (positive, and Adam moves them multiplicatively)
@@ -316,7 +316,7 @@ class MetaTrainer:
     @torch.no_grad()
     def validate(self) -> dict:
         """PSNR (dB) on the fixed validation patches: the meta-model f_θ and the model after
-        the K inner steps on that batch (the "inner" model of PAPER.md Fig. 3)."""
+        the K inner steps on that batch (the "inner" model of the paper's Fig. 3)."""
         theta = {k: v.detach() for k, v in self.model.named_parameters()}
         out = {}
         for batch in self.val_batches:

@@ -16,7 +16,7 @@ class PatchSampler:
 
     Args:
         images: list of (C, H, W) tensors in [0, 1], each at least ``patch_size`` on both sides.
-        patch_size: side of the square crop (default 64, PAPER.md §6 [D]).
+        patch_size: side of the square crop (default 64; the paper leaves it open).
         flips: apply random flips.
         seed: seed of the sampler's generator.
 

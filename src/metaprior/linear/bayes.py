@@ -2,7 +2,7 @@ r"""Bayes (MMSE) estimator for a Gaussian prior and a noiseless linear operator 
 
 For :math:`x \sim \mathcal N(\mu, \Sigma)` and :math:`y = A x`, split
 :math:`\mathbb R^n = \mathrm{Im}(A^\top) \oplus \mathrm{Ker}(A)` (subscripts :math:`I`, :math:`K`)
-with orthonormal bases :math:`V_I, V_K` from the SVD of :math:`A`. Then (PAPER.md eq. 5)
+with orthonormal bases :math:`V_I, V_K` from the SVD of :math:`A`. Then (eq. (5) of the paper)
 
 .. math::
     \hat x_I = A^\dagger y\big|_I,\qquad

@@ -1,4 +1,4 @@
-r"""Linear bilevel meta-learning (PAPER.md eq. 3) and the closed forms behind Theorem 3.1.
+r"""Linear bilevel meta-learning (eq. (3) of the paper) and the closed forms behind Theorem 3.1.
 
 Model :math:`f_\theta(y) = \theta y` with :math:`\theta \in \mathbb R^{n \times m}`. Samples are
 rows: ``x`` (N, n), ``y = x @ A.mT`` (N, m), and :math:`f_\theta` maps ``y`` to ``y @ theta.mT``.

@@ -1,4 +1,4 @@
-r"""The linear Gaussian toy experiment of PAPER.md §3.5 (Fig. 2) and a task-count sweep.
+r"""The linear Gaussian toy experiment of the paper's Sec. 3 (Fig. 2) and a task-count sweep.
 
 Meta-train :math:`f_\theta(y) = \theta y` on hidden-square masks placed in area A (eq. 3,
 unsupervised inner problem, autodiff through the inner Adam steps), fine-tune it without
@@ -51,28 +51,28 @@ from metaprior.meta.inner import adam
 
 @dataclass(frozen=True)
 class LinearExperimentConfig:
-    """Settings of the toy experiment; [D] defaults of PAPER.md §3.5 unless noted.
+    """Settings of the toy experiment; our choices where the paper leaves them open, unless noted.
 
-    Three [D] items differ from PAPER.md (reasons and measurements in docs/theory.md,
-    "Training task"); none was chosen on the area-B test task.
+    Three settings differ from the first choice one would make (reasons and measurements in
+    docs/theory.md, "Training task"); none was chosen on the area-B test task.
     """
 
     image_size: int = 16  # image side, n = image_size**2
     mask_size: int = 4  # side of the hidden square
     length_scale: float = 3.0  # covariance length scale (pixels)
-    # [D] 1e-3 gives cond(Sigma) = 4.5e4: e_F is then dominated by directions of variance
+    # a nugget of 1e-3 gives cond(Sigma) = 4.5e4: e_F is then dominated by directions of variance
     # ~1e-3 that neither the outer loss nor 100 samples constrain; 0.1 gives 449
     nugget: float = 0.1  # diagonal added to the covariance
     n_tasks_per_batch: int = 4  # tasks per outer step, new ones every step
     n_train_samples: int = 100  # per task, inner problem
     n_test_samples: int = 100  # per task, outer loss
-    # [D] "all": a row of theta serves every placement hiding its pixel, and overlapping
+    # "all": a row of theta serves every placement hiding its pixel, and overlapping
     # placements have different Bayes rows, so no theta matches them all (population
     # optimum e_F 0.96); "grid" (15 disjoint squares) makes every training block reachable
     placements: str = "grid"  # area-A pool: "grid" (disjoint squares) or "all" placements
     n_train_placements: int = 0  # random sub-pool of that size; 0 = the whole pool
-    outer_steps: int = 180  # [D] says 5k; ~0.5 s/step, so 180 keeps a run under 2 min
-    outer_lr: float = 3e-3  # outer Adam; [D] 1e-3 constant (chosen on the validation meta-loss)
+    outer_steps: int = 180  # ~0.5 s/step: 180 keeps a run under 2 min (5k: ~40 min)
+    outer_lr: float = 3e-3  # outer Adam (chosen on the validation meta-loss over 1e-3 constant)
     outer_lr_final: float = 3e-4  # cosine-decayed to this value (= outer_lr: constant)
     inner_solver: str = "adam"  # "adam": inner_steps Adam steps (paper); "exact": argmin
     inner_steps: int = 20  # Adam steps of the inner problem
@@ -80,7 +80,7 @@ class LinearExperimentConfig:
     lam: float = 0.1  # proximal weight
     finetune_steps: int = 20  # Adam steps of the unsupervised fine-tuning on area B
     finetune_lr: float = 1e-2
-    # [D] "zero": the Bayes matrix of every mask is the identity on observed pixels (Lemma 3.2);
+    # vs "zero": the Bayes matrix of every mask is the identity on observed pixels (Lemma 3.2);
     # the identity also gives the lower validation meta-loss (6.1 vs 15.0)
     theta_init: str = "identity"  # "identity" (f_theta(y) = y = A^+ y for masks) or "zero"
     dtype: str = "float32"  # meta-training dtype (closed forms and errors use float64)
@@ -92,7 +92,7 @@ def exact_inner_config(**overrides) -> LinearExperimentConfig:
     r"""Settings under which meta-training recovers the Bayes blocks of the training tasks.
 
     The inner problem is solved exactly (eq. 2 as written, :func:`task_weights` ``"exact"``)
-    instead of by 20 Adam steps, and two more [D] items change (docs/theory.md,
+    instead of by 20 Adam steps, and two more settings change (docs/theory.md,
     "Training task"):
 
     - ``n_train_samples=400`` :math:`\ge n`: :math:`C_i` is full rank, so the inner problem
@@ -376,12 +376,10 @@ def _bayes_matrix(mask: Tensor, cov: Tensor) -> Tensor:
 def plot_figure2(path: Path, adapted: Tensor, masks: Tensor, cov: Tensor, errors: dict) -> None:
     r"""Fig. 2: learned vs Bayes :math:`K \times O` block on a training task (top row) and
     on the area-B test task after unsupervised fine-tuning (bottom row)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot state, no global backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 4.2), constrained_layout=True)
+    fig = Figure(figsize=(11, 4.2), constrained_layout=True)
+    axes = fig.subplots(2, 2)
     labels = [
         ("training task", errors["train_task"]),
         ("test task", errors["test_task_after_finetune"]),
@@ -401,7 +399,6 @@ def plot_figure2(path: Path, adapted: Tensor, masks: Tensor, cov: Tensor, errors
             ax.set_ylabel("hidden pixel (K)")
         fig.colorbar(im, ax=axes[row, :], shrink=0.8)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def training_pool(size: int, square: int, kind: str) -> list[Placement]:
@@ -489,7 +486,6 @@ def run_linear_experiment(
     Returns:
         The dict written to ``out_dir / "linear.json"``.
     """
-    torch.set_num_threads(1)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-r"""Gaussian image model and square-mask operators of the linear toy (PAPER.md §3.5).
+r"""Gaussian image model and square-mask operators of the linear toy (the paper's Sec. 3, Fig. 2).
 
 Images are ``size x size`` and flattened row-major, pixel :math:`p = (r, c) \mapsto r\,
 \mathrm{size} + c`, so a batch of images is an ``(N, n)`` matrix with :math:`n = \mathrm{size}^2`.
@@ -45,7 +45,7 @@ def squared_exponential_covariance(
     *,
     dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    r"""Covariance of the Gaussian image prior ([D] defaults of PAPER.md §3.5).
+    r"""Covariance of the Gaussian image prior (settings the paper leaves open).
 
     .. math::
         \Sigma_{pq} = \exp\!\Big(-\frac{\|p-q\|_2^2}{2\ell^2}\Big) + \nu\,\delta_{pq}

@@ -103,7 +103,7 @@ def adam(
     The square root's argument is clamped at the smallest normal float so that
     differentiating through a step stays finite where a gradient entry is exactly zero.
 
-    Note (PAPER.md §2, note 2): the first step from a fresh state is
+    Note: the first step from a fresh state is
     :math:`\approx -\eta\,\mathrm{sign}(g)`, whose derivative in :math:`g` is nearly zero.
 
     Args:

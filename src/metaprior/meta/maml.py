@@ -1,4 +1,4 @@
-r"""The inner problem of PAPER.md eq. (2) and its unrolled solution.
+r"""The inner problem of eq. (2) of the paper (arXiv 2311.18710) and its unrolled solution.
 
 .. math::
     \phi_{t+1} = \phi_t + \mathrm{update}\big(\nabla_\phi[\mathcal L_{\rm inner}(f_\phi)
@@ -75,7 +75,7 @@ def inner_step(
     names = [k for k, p in phi.items() if p.requires_grad]
     grads = torch.autograd.grad(loss, [phi[k] for k in names], create_graph=create_graph,
                                 allow_unused=True)
-    # λ_K of the last layer never reaches the output (PAPER.md §5): its gradient is zero.
+    # λ_K of the last layer never reaches the output: its gradient is zero.
     grads = {k: torch.zeros_like(phi[k]) if g is None else g
              for k, g in zip(names, grads, strict=True)}
     updates, state = opt.update(grads, state, phi)
@@ -92,7 +92,7 @@ HYPERGRADIENTS = ("maml", "first_order", "implicit", "joint")
 
 @dataclass(frozen=True)
 class MetaConfig:
-    """The bilevel problem and how its hypergradient is computed (PAPER.md §2, §6)."""
+    """The bilevel problem and how its hypergradient is computed (the paper's Sec. 3 and 4.2)."""
 
     tasks: tuple[str, ...] = ("denoise", "tv", "deblur", "inpaint")  # training family T1–T4
     tasks_per_step: int = 0  # tasks sampled per outer step; 0 = all of ``tasks``

@@ -1,4 +1,4 @@
-r"""PDNet: the unrolled primal-dual network of PAPER.md eq. (7)–(8).
+r"""PDNet: the unrolled primal-dual network of the paper (arXiv 2311.18710), eq. (7).
 
 Layer :math:`k` is one Condat–Vũ iteration for :math:`\min_x \tfrac12\|Ax-y\|^2 +
 \lambda_k\|W_k x\|_1` with its own 3×3 convolution :math:`W_k` (1 → ``width`` channels, no
@@ -12,7 +12,7 @@ bias) and threshold :math:`\lambda_k`:
 with :math:`x_0 = A^\top y`, :math:`u_0 = 0`, output :math:`x_K`. Step sizes satisfy Condat's
 condition :math:`\tau_k = s/(\|A\|^2/2 + \gamma\|W_k\|^2)` (:math:`s = 0.99`), computed
 detached. The last layer's dual update never reaches the output and is skipped, so
-:math:`\lambda_K` receives no gradient (PAPER.md §5). A layer has 40·9 + 1 = 361 parameters.
+:math:`\lambda_K` receives no gradient. A layer has 40·9 + 1 = 361 parameters.
 
 Colour images are handled by folding channels into the batch for the convolutions (each
 channel is its own plane); the operator acts on the (B, C, H, W) image. Complex operators
@@ -46,9 +46,9 @@ class PDNetConfig:
     step_safety: float = 0.99  # s in τ_k = s / (‖A‖²/2 + γ‖W_k‖²)
     weight_init_std: float = 0.01  # W_k ~ N(0, std²)
     lam_init: float = 0.01  # λ_k initial value
-    # True: τ_k are constants in the backward pass (PAPER.md §5 [D]). False: differentiate
-    # through Condat's rule too, so gradients are exact derivatives of the forward map (what
-    # finite-difference checks compare against).
+    # True: τ_k are constants in the backward pass (the paper leaves this open). False:
+    # differentiate through Condat's rule too, so gradients are exact derivatives of the
+    # forward map (what finite-difference checks compare against).
     detach_step_sizes: bool = True  # τ_k constant in backward (false: differentiate Condat's rule)
     # Gradient checkpointing, to second order (checkpoint_twice). Memory ~ depth/segment +
     # segment layers per inner step.
@@ -293,6 +293,14 @@ class PDNet(Reconstructor):
             raise ValueError(f"model: need gamma > 0, 0 < step_safety <= 1, weight_init_std >= "
                              f"0, checkpoint_segment >= 0 and finite values, got {c}")
         self.layers = nn.ModuleList(PDLayer(self.config) for _ in range(self.config.depth))
+
+    @classmethod
+    def seeded(cls, config: PDNetConfig | None, seed: int) -> PDNet:
+        """A PDNet initialised from ``seed`` (the same weights as ``torch.manual_seed(seed)``
+        then ``PDNet(config)``), leaving the global random state as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(config)
 
     def num_params(self) -> int:
         """Number of learnable parameters (361 per layer at the default width)."""

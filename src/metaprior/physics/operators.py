@@ -110,7 +110,7 @@ def bernoulli_mask(
 
 class Decimation(dinv.physics.Downsampling):
     r"""Super-resolution ×f by plain decimation: :math:`(Ax)_{ij} = x_{fi, fj}`, no anti-alias
-    filter (PAPER.md §4); :math:`A^\top` is zero filling and :math:`A^\dagger = A^\top`.
+    filter (the paper's Sec. 4.3); :math:`A^\top` is zero filling and :math:`A^\dagger = A^\top`.
 
     Args:
         img_shape: (C, H, W) high-resolution shape, H and W multiples of ``factor``.

@@ -57,7 +57,7 @@ def prox_tv(y: Tensor, weight: float = 0.1, tol: float = 1e-6, max_iter: int = 2
 
     Args:
         y: (B, C, H, W) images (each channel is treated as its own image plane).
-        weight: :math:`w > 0`, in image units (PAPER.md §4 [D]: 0.1 for [0, 1] images).
+        weight: :math:`w > 0`, in image units (the paper leaves it open; 0.1 for [0, 1] images).
         tol: duality gap per pixel at which to stop.
         max_iter: iteration cap; a ``RuntimeWarning`` is raised if it is hit before ``tol``.
 
