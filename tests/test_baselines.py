@@ -112,6 +112,26 @@ def test_grid_search_picks_the_best_value_on_the_given_batches():
     # The "method" blends the truth and A^+y; weight 1 is the truth itself.
     best, means = bl.grid_search(
         lambda w: lambda batch: w * batch.target + (1 - w) * batch.physics.A_dagger(batch.y),
-        (0.0, 0.5, 1.0 - 1e-3), [b])
-    assert best == 1.0 - 1e-3 and set(means) == {0.0, 0.5, 1.0 - 1e-3}
-    assert math.isfinite(means[0.0])
+        (0.25, 0.5, 1.0 - 1e-3), [b], extend=0)
+    assert best == 1.0 - 1e-3 and set(means) == {0.25, 0.5, 1.0 - 1e-3}
+    assert all(math.isfinite(m) for m in means.values())
+
+
+@pytest.mark.parametrize("optimum,expected_best,edge", [(1e-6, 1e-6, False),
+                                                       (1e-12, 1e-7, True),
+                                                       (30.0, 10.0, False)])
+def test_grid_search_extends_past_an_edge_choice(optimum, expected_best, edge):
+    """A method whose error grows with |log10(v / optimum)|: a grid (1e-3, 1e-2, 1e-1) that
+    ends before the optimum is extended geometrically on that side until the choice is
+    interior, or by at most ``extend`` values (then the choice is still on the edge)."""
+    b = batch_of("inpaint")
+    noise = torch.randn(b.target.shape, generator=torch.Generator().manual_seed(0))
+
+    def make(v):
+        return lambda batch: batch.target + 0.01 * abs(math.log10(v / optimum)) * noise
+
+    grid = (1e-3, 1e-2, 1e-1)
+    best, means = bl.grid_search(make, grid, [b], extend=4)
+    assert best == pytest.approx(expected_best, rel=1e-9)
+    assert (best in (min(means), max(means))) == edge
+    assert list(means) == sorted(means) and len(means) <= len(grid) + 4

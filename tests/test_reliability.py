@@ -75,7 +75,7 @@ def sandbox(tmp_path_factory) -> Path:
                          "lr_str": {"optim": {"lr": "0.001"}},
                          "section": {"model": [1, 2]}}.items():
         (root / "cfg" / f"{name}.json").write_text(json.dumps(values))
-    (root / "report.json").write_text(json.dumps({"tasks": ["sr2"]}))
+    (root / "report.json").write_text(json.dumps({"tasks": {"sr2": {"pdnet": 1}}}))
     (root / "not_suite.json").write_text(json.dumps([1, 2]))
     train.meta_train(tiny_config(root / "run", steps=1), progress=False, log=lambda *_: None)
     return root

@@ -45,7 +45,7 @@ GRIDS: dict[str, tuple[float, ...]] = {
 
 VARIATIONAL = ("wavelet", "tv", "tgv")
 #: Bumped whenever a solver changes, so cached grid-search choices are not reused across it.
-VERSION = 2
+VERSION = 3  # 3: grid search extends past an edge choice
 DENOISERS = ("ffdnet", "bm3d", "drunet")
 
 
@@ -253,19 +253,42 @@ def method(name: str, value: float, denoiser: dinv.models.Denoiser | None = None
 
 
 def grid_search(make: Callable[[float], Callable[[TaskBatch], Tensor]], grid: Sequence[float],
-                batches: Sequence[TaskBatch], peak: float | str = 1.0) -> tuple[float, dict]:
+                batches: Sequence[TaskBatch], peak: float | str = 1.0, extend: int = 4
+                ) -> tuple[float, dict]:
     """Pick the grid value with the highest mean PSNR on ``batches`` (fine-tuning images).
 
+    A choice on an end of the grid says the optimum may lie beyond it, so the grid is extended
+    there, geometrically with the ratio of its two outermost values, up to ``extend`` new values
+    a side, until the best value is interior. Whether it still ends on an edge can be read
+    from the returned grid (``best in (min(means), max(means))``).
+
     Returns:
-        the best value and ``{value: mean PSNR}`` for the whole grid.
+        the best value and ``{value: mean PSNR}`` for every value tried, in increasing order.
     """
     from metaprior.evaluate import score
 
-    if not grid:
-        raise ValueError("grid must not be empty")
-    means = {}
-    for v in grid:
-        values = score(make(v), batches, peak)
-        means[v] = sum(values) / len(values)
-    best = max(means, key=lambda v: means[v])
-    return best, means
+    values = sorted(set(float(v) for v in grid))
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"grid must hold positive values, got {list(grid)}")
+    means: dict[float, float] = {}
+
+    def run(v: float) -> None:
+        psnrs = score(make(v), batches, peak)
+        means[v] = sum(psnrs) / len(psnrs)
+
+    for v in values:
+        run(v)
+    added = {"low": 0, "high": 0}
+    while True:
+        best = max(means, key=lambda v: means[v])
+        lo, hi = min(means), max(means)
+        side = "low" if best == lo else "high" if best == hi else None
+        if side is None or added[side] >= extend or len(means) < 2:
+            break
+        ordered = sorted(means)
+        if side == "low":
+            run(lo * lo / ordered[1])  # one more geometric step below
+        else:
+            run(hi * hi / ordered[-2])
+        added[side] += 1
+    return best, dict(sorted(means.items()))

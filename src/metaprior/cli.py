@@ -222,7 +222,8 @@ def cmd_reconstruct(args) -> None:
 
 def _add_io(sub) -> None:
     p = sub.add_parser("measure", help="simulate measurements of a task from an image folder")
-    p.add_argument("--task", required=True, help="registered task name (e.g. sr2, mri4)")
+    p.add_argument("--task", required=True, help="task name: registered (sr2, mri4, ...), "
+                   "parametrised (sr3, mri8, inpaint-0.7, ...) or from --plugin")
     p.add_argument("--images", required=True, help="folder of equal-size images")
     p.add_argument("--out", required=True, help="output .safetensors")
     p.add_argument("--color", action="store_true", help="keep RGB (default: grayscale)")
@@ -236,7 +237,8 @@ def _add_io(sub) -> None:
                    help="model .safetensors, checkpoint folder, meta-train output folder or "
                    f"shipped model name ({', '.join(pretrained.available())})")
     p.add_argument("--images", help="folder of clean images: measurements simulated per step")
-    p.add_argument("--task", help="task of --images (e.g. sr2)")
+    p.add_argument("--task", help="task of --images (e.g. sr2, sr3, inpaint-0.7, or one "
+                   "registered by --plugin)")
     p.add_argument("--measurements", help="measurement file (`metaprior measure`): adapt on it")
     p.add_argument("--eval-measurements", help="with --images: held-out measurement file to "
                    "score before/after")
@@ -413,6 +415,9 @@ def cmd_linear(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaprior", description=__doc__)
     parser.add_argument("--version", action="version", version=f"metaprior {__version__}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="a Python file run before the command, e.g. one that registers "
+                        "your own operators as tasks (metaprior.register_task); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="meta-train on scikit-image's pictures, adapt to SR x2 "
                        "without ground truth, print a PSNR table (no data root needed)")
@@ -426,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="model .safetensors, run folder or shipped model name")
     p.add_argument("--tasks", default="denoise,tv,deblur,inpaint,sr2,mri4",
-                   help="comma-separated task names")
+                   help="comma-separated task names: registered, parametrised (sr3, mri8, "
+                   "inpaint-0.7, ...) or registered by --plugin")
     p.add_argument("--images", default="set3c", help="set3c | demo | a folder (default set3c)")
     p.add_argument("--data-root", default=None, help="data root (default $METAPRIOR_DATA)")
     p.add_argument("--json", default=None, help="also write the per-image PSNRs here")
@@ -450,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grid-cache", default=None,
                    help="JSON of grid-search choices to reuse and update (e.g. "
                    "benchmarks/results/table1_grid.json)")
-    g.add_argument("--suite-tasks", default=None, help="comma-separated subset of sr2,mri4")
+    g.add_argument("--suite-tasks", default=None,
+                   help="comma-separated tasks for the suite (default sr2,mri4; mri* tasks use "
+                   "the fastMRI knee protocol, any other task the BSDS500 / Set3C one)")
     g.add_argument("--scratch-steps", type=int, default=None,
                    help="--suite scratch: training steps (paper: 10k)")
     g.add_argument("--resume", action="store_true",
@@ -492,9 +500,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_plugin(path: str) -> None:
+    """Run the Python file ``path`` (its tasks register themselves), with a one-line error
+    if it is missing or fails."""
+    import importlib.util
+
+    file = Path(path)
+    if not file.is_file() or file.suffix != ".py":
+        raise FileNotFoundError(f"--plugin {path} is not a .py file")
+    spec = importlib.util.spec_from_file_location(f"metaprior_plugin_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's code: report it in one line, whatever it raised
+        raise RuntimeError(f"--plugin {path} failed: {type(e).__name__}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        for path in args.plugin:
+            load_plugin(path)
         _setup(args)
         args.func(args)
     except (ValueError, OSError, FloatingPointError, RuntimeError, RunFolderError) as e:

@@ -272,7 +272,7 @@ def write_report(results_path: str | Path, figures: str | Path, markdown: str | 
         raise ValueError(f"--results {results_path} is not JSON ({e.msg} at line {e.lineno})"
                          ) from None
     if not isinstance(results, dict) or not (results.get("suite") == "depth" or isinstance(
-            results.get("tasks"), list)):
+            results.get("tasks"), dict)):
         raise ValueError(f"--results {results_path} is not the JSON of `metaprior evaluate "
                          f"--suite table1` or `--suite depth`")
     figures = Path(figures)

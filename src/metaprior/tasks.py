@@ -34,6 +34,7 @@ fourier``). Its mask and acceleration are redrawn for every batch, so it never s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -100,7 +101,14 @@ class Task:
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         physics = self.make_physics(tuple(x.shape), generator, x.device)
         with torch.no_grad():
-            y = physics.A(x)
+            try:
+                y = physics.A(x)
+            except RuntimeError as e:
+                raise ValueError(
+                    f"task {self.name!r}: its operator cannot measure images of shape "
+                    f"{tuple(x.shape)} ({str(e).splitlines()[0][:200]}); an operator built for "
+                    f"one image size serves that size only: give task_from_physics a factory "
+                    f"(shape, generator, device) -> physics") from None
             if self.noise_sigma > 0:
                 e = torch.randn(y.shape, generator=generator, dtype=y.dtype)
                 y = y + self.noise_sigma * e.to(y.device)
@@ -153,10 +161,17 @@ def _random_fourier(shape, generator, device, accelerations, center_fraction):
     return ops.mri(shape[1:], accelerations[i], center_fraction, seed, device=device)
 
 
+def _named(base: str, value: float, default: float) -> str:
+    """``base`` for the default parameter, else ``base-value`` (what :func:`get_task` parses)."""
+    return base if value == default else f"{base}-{value:g}"
+
+
 def denoise_task(sigma: float = 0.1) -> Task:
-    """T1: Gaussian denoising."""
-    return Task("denoise", partial(_denoising, sigma=sigma), noise_sigma=sigma,
-                params={"sigma": sigma})
+    """T1: Gaussian denoising (``denoise``; another σ: ``denoise-SIGMA``)."""
+    if not sigma > 0:
+        raise ValueError(f"denoise: sigma must be > 0, got {sigma}")
+    return Task(_named("denoise", sigma, 0.1), partial(_denoising, sigma=sigma),
+                noise_sigma=sigma, params={"sigma": sigma})
 
 
 def tv_task(weight: float = 0.1, tol: float = 1e-6) -> Task:
@@ -166,14 +181,21 @@ def tv_task(weight: float = 0.1, tol: float = 1e-6) -> Task:
 
 
 def deblur_task(sigma: float = 1.6, size: int = 25) -> Task:
-    """T3: noiseless Gaussian deconvolution."""
-    return Task("deblur", partial(_blur, sigma=sigma, size=size),
+    """T3: noiseless Gaussian deconvolution (``deblur``; another std: ``deblur-SIGMA``)."""
+    if not sigma > 0 or size < 1:
+        raise ValueError(f"deblur: sigma must be > 0 and size >= 1, got {sigma}, {size}")
+    name = _named("deblur", sigma, 1.6) + ("" if size == 25 else f"-k{size}")
+    return Task(name, partial(_blur, sigma=sigma, size=size),
                 params={"sigma": sigma, "size": size})
 
 
 def inpaint_task(missing: float = 0.5) -> Task:
-    """T4: inpainting with an i.i.d. Bernoulli mask redrawn per sample."""
-    return Task("inpaint", partial(_inpaint, missing=missing), params={"missing": missing})
+    """T4: inpainting with an i.i.d. Bernoulli mask redrawn per sample (``inpaint``; another
+    missing rate: ``inpaint-RATE``)."""
+    if not 0 < missing < 1:
+        raise ValueError(f"inpaint: the missing rate must be in (0, 1), got {missing}")
+    return Task(_named("inpaint", missing, 0.5), partial(_inpaint, missing=missing),
+                params={"missing": missing})
 
 
 def inpaint_mix_task(low: float = 0.2, high: float = 0.9) -> Task:
@@ -194,13 +216,21 @@ def deblur_mix_task(low: float = 0.6, high: float = 2.6, size: int = 25) -> Task
 
 
 def sr_task(factor: int = 2) -> Task:
-    """Unseen: super-resolution by plain decimation."""
+    """Unseen: super-resolution by plain decimation (``srK``)."""
+    if factor < 2:
+        raise ValueError(f"sr: the factor must be an integer >= 2, got {factor}")
     return Task(f"sr{factor}", partial(_decimate, factor=factor), params={"factor": factor})
 
 
 def mri_task(acceleration: int = 4, center_fraction: float = 0.08, seed: int = 0) -> Task:
-    """Unseen: single-coil Cartesian MRI, one fixed mask (seed) for fine-tuning and test."""
-    return Task(f"mri{acceleration}",
+    """Unseen: single-coil Cartesian MRI, one fixed mask (seed) for fine-tuning and test
+    (``mriK``; another mask seed: ``mriK-sSEED``)."""
+    if acceleration < 2 or not 0 < center_fraction < 1:
+        raise ValueError(f"mri: acceleration must be >= 2 and center_fraction in (0, 1), got "
+                         f"{acceleration}, {center_fraction}")
+    name = f"mri{acceleration}" + ("" if seed == 0 else f"-s{seed}") + (
+        "" if center_fraction == 0.08 else f"-cf{center_fraction:g}")
+    return Task(name,
                 partial(_mri, acceleration=acceleration, center_fraction=center_fraction,
                         seed=seed),
                 params={"acceleration": acceleration, "center_fraction": center_fraction,
@@ -217,12 +247,35 @@ def fourier_task(accelerations: tuple[int, ...] = (2, 4, 8), center_fraction: fl
 
 
 def task_from_physics(
-    name: str, physics: LinearPhysics, noise_sigma: float = 0.0,
+    name: str, physics: LinearPhysics | PhysicsFactory, noise_sigma: float = 0.0,
     target: Callable[[Tensor], Tensor] | None = None,
 ) -> Task:
-    """A task with a fixed user operator (any deepinv ``LinearPhysics``)."""
-    return Task(name, lambda shape, generator, device: physics.to(device), target=target,
-                noise_sigma=noise_sigma, params={"physics": type(physics).__name__})
+    """A task with a user operator: any deepinv ``LinearPhysics``.
+
+    Args:
+        name: the task's name (register it with :func:`register_task` to use it by name, e.g.
+            from the command line with ``metaprior --plugin FILE.py``).
+        physics: a fixed operator, which then measures images of the size it was built for
+            only, or a factory ``(image shape (B, C, H, W), generator, device) -> physics``
+            that builds one for any image size (fine-tuning patches and whole test images
+            alike), drawing any randomness from ``generator``.
+        noise_sigma: std of the white Gaussian noise added to :math:`y`.
+        target: what the network must output (default: the clean image).
+    """
+    if isinstance(physics, LinearPhysics):
+        fixed = physics
+
+        def factory(shape, generator, device):
+            return fixed.to(device)
+        kind = type(physics).__name__
+    elif callable(physics):
+        factory, kind = physics, getattr(physics, "__name__", type(physics).__name__)
+    else:
+        raise TypeError(f"task_from_physics: physics must be a deepinv LinearPhysics or a "
+                        f"factory (shape, generator, device) -> LinearPhysics, got "
+                        f"{type(physics).__name__}")
+    return Task(name, factory, target=target, noise_sigma=noise_sigma,
+                params={"physics": kind, "fixed": isinstance(physics, LinearPhysics)})
 
 
 # --- registry -----------------------------------------------------------------------------
@@ -238,11 +291,35 @@ def register_task(task: Task, overwrite: bool = False) -> Task:
     return task
 
 
+#: Parametrised names that :func:`get_task` builds on first use: (pattern, builder).
+FAMILIES: list[tuple[re.Pattern, Callable[..., Task]]] = [
+    (re.compile(r"sr(\d+)"), lambda k: sr_task(int(k))),
+    (re.compile(r"mri(\d+)(?:-s(\d+))?(?:-cf(\d*\.?\d+))?"),
+     lambda k, seed, cf: mri_task(int(k), float(cf) if cf else 0.08, int(seed or 0))),
+    (re.compile(r"inpaint-(\d*\.?\d+)"), lambda rate: inpaint_task(float(rate))),
+    (re.compile(r"denoise-(\d*\.?\d+(?:e-?\d+)?)"), lambda sigma: denoise_task(float(sigma))),
+    (re.compile(r"deblur-(\d*\.?\d+)(?:-k(\d+))?"),
+     lambda sigma, size: deblur_task(float(sigma), int(size or 25))),
+]
+FAMILY_HELP = ("srK (K >= 2), mriK[-sSEED][-cfFRACTION], inpaint-RATE, denoise-SIGMA, "
+               "deblur-SIGMA[-kSIZE]")
+
+
 def get_task(name: str) -> Task:
-    """The registered task called ``name``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}: choose among {', '.join(available_tasks())}")
-    return _REGISTRY[name]
+    """The task called ``name``: a registered one, or a parametrised name of a family (e.g.
+    ``sr3``, ``mri8``, ``inpaint-0.7``, ``denoise-0.05``, ``deblur-2.5``), built and registered
+    on first use."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for pattern, build in FAMILIES:
+        match = pattern.fullmatch(name)
+        if match:
+            task = build(*match.groups())
+            if task.name != name:  # e.g. "inpaint-0.50" is the canonical "inpaint"
+                return get_task(task.name)
+            return register_task(task)
+    raise ValueError(f"unknown task {name!r}: choose among {', '.join(available_tasks())}, or "
+                     f"a parametrised name: {FAMILY_HELP}")
 
 
 def available_tasks() -> list[str]:
