@@ -7,6 +7,8 @@ all metaprior needs. The held-out pictures are scikit-image's (no data download)
 compares, by PSNR against the ground truth (used only for scoring):
 
 * the zero-filled adjoint A^T y and deepinv's least-squares pseudo-inverse A^† y;
+* total-variation reconstruction, its weight grid-searched on two *other* pictures (the only
+  ground truth used, as a user with a few clean images of their own would);
 * the shipped meta-model θ, before and after N unsupervised Adam steps on y alone, using the
   step rule it was meta-trained with;
 * the jointly pre-trained model, with the same steps and step rule.
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import metaprior as mp
+from metaprior import baselines as bl
 from metaprior.data import demo_images
 
 
@@ -83,6 +86,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     rows = {"A^T y": score(batch.physics.A_adjoint(batch.y)),
             "A^dagger y": score(batch.physics.A_dagger(batch.y))}
+    g = torch.Generator().manual_seed(1)
+    tuning = [task.sample(im.unsqueeze(0), g) for im in demo_images("train", size=args.size)[:2]]
+    weight, _ = bl.grid_search(lambda w: bl.method("tv", w), bl.GRIDS["tv"], tuning)
+    rows[f"TV (weight {weight:g})"] = score(bl.method("tv", weight)(batch))
     # the meta-model's own step rule (optimizer, step size, proximal weight), for both models:
     # joint pre-training has no inner step of its own
     rule = mp.AdaptConfig.from_model(mp.load_model(args.model)[1], steps=args.steps,

@@ -123,3 +123,24 @@ def test_the_table1_protocol_accepts_any_task():
     assert Table1Config(tasks=("sr3", "inpaint-0.7", "mri8")).tasks[0] == "sr3"
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         Table1Config(tasks=("nope",))
+
+
+@pytest.mark.data
+def test_the_table1_suite_end_to_end_on_a_users_operator(workspace, data_root):
+    """The suite at smoke size on the task of a user's file (``--plugin``): baseline grid
+    recorded, random init fine-tuned supervised and without ground truth, JSON and figures."""
+    w = workspace
+    cfg = w / "suite.json"
+    cfg.write_text(json.dumps({"inits": ["random"], "baselines": ["tv"],
+                               "training_tasks": False}))
+    out = w / "suite_out.json"
+    main(["--plugin", str(w / "plugin.py"), "evaluate", "--suite", "table1", "--quick",
+          "--suite-tasks", "my-blur", "--suite-config", str(cfg), "--data-root", str(data_root),
+          "--out", str(out)])
+    results = json.loads(out.read_text())
+    row = results["tasks"]["my-blur"]
+    tv = row["baselines"]["tv"]
+    assert float(tv["hyper"]) in [float(v) for v in tv["grid"]] and "at_grid_edge" in tv
+    assert {"random_ft_sup", "random_ft_unsup"} <= set(row["pdnet"])
+    main(["report", "--results", str(out), "--figures", str(w / "fig"), "--markdown", ""])
+    assert (w / "fig" / "finetune_curves_my-blur.png").is_file()
