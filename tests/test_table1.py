@@ -81,6 +81,23 @@ def test_committed_table_structure():
     check_structure(results)
 
 
+@pytest.mark.parametrize("json_name,begin,end,render", [
+    ("table1.json", "BEGIN", "END", "markdown_table"),
+    ("training_tasks_depth.json", "DEPTH_BEGIN", "DEPTH_END", "depth_table")])
+def test_results_page_is_what_the_report_renders_from_the_committed_json(json_name, begin, end,
+                                                                         render):
+    """docs/RESULTS.md's generated tables equal what ``metaprior report`` renders now from
+    the committed JSON: a change to the report code or a hand edit of the page fails here
+    until ``metaprior report`` is rerun."""
+    from metaprior import report
+
+    results = json.loads((COMMITTED.parent / json_name).read_text())
+    page = (Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md").read_text()
+    start = page.index(getattr(report, begin)) + len(getattr(report, begin))
+    block = page[start: page.index(getattr(report, end))]
+    assert block.strip() == getattr(report, render)(results).strip()
+
+
 SINGLE_MODEL_TABLES = sorted(p for p in COMMITTED.parent.glob("table1_*.json")
                              if p.name != "table1_grid.json")
 
@@ -98,7 +115,7 @@ def test_suite_config_errors_are_one_line(tmp_path):
     from metaprior.cli import main
 
     bad = tmp_path / "bad.json"
-    for content, match in (('{"steps": "50"}', "steps must be a int"),
+    for content, match in (('{"steps": "50"}', "steps must be of type int"),
                            ('{"seed": 3}', "give the seed with --seed"),
                            ('{"baselines": ["tgv2"]}', "unknown baseline 'tgv2'"),
                            ('{"inits": ["meta"]}', "inits must be among"),

@@ -279,34 +279,24 @@ def cmd_demo(args) -> None:
 
 
 def _table1_config(args):
-    from dataclasses import fields, replace
+    from dataclasses import replace
 
+    from metaprior.config import load_config_file, replace_from_dict
     from metaprior.table1 import Table1Config, quick_config
 
     config = quick_config() if args.quick else Table1Config()
-    overrides = json.loads(Path(args.suite_config).read_text()) if args.suite_config else {}
-    known = {f.name for f in fields(Table1Config)}
-    if set(overrides) - known:
-        raise ValueError(f"--suite-config has unknown field(s) {sorted(set(overrides) - known)}; "
-                         f"fields: {sorted(known)}")
+    overrides = load_config_file(args.suite_config) if args.suite_config else {}
     if "seed" in overrides:
         raise ValueError("--suite-config: give the seed with --seed, not in the JSON")
     if "lr" in overrides and overrides.get("lr_grid", True):
         raise ValueError("--suite-config: lr is used only with \"lr_grid\": [] (otherwise each "
                          "run's lr is chosen from lr_grid on held-out fine-tuning images)")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    for f in fields(Table1Config):
-        default = getattr(Table1Config, f.name, None)
-        if f.name in overrides and default is not None and not isinstance(
-                overrides[f.name], type(default)) and not (
-                isinstance(default, float) and isinstance(overrides[f.name], int)):
-            raise ValueError(f"--suite-config: {f.name} must be a {type(default).__name__}, "
-                             f"got {overrides[f.name]!r}")
+    config = replace_from_dict(config, overrides, "--suite-config")
     if args.suite_tasks:
-        overrides["tasks"] = tuple(args.suite_tasks.split(","))
+        config = replace(config, tasks=tuple(args.suite_tasks.split(",")))
     if args.scratch_models:
-        overrides["scratch_models"] = tuple(args.scratch_models.split(","))
-    return replace(config, seed=args.seed, **overrides)
+        config = replace(config, scratch_models=tuple(args.scratch_models.split(",")))
+    return replace(config, seed=args.seed)
 
 
 #: Where each JSON-writing suite puts its results when --out is not given.

@@ -68,7 +68,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str,
                                help=f"{comments.get(f.name, '')} (default: {shown})")
 
 
-def _coerce(cls, name: str, value: Any, where: str = "") -> Any:
+def _coerce(cls, name: str, value: Any, where: str = "config ") -> Any:
     """``value`` checked against the field's type (a JSON ``"false"`` is not a bool, ``true``
     is not an int) and converted where lossless (int -> float, list -> tuple)."""
     tp = _field_type(cls, next(f for f in dataclasses.fields(cls) if f.name == name))
@@ -80,9 +80,22 @@ def _coerce(cls, name: str, value: Any, where: str = "") -> Any:
             return None
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if typing.get_origin(tp) is tuple:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ValueError(f"config {label} must be a list of names, got {value!r}")
+        item = typing.get_args(tp)[0]
+        if isinstance(value, (list, tuple)):
+            try:
+                return tuple(_scalar(item, v) for v in value)
+            except TypeError:
+                pass
+        kind = "names" if item is str else item.__name__
+        raise ValueError(f"{label} must be a list of {kind}, got {value!r}")
+    try:
+        return _scalar(tp, value)
+    except TypeError:
+        raise ValueError(f"{label} must be of type {tp.__name__}, got {value!r}") from None
+
+
+def _scalar(tp, value: Any) -> Any:
+    """``value`` as a ``tp`` (bool, int, float, str; int -> float only), else TypeError."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -97,7 +110,7 @@ def _coerce(cls, name: str, value: Any, where: str = "") -> Any:
             return value
     else:
         return value
-    raise ValueError(f"config {label} must be of type {tp.__name__}, got {value!r}")
+    raise TypeError(tp)
 
 
 def build_config(cls, file_values: dict | None = None, cli: argparse.Namespace | None = None):
@@ -123,7 +136,7 @@ def build_config(cls, file_values: dict | None = None, cli: argparse.Namespace |
                 v = getattr(cli, f"{f.name}.{name}", None)
                 if v is not None:
                     values[name] = v
-        sections[f.name] = sub(**{k: _coerce(sub, k, v, f"{f.name}.") for k, v in
+        sections[f.name] = sub(**{k: _coerce(sub, k, v, f"config {f.name}.") for k, v in
                                   values.items()})
     return cls(**sections)
 
@@ -174,3 +187,18 @@ def check_at_least(owner: str, bound: int, **values: int) -> None:
     for name, v in values.items():
         if v < bound:
             raise ValueError(f"{owner}: {name} must be >= {bound}, got {v!r}")
+
+
+def replace_from_dict(base, values: dict, where: str = "config"):
+    """``base`` (a flat dataclass instance) with the fields in ``values`` replaced, each
+    type-checked as in :func:`build_config` (unknown fields are an error naming ``where``)."""
+    cls = type(base)
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a JSON object of fields")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{where} has unknown field(s) {sorted(unknown)}; fields: "
+                         f"{sorted(known)}")
+    return dataclasses.replace(base, **{k: _coerce(cls, k, v, f"{where}: ")
+                                        for k, v in values.items()})

@@ -1,0 +1,144 @@
+"""Unit tests of the small modules: losses, config, checkpoint files, adaptation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+
+import metaprior as mp
+from metaprior import checkpoint as ckpt
+from metaprior import losses
+from metaprior.config import build_config, explicit_values, replace_from_dict
+from metaprior.train import TrainConfig
+
+# --- losses --------------------------------------------------------------------------------
+
+def test_losses_are_the_stated_formulas():
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.rand(2, 1, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)
+    assert float(losses.supervised_loss(x, t)) == pytest.approx(
+        float(((x - t) ** 2).sum()) / (2 * x.numel()))
+    batch = mp.get_task("sr2").sample(t, g)
+    mc = losses.measurement_consistency_loss(x, batch.y, batch.physics)
+    ax = x[..., ::2, ::2]
+    assert float(mc) == pytest.approx(float(((ax - batch.y) ** 2).sum()) / (2 * batch.y.numel()),
+                                      rel=1e-6)
+    # blind to the kernel of A: changing x off the sampled grid leaves it unchanged
+    off = x.clone()
+    off[..., 1::2, :] += 1.0
+    assert float(losses.measurement_consistency_loss(off, batch.y, batch.physics)) == \
+        pytest.approx(float(mc), rel=1e-6)
+    phi = {"a": torch.ones(3), "b": torch.zeros(2)}
+    theta = {"a": torch.zeros(3), "b": torch.ones(2)}
+    assert float(losses.proximal_term(phi, theta, 0.5)) == pytest.approx(0.25 * 5)
+
+
+def test_rotation_and_loss_kinds():
+    x = torch.arange(4.0).view(1, 1, 2, 2)
+    assert torch.equal(losses.rotate(losses.rotate(losses.rotate(losses.rotate(x)))), x)
+    with pytest.raises(ValueError, match="square images"):
+        losses.rotate(torch.zeros(1, 1, 2, 3))
+    batch = mp.get_task("denoise").sample(torch.rand(1, 1, 8, 8))
+    assert float(losses.data_loss("supervised", batch.target, batch)) == 0.0
+    with pytest.raises(ValueError, match="needs the model"):
+        losses.data_loss("equivariant", batch.target, batch)
+
+
+# --- config --------------------------------------------------------------------------------
+
+def test_config_type_checks_and_lossless_conversions():
+    cfg = build_config(TrainConfig, {"optim": {"lr": 1}, "meta": {"tasks": ["tv", "sr2"]}})
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.meta.tasks == ("tv", "sr2")
+    for bad, match in (({"model": {"depth": 2.5}}, "model.depth must be of type int"),
+                       ({"run": {"seed": "0"}}, "run.seed must be of type int"),
+                       ({"meta": {"tasks": ["tv", 3]}}, "must be a list of names"),
+                       ({"data": {"patch_size": 0}}, "patch_size must be >= 1"),
+                       ({"optim": {"lr": float("nan")}}, "lr must be a finite number")):
+        with pytest.raises(ValueError, match=match):
+            build_config(TrainConfig, bad)
+
+
+def test_explicit_values_and_flat_replacement():
+    from metaprior.cli import build_parser
+
+    args = build_parser().parse_args(["meta-train", "--depth", "3", "--steps", "7"])
+    given = explicit_values(TrainConfig, {"run": {"seed": 4}}, args)
+    assert given == {"model.depth": 3, "optim.steps": 7, "run.seed": 4}
+    base = mp.AdaptConfig()
+    assert replace_from_dict(base, {"steps": 3, "lr": 1}).lr == 1.0
+    with pytest.raises(ValueError, match="unknown field"):
+        replace_from_dict(base, {"stepz": 3})
+    with pytest.raises(ValueError, match="steps must be of type int"):
+        replace_from_dict(base, {"steps": "3"})
+
+
+# --- checkpoint files ----------------------------------------------------------------------
+
+def test_model_files_round_trip_with_metadata_and_no_temporaries(tmp_path):
+    model = mp.PDNet.seeded(mp.PDNetConfig(depth=2, width=4), seed=1)
+    path = mp.save_model(tmp_path / "m.safetensors", model,
+                         metadata={"note": "x", "nested": {"a": [1, 2]}})
+    loaded, meta = mp.load_model(path)
+    assert loaded.config == model.config and meta["nested"] == {"a": [1, 2]}
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), loaded.parameters(),
+                                                 strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+    with pytest.raises(ValueError, match=r"end in \.safetensors"):
+        mp.save_model(tmp_path / "m.pt", model)
+
+
+def test_checkpoints_keep_the_newest_and_point_latest_at_a_complete_one(tmp_path):
+    model = mp.PDNet(mp.PDNetConfig(depth=1, width=2))
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(tmp_path, step, model, {"t": torch.tensor([float(step)])},
+                             {"step": step}, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
+    assert names == ["step_0000002", "step_0000003"]
+    latest = ckpt.latest_checkpoint(tmp_path)
+    _, tensors, state = ckpt.load_checkpoint(latest)
+    assert state == {"step": 3} and float(tensors["t"]) == 3.0
+    (tmp_path / "checkpoints" / "latest").write_text("step_0000009")  # dangling pointer
+    assert ckpt.latest_checkpoint(tmp_path) is None
+
+
+def test_write_bytes_atomic_replaces_whole_files(tmp_path):
+    target = tmp_path / "f.json"
+    ckpt.write_bytes_atomic(target, b"old")
+    ckpt.write_bytes_atomic(target, json.dumps({"new": 1}).encode())
+    assert json.loads(target.read_text()) == {"new": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+    assert not any(".tmp-" in n for n in os.listdir(tmp_path))
+
+
+# --- adaptation ----------------------------------------------------------------------------
+
+def test_fine_tune_lowers_its_loss_keeps_snapshots_and_leaves_the_model_alone():
+    model = mp.PDNet.seeded(mp.PDNetConfig(depth=2), seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    batch = mp.get_task("inpaint").sample(torch.rand(2, 1, 16, 16, generator=g), g)
+    theta = mp.parameters_of(model)
+    rule = mp.AdaptConfig(steps=6, lr=1e-2, loss="supervised")
+    result = mp.fine_tune(model, theta, lambda step: batch, rule, keep=(0, 3, 6))
+    assert result.losses[-1] < result.losses[0]
+    assert set(result.snapshots) == {0, 3, 6}
+    assert all(torch.equal(result.snapshots[0][k], theta[k]) for k in theta)
+    assert all(torch.equal(result.snapshots[6][k], result.params[k]) for k in theta)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_adapt_config_from_model_metadata_and_its_bounds():
+    meta = {"meta_config": {"inner_lr": 3e-4, "inner_loss": "unsupervised", "prox_lambda": 0.01,
+                            "inner_optimizer": "sgd"}}
+    rule = mp.AdaptConfig.from_model(meta, steps=4)
+    assert (rule.lr, rule.loss, rule.optimizer, rule.steps) == (3e-4, "unsupervised", "sgd", 4)
+    assert mp.AdaptConfig.from_model({}, lr=None).lr == mp.AdaptConfig.lr
+    for bad in ({"lr": 0.0}, {"steps": -1}, {"loss": "l1"}, {"optimizer": "lbfgs"},
+                {"prox_lambda": -1.0}):
+        with pytest.raises(ValueError):
+            dataclasses.replace(rule, **bad)
