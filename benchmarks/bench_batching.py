@@ -41,9 +41,9 @@ def _time(fn, repeat: int) -> float:
 
 
 def main() -> None:
-    from common import machine
     from deepinv.physics import Denoising
 
+    from common import machine
     from metaprior.models import PDNet, PDNetConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,8 +77,8 @@ def main() -> None:
                 torch.autograd.grad(outer, params, allow_unused=True)
 
         for name, fn in (("forward", forward), ("maml_inner_step", inner_step)):
-            sep = _time(lambda fn=fn: fn(ys), args.repeat)
-            bat = _time(lambda fn=fn: fn([big]), args.repeat)
+            sep = _time(lambda fn=fn, ys=ys: fn(ys), args.repeat)
+            bat = _time(lambda fn=fn, big=big: fn([big]), args.repeat)
             rows.append({"patch": p, "work": name, "separate_seconds": sep,
                          "batched_seconds": bat, "batched_speedup": sep / bat})
             print(rows[-1], flush=True)

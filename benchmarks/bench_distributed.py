@@ -32,7 +32,7 @@ def worker(args) -> None:
 
     from metaprior import distributed
     from metaprior.data import PatchSampler, demo_images
-    from metaprior.meta.maml import MetaConfig
+    from metaprior.meta.config import MetaConfig
     from metaprior.meta.step import meta_gradient
     from metaprior.models import PDNet, PDNetConfig
     from metaprior.tasks import get_task

@@ -96,7 +96,7 @@ def _step_fn(impl: str, model, args):
     outer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     if impl.startswith("ours"):
-        from metaprior.meta.maml import MetaConfig
+        from metaprior.meta.config import MetaConfig
         from metaprior.meta.step import meta_gradient
 
         mode = impl.split("-")[1]

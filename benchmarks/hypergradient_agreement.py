@@ -30,7 +30,8 @@ from common import machine, write_json
 from metaprior.checkpoint import load_tensors
 from metaprior.config import from_dict
 from metaprior.meta.inner import adam
-from metaprior.meta.maml import _grad_dict, inner_loss
+from metaprior.meta.maml import grad_dict
+from metaprior.meta.problem import inner_loss
 from metaprior.meta.step import task_hypergradient
 from metaprior.train import MetaTrainer, TrainConfig
 
@@ -57,7 +58,7 @@ def agreement(trainer: MetaTrainer, theta: dict, batches, meta) -> dict:
                         "rel_diff": float((a - b).norm() / a.norm())}
         # the first inner gradient g at θ, for Adam's amplification η ε / (|g| + ε)²
         loss = inner_loss(trainer.model, theta, theta, inner, meta.inner_loss, meta.prox_lambda)
-        inner_grad = flat(_grad_dict(loss, theta))
+        inner_grad = flat(grad_dict(loss, theta))
         amp = meta.inner_lr * EPS / (inner_grad.abs() + EPS) ** 2
         row["adam_amplification"] = {"median": float(amp.median()), "max": float(amp.max()),
                                      "frac_above_1": float((amp > 1).double().mean())}

@@ -53,7 +53,7 @@ def _problem():
 
 
 def _modes():
-    from metaprior.meta.maml import MetaConfig
+    from metaprior.meta.config import MetaConfig
 
     return {m: MetaConfig(hypergradient=m, inner_lr=1e-2, workers=1, cg_iters=5)
             for m in ("maml", "first_order", "implicit")}

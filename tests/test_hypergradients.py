@@ -7,16 +7,11 @@ import torch
 
 from metaprior.adapt import parameters_of
 from metaprior.losses import data_loss
+from metaprior.meta.config import MetaConfig
 from metaprior.meta.implicit import conjugate_gradient, implicit_hypergradient
-from metaprior.meta.maml import (
-    MetaConfig,
-    first_order_hypergradient,
-    inner_adapt,
-    joint_gradient,
-    maml_hypergradient,
-    outer_loss,
-    reconstruct,
-)
+from metaprior.meta.joint import joint_gradient
+from metaprior.meta.maml import first_order_hypergradient, maml_hypergradient
+from metaprior.meta.problem import inner_adapt, outer_loss, reconstruct
 from metaprior.meta.step import meta_gradient, sum_hypergradients
 from metaprior.models import PDNet, PDNetConfig
 from metaprior.tasks import get_task
@@ -180,7 +175,7 @@ def test_config_errors():
 
 
 def test_equivariant_loss_needs_no_ground_truth():
-    from metaprior.meta.maml import inner_loss
+    from metaprior.meta.problem import inner_loss
 
     model, theta, inner, _ = tiny_problem(6)
     inner.target = torch.full_like(inner.target, float("nan"))

@@ -15,15 +15,10 @@ import torch
 from metaprior import train
 from metaprior.adapt import AdaptConfig, fine_tune
 from metaprior.checkpoint import load_model, load_tensors, save_model
+from metaprior.meta.config import INNER_LR_PREFIX, MetaConfig
 from metaprior.meta.inner import adam, sgd
-from metaprior.meta.maml import (
-    INNER_LR_PREFIX,
-    MetaConfig,
-    first_order_hypergradient,
-    inner_adapt,
-    maml_hypergradient,
-    outer_loss,
-)
+from metaprior.meta.maml import first_order_hypergradient, maml_hypergradient
+from metaprior.meta.problem import inner_adapt, outer_loss
 from test_hypergradients import flat, tiny_problem, unflat
 from test_train import tiny_config
 

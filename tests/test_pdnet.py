@@ -193,7 +193,8 @@ def test_gradient_checkpointing_is_exact_to_second_order():
     """checkpoint_segment recomputes activations; values, gradients and MAML hypergradients
     are unchanged."""
     from metaprior.adapt import parameters_of
-    from metaprior.meta.maml import MetaConfig, maml_hypergradient
+    from metaprior.meta.config import MetaConfig
+    from metaprior.meta.maml import maml_hypergradient
 
     results = []
     for seg in (0, 2):

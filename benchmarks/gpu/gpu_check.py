@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from metaprior.adapt import parameters_of
-from metaprior.meta.maml import MetaConfig, _grad_dict, inner_adapt, outer_loss
+from metaprior.meta.config import MetaConfig
+from metaprior.meta.maml import grad_dict
+from metaprior.meta.problem import inner_adapt, outer_loss
 from metaprior.meta.step import meta_gradient
 from metaprior.models import PDNet, PDNetConfig
 from metaprior.tasks import TRAIN_TASKS, get_task
@@ -114,7 +116,7 @@ def phases(depth: int, k: int, seg: int) -> dict:
     held_inner, peak_inner = now()
     loss = outer_loss(m, phi, outer)
     held_outer, peak_outer = now()
-    _grad_dict(loss, theta)
+    grad_dict(loss, theta)
     return {"held_after_inner_MB": held_inner, "peak_inner_MB": peak_inner,
             "held_after_outer_fwd_MB": held_outer, "peak_outer_fwd_MB": peak_outer,
             "peak_total_MB": now()[1]}

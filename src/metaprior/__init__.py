@@ -28,8 +28,8 @@ _API = {
     "register_task": "metaprior.tasks", "available_tasks": "metaprior.tasks",
     "task_from_physics": "metaprior.tasks",
     # the inner problem (shared by meta-training and adaptation)
-    "reconstruct": "metaprior.meta.maml", "inner_loss": "metaprior.meta.maml",
-    "inner_step": "metaprior.meta.maml", "MetaConfig": "metaprior.meta.maml",
+    "reconstruct": "metaprior.meta.problem", "inner_loss": "metaprior.meta.problem",
+    "inner_step": "metaprior.meta.problem", "MetaConfig": "metaprior.meta.config",
     # meta-training
     "meta_train": "metaprior.train", "MetaTrainer": "metaprior.train",
     "TrainConfig": "metaprior.train", "DataConfig": "metaprior.train",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from metaprior.meta.inner import make_inner_optimizer
-from metaprior.meta.maml import inner_step
+from metaprior.meta.problem import inner_step
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 

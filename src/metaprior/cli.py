@@ -116,7 +116,7 @@ def _batches_from_images(args, task, device):
 
 
 def _psnr_line(model, params, batch) -> str:
-    from metaprior.meta.maml import reconstruct
+    from metaprior.meta.problem import reconstruct
     from metaprior.metrics import mean_std, psnr
 
     with torch.no_grad():
@@ -188,7 +188,7 @@ def cmd_reconstruct(args) -> None:
     from metaprior.adapt import parameters_of
     from metaprior.checkpoint import load_model
     from metaprior.measurements import load_measurements
-    from metaprior.meta.maml import reconstruct
+    from metaprior.meta.problem import reconstruct
 
     out = check_writable_dir(args.out, "--out")
     model, meta = load_model(args.model, args.device)
@@ -375,6 +375,9 @@ def cmd_report(args) -> None:
     if not Path(args.results).is_file():
         raise FileNotFoundError(f"--results {args.results} does not exist: run "
                                 f"metaprior evaluate --suite table1 (or --suite depth) first")
+    target = f"the table in {args.markdown} and " if args.markdown else ""
+    print(f"rewriting {target}the figures in {args.figures}/ from {args.results} (--markdown '' "
+          f"and --figures DIR write elsewhere)")
     for path in write_report(args.results, args.figures, args.markdown or None):
         print(f"wrote {path}")
 

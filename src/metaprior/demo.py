@@ -23,7 +23,8 @@ from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
 from metaprior.checkpoint import load_model, save_model
 from metaprior.data import PatchSampler, demo_images
 from metaprior.evaluate import score, summarize, task_batches
-from metaprior.meta.maml import MetaConfig, reconstruct
+from metaprior.meta.config import MetaConfig
+from metaprior.meta.problem import reconstruct
 from metaprior.models import PDNetConfig
 from metaprior.tasks import get_task
 from metaprior.train import DataConfig, OptimConfig, RunConfig, TrainConfig, meta_train

@@ -56,7 +56,7 @@ def task_table(model, params, task_names, images, seed: int = 0, adapt=None) -> 
     supervised loss this uses the image's ground truth).
     """
     from metaprior.adapt import fine_tune
-    from metaprior.meta.maml import reconstruct
+    from metaprior.meta.problem import reconstruct
     from metaprior.tasks import get_task
 
     rows = []

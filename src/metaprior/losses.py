@@ -47,7 +47,7 @@ def rotate(x: Tensor) -> Tensor:
 
 
 #: "equivariant" = measurement consistency + equivariant imaging (needs the model, see
-#: :func:`metaprior.meta.maml.inner_loss`); it uses no ground truth.
+#: :func:`metaprior.meta.problem.inner_loss`); it uses no ground truth.
 LOSSES = ("supervised", "unsupervised", "equivariant")
 
 
@@ -59,5 +59,6 @@ def data_loss(kind: str, x_hat: Tensor, batch) -> Tensor:
     if kind == "unsupervised":
         return measurement_consistency_loss(x_hat, batch.y, batch.physics)
     if kind == "equivariant":
-        raise ValueError("the equivariant loss needs the model: use metaprior.meta.maml.inner_loss")
+        raise ValueError("the equivariant loss needs the model: use "
+                         "metaprior.meta.problem.inner_loss")
     raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")

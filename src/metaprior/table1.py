@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from metaprior.meta.maml import reconstruct
+from metaprior.meta.problem import reconstruct
 from metaprior.metrics import mean_std, psnr, ssim
 from metaprior.tasks import TaskBatch, get_task
 

@@ -27,7 +27,8 @@ from metaprior import checkpoint as ckpt
 from metaprior import distributed
 from metaprior.config import check_at_least, check_positive, from_dict, to_dict
 from metaprior.data import PatchSampler, bsds500, demo_images
-from metaprior.meta.maml import INNER_LR_PREFIX, MetaConfig, inner_adapt, reconstruct
+from metaprior.meta.config import INNER_LR_PREFIX, MetaConfig
+from metaprior.meta.problem import inner_adapt, reconstruct
 from metaprior.meta.step import meta_gradient
 from metaprior.metrics import psnr
 from metaprior.models import PDNet, PDNetConfig

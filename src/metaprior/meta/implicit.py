@@ -21,15 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from metaprior.losses import data_loss
-from metaprior.meta.maml import (
-    MetaConfig,
-    TaskHypergradient,
-    _add_theta_term,
-    _grad_dict,
-    inner_adapt,
-    outer_loss,
-    reconstruct,
-)
+from metaprior.meta.config import MetaConfig
+from metaprior.meta.maml import TaskHypergradient, add_theta_term, grad_dict
+from metaprior.meta.problem import inner_adapt, outer_loss, reconstruct
 from metaprior.tasks import TaskBatch
 from metaprior.typing import Params
 
@@ -78,7 +72,7 @@ def implicit_hypergradient(
     """iMAML hypergradient of one task; ``info`` holds the CG residual and iterations."""
     phi, inner = inner_adapt(model, theta, inner_batch, config, create_graph=False)
     loss_out = outer_loss(model, phi, outer_batch)
-    g_out = _grad_dict(loss_out, phi)
+    g_out = grad_dict(loss_out, phi)
     names = list(phi)
     shapes = [phi[k].shape for k in names]
     sizes = [phi[k].numel() for k in names]
@@ -102,6 +96,6 @@ def implicit_hypergradient(
     grads = {k: part.view(s) for k, part, s in zip(names, torch.split(v, sizes), shapes,
                                                     strict=True)}
     if config.outer_theta_weight:
-        grads = _add_theta_term(model, grads, theta, outer_batch, config.outer_theta_weight)
+        grads = add_theta_term(model, grads, theta, outer_batch, config.outer_theta_weight)
     return TaskHypergradient(inner_batch.task, grads, inner, float(loss_out.detach()),
                              {"cg_residual": residual, "cg_iters": iters})

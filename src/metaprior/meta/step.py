@@ -20,15 +20,10 @@ import torch
 from torch import nn
 
 from metaprior import distributed
+from metaprior.meta.config import INNER_LR_PREFIX, MetaConfig
 from metaprior.meta.implicit import implicit_hypergradient
-from metaprior.meta.maml import (
-    INNER_LR_PREFIX,
-    MetaConfig,
-    TaskHypergradient,
-    first_order_hypergradient,
-    joint_gradient,
-    maml_hypergradient,
-)
+from metaprior.meta.joint import joint_gradient
+from metaprior.meta.maml import TaskHypergradient, first_order_hypergradient, maml_hypergradient
 from metaprior.tasks import TaskBatch
 from metaprior.typing import Params
 

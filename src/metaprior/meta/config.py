@@ -1,0 +1,68 @@
+"""The bilevel problem's settings: which tasks, which inner problem, which hypergradient."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from metaprior.losses import LOSSES
+
+HYPERGRADIENTS = ("maml", "first_order", "implicit", "joint")
+
+#: Prefix of the learned inner step sizes among the hypergradients (``inner_lr.<parameter>``).
+INNER_LR_PREFIX = "inner_lr."
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """The bilevel problem and how its hypergradient is computed (the paper's Sec. 3 and 4.2)."""
+
+    tasks: tuple[str, ...] = ("denoise", "tv", "deblur", "inpaint")  # training family T1–T4
+    tasks_per_step: int = 0  # tasks sampled per outer step; 0 = all of ``tasks``
+    inner_loss: str = "supervised"  # "supervised" | "unsupervised"
+    inner_steps: int = 1  # K (the paper uses 1 Adam step for PDNet)
+    inner_optimizer: str = "adam"  # "adam" | "sgd"
+    inner_lr: float = 3e-4  # η, also used for test-time fine-tuning
+    # One inner step size per parameter tensor (W_k and λ_k of each layer), started at inner_lr
+    # (Meta-SGD / MAML++'s per-layer rates); adaptation then uses them.
+    learn_inner_lr: bool = False  # learn per-layer inner step sizes (maml only)
+    prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² (no effect with K = 1 from φ = θ)
+    hypergradient: str = "maml"  # "maml" | "first_order" | "implicit" | "joint" (no inner step)
+    cg_iters: int = 20  # implicit: conjugate-gradient iterations
+    cg_tol: float = 1e-6  # implicit: relative residual at which CG stops
+    # MAML++'s multi-step loss at step 0: θ must reconstruct well before any inner step too.
+    outer_theta_weight: float = 0.0  # w in L_outer(φ_K) + w·L_outer(θ) (0: φ_K only)
+    # Tasks of a meta-batch run concurrently, each thread on its own model replica; results
+    # are bitwise those of one thread.
+    workers: int = 0  # threads over a meta-batch's tasks (0: one per core free of intra-op threads)
+
+    def __post_init__(self) -> None:
+        if self.hypergradient not in HYPERGRADIENTS:
+            raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, "
+                             f"got {self.hypergradient!r}")
+        if self.inner_loss not in LOSSES:
+            raise ValueError(f"inner_loss must be one of {LOSSES}, got {self.inner_loss!r}")
+        if self.inner_steps < 1:
+            raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
+        if self.hypergradient == "implicit" and self.inner_loss == "equivariant":
+            raise ValueError("hypergradient 'implicit' supports the supervised and unsupervised "
+                             "inner losses; use maml or first_order with 'equivariant'")
+        if self.hypergradient == "implicit" and self.prox_lambda <= 0:
+            raise ValueError("hypergradient 'implicit' needs prox_lambda > 0 (iMAML solves "
+                             "(I + H/λ) v = g)")
+        if not self.tasks:
+            raise ValueError("tasks is empty: name at least one registered task")
+        if self.learn_inner_lr and self.hypergradient != "maml":
+            raise ValueError("learn_inner_lr needs hypergradient 'maml' (the step sizes get "
+                             "their hypergradient by differentiating through the inner steps)")
+        if self.outer_theta_weight < 0:
+            raise ValueError(f"outer_theta_weight must be >= 0, got {self.outer_theta_weight}")
+        if self.inner_lr <= 0:
+            raise ValueError(f"inner_lr must be > 0, got {self.inner_lr}")
+        if self.tasks_per_step < 0 or self.cg_iters < 1 or not self.prox_lambda >= 0:
+            raise ValueError(f"tasks_per_step must be >= 0, cg_iters >= 1 and prox_lambda >= 0, "
+                             f"got {self.tasks_per_step}, {self.cg_iters}, {self.prox_lambda}")
+        if not math.isfinite(self.inner_lr):
+            raise ValueError(f"inner_lr must be finite, got {self.inner_lr}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: one per free core), got {self.workers}")

@@ -1,0 +1,123 @@
+r"""The inner and outer problems of eq. (2) of the paper (arXiv 2311.18710), shared by
+meta-training and adaptation.
+
+.. math::
+    \phi_{t+1} = \phi_t + \mathrm{update}\big(\nabla_\phi[\mathcal L_{\rm inner}(f_\phi)
+        + \tfrac\lambda2\|\phi-\theta\|^2]\big),\qquad \phi_0 = \theta,
+
+with :math:`\mathcal L_{\rm inner}` supervised or unsupervised (:mod:`metaprior.losses`) and
+the update a functional optimizer (:mod:`metaprior.meta.inner`). With ``create_graph=True``
+the steps stay in the autograd graph, so :math:`\phi_K` is a differentiable function of
+:math:`\theta` (second-order MAML). The outer problem scores :math:`\phi_K` on held-out data
+of the same task.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metaprior.losses import (
+    data_loss,
+    measurement_consistency_loss,
+    proximal_term,
+    rotate,
+    supervised_loss,
+)
+from metaprior.meta.config import MetaConfig
+from metaprior.meta.inner import (
+    InnerOptimizer,
+    LearningRate,
+    apply_updates,
+    make_inner_optimizer,
+)
+from metaprior.tasks import TaskBatch
+from metaprior.typing import OptState, Params
+
+
+def reconstruct(model: nn.Module, params: Params, batch: TaskBatch) -> Tensor:
+    """:math:`f_\\phi(y, A)` with the parameters ``params`` (``functional_call``)."""
+    return functional_call(model, params, (batch.y, batch.physics))
+
+
+def inner_loss(
+    model: nn.Module, phi: Params, theta: Params, batch: TaskBatch, kind: str, prox_lambda: float
+) -> Tensor:
+    r""":math:`\mathcal L_{\rm inner}(f_\phi) + \frac\lambda2\|\phi - \theta\|^2` on ``batch``.
+
+    ``kind="equivariant"`` is measurement consistency plus equivariant imaging (Chen, Tachella &
+    Davies 2021), still without ground truth: with :math:`T` a 90° rotation and
+    :math:`\hat x = f_\phi(y)`, it adds :math:`\tfrac{1}{2N}\|f_\phi(A T\hat x) - T\hat x\|^2`,
+    which sees the part of :math:`\mathrm{Ker}(A)` that :math:`T` moves into the range of
+    :math:`A^\top` (column-sampled k-space becomes row-sampled; the SR grid changes phase).
+    """
+    x_hat = reconstruct(model, phi, batch)
+    if kind == "equivariant":
+        tx = rotate(x_hat)
+        x_eq = functional_call(model, phi, (batch.physics.A(tx), batch.physics))
+        loss = (measurement_consistency_loss(x_hat, batch.y, batch.physics)
+                + supervised_loss(x_eq, tx))
+    else:
+        loss = data_loss(kind, x_hat, batch)
+    if prox_lambda:
+        loss = loss + proximal_term(phi, theta, prox_lambda)
+    return loss
+
+
+def inner_step(
+    model: nn.Module, phi: Params, theta: Params, state: OptState, batch: TaskBatch,
+    opt: InnerOptimizer, kind: str, prox_lambda: float, create_graph: bool = False,
+) -> tuple[Params, OptState, Tensor]:
+    """One optimizer step on the inner loss. Returns (new params, new state, loss before)."""
+    loss = inner_loss(model, phi, theta, batch, kind, prox_lambda)
+    names = [k for k, p in phi.items() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [phi[k] for k in names], create_graph=create_graph,
+                                allow_unused=True)
+    # λ_K of the last layer never reaches the output: its gradient is zero.
+    grads = {k: torch.zeros_like(phi[k]) if g is None else g
+             for k, g in zip(names, grads, strict=True)}
+    updates, state = opt.update(grads, state, phi)
+    if not create_graph:
+        updates = {k: u.detach() for k, u in updates.items()}
+    new_phi = apply_updates({k: phi[k] for k in names}, updates)
+    if not create_graph:
+        new_phi = {k: p.detach().requires_grad_(True) for k, p in new_phi.items()}
+    return new_phi, state, loss.detach()
+
+
+def inner_adapt(
+    model: nn.Module, theta: Params, batch: TaskBatch, config: MetaConfig,
+    create_graph: bool, lrs: LearningRate | None = None,
+) -> tuple[Params, float]:
+    r"""K inner steps from :math:`\phi_0 = \theta` on ``batch``. Returns :math:`\phi_K` and the
+    inner loss at :math:`\phi_0`. With ``create_graph`` the result depends differentiably on
+    ``theta`` (and on the step sizes ``lrs``, default ``config.inner_lr``); otherwise every step
+    is detached (constant memory in K)."""
+    opt = make_inner_optimizer(config.inner_optimizer, config.inner_lr if lrs is None else lrs)
+    anchor = theta if create_graph else {k: v.detach() for k, v in theta.items()}
+    phi = theta if create_graph else {k: v.detach().requires_grad_(True) for k, v in
+                                      theta.items()}
+    state = opt.init(phi)
+    first = None
+    for _ in range(config.inner_steps):
+        phi, state, loss = inner_step(model, phi, anchor, state, batch, opt, config.inner_loss,
+                                      config.prox_lambda, create_graph=create_graph)
+        first = float(loss) if first is None else first
+    return phi, first
+
+
+def outer_loss(model: nn.Module, phi: Params, batch: TaskBatch) -> Tensor:
+    """The supervised outer loss on the task's held-out batch."""
+    return supervised_loss(reconstruct(model, phi, batch), batch.target)
+
+
+def meta_objective(model: nn.Module, phi: Params, theta: Params, batch: TaskBatch,
+                   config: MetaConfig) -> tuple[Tensor, Tensor]:
+    r"""The outer objective of one task, :math:`\mathcal L_{\rm outer}(\phi_K) +
+    w\,\mathcal L_{\rm outer}(\theta)` (``w = config.outer_theta_weight``), and its first term
+    alone (what is logged as the outer loss)."""
+    loss = outer_loss(model, phi, batch)
+    if config.outer_theta_weight:
+        return loss + config.outer_theta_weight * outer_loss(model, theta, batch), loss
+    return loss, loss
