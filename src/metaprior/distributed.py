@@ -68,7 +68,55 @@ def setup(device: str, timeout: float = 600.0) -> str:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    _learn_peers(backend)
     return rank_device(device)
+
+
+#: (pid, host id) of every rank, learned at setup: lets a surviving rank name a dead peer.
+_PEERS: list[tuple[int, int]] = []
+
+
+def _host_id() -> int:
+    import socket
+    import zlib
+
+    return zlib.crc32(socket.gethostname().encode())
+
+
+def _learn_peers(backend: str) -> None:
+    """Exchange (pid, host) between ranks (tensors only, nothing pickled)."""
+    mine = torch.tensor([os.getpid(), _host_id()], dtype=torch.int64)
+    if backend == "nccl":
+        mine = mine.cuda()
+    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    _PEERS[:] = [(int(t[0]), int(t[1])) for t in everyone]
+
+
+def _dead_peers() -> list[int]:
+    """Ranks on this machine whose process no longer exists (other machines: unknown)."""
+    dead = []
+    for r, (pid, host) in enumerate(_PEERS):
+        if r == rank() or host != _host_id():
+            continue
+        if not _alive(pid):
+            dead.append(r)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # no /proc (macOS): trust kill(pid, 0)
+        return True
 
 
 def rank_device(device: str) -> str:
@@ -121,8 +169,12 @@ class PeerLostError(RuntimeError):
 
 def _lost(error: Exception) -> str:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return (f"rank {rank()} of {world_size()}: a peer rank stopped answering ({first[:300]}); "
-            f"resume from the last checkpoint with --resume (any number of ranks)")
+    dead = _dead_peers()
+    who = (f"rank {', '.join(map(str, dead))} died" if dead else
+           "a rank on another machine, or one that hangs")
+    return (f"rank {rank()} of {world_size()}: a peer rank stopped answering ({who}; "
+            f"{first[:200]}); resume from the last checkpoint with --resume (any number of "
+            f"ranks)")
 
 
 def agree(ok: bool, what: str) -> None:
