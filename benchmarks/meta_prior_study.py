@@ -202,10 +202,11 @@ def cmd_figure(args) -> None:
     rows = (len(panels) + cols) // cols  # one spare panel for the legend
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax, (op, loss) in zip(axes.flat, panels, strict=False):
-        for name, rec in recipes.items():
+        for i, (name, rec) in enumerate(recipes.items()):
             curve = rec["scores"][op][loss]["curve"]
             xs = sorted(int(n) for n in curve)
-            ax.plot(xs, [curve[str(n)] for n in xs], marker="o", ms=3, label=name)
+            ax.plot(xs, [curve[str(n)] for n in xs], marker="os^D"[i // 10 % 4], ms=3,
+                    label=name, color=plt.cm.tab20(i % 20))  # distinct beyond 10 recipes
         ax.set_title(f"{op}, {loss}", fontsize=10)
         ax.set_xlabel("fine-tuning steps")
         ax.set_ylabel("PSNR (dB), BSDS500 val crops")
