@@ -61,3 +61,25 @@ def test_adapt_own_operator_example_runs_on_a_user_operator():
     rows = example.main(["--steps", "2", "--size", "32"])
     assert all(math.isfinite(v) for v in rows.values())
     assert rows["meta-unsup-d20: 2 unsupervised steps"] != rows["meta-unsup-d20: θ"]
+
+
+def test_meta_train_own_family_example_runs(tmp_path):
+    """Meta-training on a user family registered through a factory, then adaptation to a
+    member outside it (smoke size)."""
+    example = _example("meta_train_own_family")
+    rows = example.main(["--steps", "2", "--depth", "2", "--adapt-steps", "2", "--size", "32",
+                         "--out", str(tmp_path / "run")])
+    assert all(math.isfinite(v) for v in rows.values())
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    g = torch.Generator().manual_seed(0)
+    lengths = {example.blur_family((1, 1, 32, 32), g, "cpu").filter.shape[-1]
+               for _ in range(30)}
+    assert lengths == {3, 5, 7}
+
+
+@pytest.mark.data
+def test_reproduce_table1_row_example_runs(data_root):
+    example = _example("reproduce_table1_row")
+    row = example.main(["--baseline", "tv", "--quick", "--data-root", str(data_root)])
+    assert len(row["psnr"]) == 1 and math.isfinite(row["psnr"][0])
+    assert float(row["hyper"]) in [float(v) for v in row["grid"]]
