@@ -142,3 +142,25 @@ def test_adapt_config_from_model_metadata_and_its_bounds():
                 {"prox_lambda": -1.0}):
         with pytest.raises(ValueError):
             dataclasses.replace(rule, **bad)
+
+
+def test_joint_pretraining_is_an_objective_not_a_hypergradient():
+    from metaprior.meta.config import MetaConfig
+    from metaprior.meta.joint import joint_gradient
+    from metaprior.meta.step import task_hypergradient
+
+    cfg = MetaConfig(objective="joint")
+    legacy = MetaConfig(hypergradient="joint")  # the earlier spelling, kept for old configs
+    assert (legacy.objective, legacy.hypergradient) == ("joint", "maml")
+    with pytest.raises(ValueError, match="objective must be one of"):
+        MetaConfig(objective="reptile")
+    with pytest.raises(ValueError, match="learn_inner_lr needs"):
+        MetaConfig(objective="joint", learn_inner_lr=True)
+    model = mp.PDNet.seeded(mp.PDNetConfig(depth=2), seed=0)
+    g = torch.Generator().manual_seed(0)
+    task = mp.get_task("denoise")
+    inner, outer = (task.sample(torch.rand(2, 1, 16, 16, generator=g), g) for _ in range(2))
+    theta = mp.parameters_of(model)
+    a = task_hypergradient(model, theta, inner, outer, cfg)
+    b = joint_gradient(model, theta, inner, outer, cfg)
+    assert all(torch.equal(a.grads[k], b.grads[k]) for k in theta)

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 from metaprior.losses import LOSSES
 
-HYPERGRADIENTS = ("maml", "first_order", "implicit", "joint")
+HYPERGRADIENTS = ("maml", "first_order", "implicit")
+#: What the outer step optimises: the bilevel problem of eq. (2), or joint multi-task
+#: pre-training (no inner problem, hence no hypergradient; the non-meta baseline).
+OBJECTIVES = ("bilevel", "joint")
 
 #: Prefix of the learned inner step sizes among the hypergradients (``inner_lr.<parameter>``).
 INNER_LR_PREFIX = "inner_lr."
@@ -27,7 +30,8 @@ class MetaConfig:
     # (Meta-SGD / MAML++'s per-layer rates); adaptation then uses them.
     learn_inner_lr: bool = False  # learn per-layer inner step sizes (maml only)
     prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² (no effect with K = 1 from φ = θ)
-    hypergradient: str = "maml"  # "maml" | "first_order" | "implicit" | "joint" (no inner step)
+    objective: str = "bilevel"  # "bilevel" (meta-learning) | "joint" (joint pre-training)
+    hypergradient: str = "maml"  # bilevel: "maml" | "first_order" | "implicit"
     cg_iters: int = 20  # implicit: conjugate-gradient iterations
     cg_tol: float = 1e-6  # implicit: relative residual at which CG stops
     # MAML++'s multi-step loss at step 0: θ must reconstruct well before any inner step too.
@@ -37,6 +41,11 @@ class MetaConfig:
     workers: int = 0  # threads over a meta-batch's tasks (0: one per core free of intra-op threads)
 
     def __post_init__(self) -> None:
+        if self.hypergradient == "joint":  # the earlier spelling of objective="joint"
+            object.__setattr__(self, "objective", "joint")
+            object.__setattr__(self, "hypergradient", "maml")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.hypergradient not in HYPERGRADIENTS:
             raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, "
                              f"got {self.hypergradient!r}")
@@ -52,7 +61,7 @@ class MetaConfig:
                              "(I + H/λ) v = g)")
         if not self.tasks:
             raise ValueError("tasks is empty: name at least one registered task")
-        if self.learn_inner_lr and self.hypergradient != "maml":
+        if self.learn_inner_lr and (self.hypergradient != "maml" or self.objective != "bilevel"):
             raise ValueError("learn_inner_lr needs hypergradient 'maml' (the step sizes get "
                              "their hypergradient by differentiating through the inner steps)")
         if self.outer_theta_weight < 0:

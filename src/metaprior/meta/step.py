@@ -31,7 +31,6 @@ _MODES = {
     "maml": maml_hypergradient,
     "first_order": first_order_hypergradient,
     "implicit": implicit_hypergradient,
-    "joint": joint_gradient,
 }
 
 
@@ -40,7 +39,10 @@ def task_hypergradient(
     config: MetaConfig, lrs: Params | None = None,
 ) -> TaskHypergradient:
     """The hypergradient of one task by ``config.hypergradient`` (with learned inner step sizes
-    ``lrs``: second-order MAML, which also differentiates them)."""
+    ``lrs``: second-order MAML, which also differentiates them), or with
+    ``config.objective == "joint"`` the joint pre-training gradient."""
+    if config.objective == "joint":
+        return joint_gradient(model, theta, inner_batch, outer_batch, config)
     if lrs is not None:
         return maml_hypergradient(model, theta, inner_batch, outer_batch, config, lrs=lrs)
     return _MODES[config.hypergradient](model, theta, inner_batch, outer_batch, config)
