@@ -30,10 +30,10 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
+    from common import outer_step_fn
     from metaprior import distributed
     from metaprior.data import PatchSampler, demo_images
     from metaprior.meta.config import MetaConfig
-    from metaprior.meta.step import meta_gradient
     from metaprior.models import PDNet, PDNetConfig
     from metaprior.tasks import get_task
 
@@ -59,14 +59,7 @@ def worker(args) -> None:
     tasks = [get_task(t) for t in args.tasks.split(",")]
     cfg = MetaConfig(tasks=tuple(t.name for t in tasks), hypergradient=args.mode,
                      workers=args.workers)
-    outer = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def step(batches):
-        total, _ = meta_gradient(model, dict(model.named_parameters()), batches, cfg)
-        for name, p in model.named_parameters():
-            p.grad = total[name]
-        outer.step()
-        outer.zero_grad(set_to_none=True)
+    step = outer_step_fn(model, cfg, torch.optim.Adam(model.parameters(), lr=1e-3))
 
     def meta_batch():
         return [(t.sample(sampler.sample(args.batch), g), t.sample(sampler.sample(args.batch), g))

@@ -96,8 +96,8 @@ def _step_fn(impl: str, model, args):
     outer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     if impl.startswith("ours"):
+        from common import outer_step_fn
         from metaprior.meta.config import MetaConfig
-        from metaprior.meta.step import meta_gradient
 
         mode = impl.split("-")[1]
         cfg = MetaConfig(inner_steps=k, inner_lr=inner_lr, hypergradient=mode,
@@ -105,13 +105,7 @@ def _step_fn(impl: str, model, args):
                          prox_lambda=1e-2, cg_iters=10,
                          workers=1 if impl.endswith("-serial") else args.workers)
 
-        def step(batches):
-            total, _ = meta_gradient(model, dict(model.named_parameters()), batches, cfg)
-            for name, p in model.named_parameters():
-                p.grad = total[name]
-            outer.step()
-            outer.zero_grad(set_to_none=True)
-        return step
+        return outer_step_fn(model, cfg, outer)
 
     sys.path.insert(0, str(PEERS))
     if impl == "learn2learn":

@@ -76,3 +76,17 @@ def write_json(name: str | Path, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(path)
     return path
+
+
+def outer_step_fn(model, config, outer):
+    """One metaprior outer step: the meta-batch's summed hypergradient, then ``outer.step()``
+    (what ``metaprior.train.MetaTrainer.outer_step`` does, without logging)."""
+    from metaprior.meta.step import meta_gradient
+
+    def step(batches):
+        total, _ = meta_gradient(model, dict(model.named_parameters()), batches, config)
+        for name, p in model.named_parameters():
+            p.grad = total[name]
+        outer.step()
+        outer.zero_grad(set_to_none=True)
+    return step

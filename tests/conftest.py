@@ -39,3 +39,15 @@ def data_root() -> Path:
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+def write_pngs(folder: Path, n: int = 2, size: int = 32, seed: int = 0) -> Path:
+    """``n`` random 8-bit grayscale ``size``×``size`` PNGs in a new ``folder``."""
+    from PIL import Image
+
+    folder.mkdir()
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        arr = (torch.rand(size, size, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(folder / f"{i}.png")
+    return folder

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 import metaprior as mp
+from conftest import write_pngs
 from metaprior import physics as ops
 from metaprior.cli import main
 
@@ -71,12 +71,7 @@ def test_a_fixed_operator_says_how_to_serve_other_sizes_and_a_factory_serves_all
 @pytest.fixture
 def workspace(tmp_path) -> Path:
     (tmp_path / "plugin.py").write_text(PLUGIN)
-    imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(2):
-        arr = (torch.rand(48, 48, generator=g) * 255).to(torch.uint8).numpy()
-        Image.fromarray(arr).save(imgs / f"{i}.png")
+    write_pngs(tmp_path / "imgs", size=48)
     model = mp.PDNet.seeded(mp.PDNetConfig(depth=2), seed=0)
     mp.save_model(tmp_path / "model.safetensors", model,
                   metadata={"meta_config": {"inner_lr": 1e-3}})

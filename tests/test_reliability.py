@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from conftest import write_pngs
 from metaprior import train
 from metaprior.checkpoint import UnreadableFileError, load_model, save_model
 from metaprior.cli import main
@@ -32,12 +33,8 @@ from test_train import TINY, tiny_config
 def sandbox(tmp_path_factory) -> Path:
     """A folder of valid and broken inputs, and a one-step run with a checkpoint."""
     root = tmp_path_factory.mktemp("inputs")
-    imgs = root / "imgs"
-    imgs.mkdir()
+    write_pngs(root / "imgs", size=16)
     g = torch.Generator().manual_seed(0)
-    for i in range(2):
-        arr = (torch.rand(16, 16, generator=g) * 255).to(torch.uint8).numpy()
-        Image.fromarray(arr).save(imgs / f"{i}.png")
     model = PDNet(PDNetConfig(depth=2))
     save_model(root / "model.safetensors", model)
     batch = get_task("sr2").sample(torch.rand(2, 1, 16, 16, generator=g), g)

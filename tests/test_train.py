@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_pngs
 from metaprior import train
 from metaprior.checkpoint import latest_checkpoint, load_model, load_tensors
 from metaprior.cli import build_parser, main
@@ -154,16 +155,10 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
 
 
 def test_adapt_measure_reconstruct_cli(tmp_path, capsys):
-    from PIL import Image
 
     cfg = tiny_config(tmp_path / "run", steps=1)
     train.meta_train(cfg, progress=False, log=lambda *_: None)
-    imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(2):
-        arr = (torch.rand(32, 32, generator=g) * 255).to(torch.uint8).numpy()
-        Image.fromarray(arr).save(imgs / f"{i}.png")
+    imgs = write_pngs(tmp_path / "imgs", size=32)
     y = tmp_path / "y.safetensors"
     main(["measure", "--task", "sr2", "--images", str(imgs), "--out", str(y)])
     adapted = tmp_path / "adapted.safetensors"
