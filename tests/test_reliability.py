@@ -87,6 +87,16 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 M, Y, IMGS = "{root}/model.safetensors", "{root}/y.safetensors", "{root}/imgs"
 ADAPT = ["adapt", "--model", M, "--measurements", Y, "--out", "{root}/new/a.safetensors"]
+
+
+def adapt_from(model: str) -> list[str]:
+    """``adapt`` of measurement file Y with ``model``."""
+    return ["adapt", "--model", model, "--measurements", Y, "--out", "{root}/o.safetensors"]
+
+
+def reconstruct(model: str = M, measurements: str = Y) -> list[str]:
+    return ["reconstruct", "--model", model, "--measurements", measurements, "--out",
+            "{root}/rec"]
 MT = ["meta-train", *TINY, "--steps", "1", "--no-progress"]
 CFG = ["meta-train", "--dataset", "demo", "--steps", "1", "--no-progress", "--config"]
 
@@ -103,30 +113,18 @@ BAD_INPUTS = [
      "is an existing file"),
     (["adapt", "--model", M, "--images", IMGS, "--task", "sr2", "--batch-size", "0", "--out",
       "{root}/o.safetensors"], "--batch-size must be >= 1"),
-    (["adapt", "--model", "{root}/empty.safetensors", "--measurements", Y, "--out",
-      "{root}/o.safetensors"], "not a readable .safetensors"),
-    (["adapt", "--model", "{root}/garbage.safetensors", "--measurements", Y, "--out",
-      "{root}/o.safetensors"], "not a readable .safetensors"),
-    (["adapt", "--model", "{root}/truncated.safetensors", "--measurements", Y, "--out",
-      "{root}/o.safetensors"], "safetensors"),
-    (["adapt", "--model", "{root}/huge_header.safetensors", "--measurements", Y, "--out",
-      "{root}/o.safetensors"], "not a readable .safetensors"),
-    (["reconstruct", "--model", "{root}/float64.safetensors", "--measurements", Y, "--out",
-      "{root}/rec"], "holds float32"),
-    (["reconstruct", "--model", "{root}/int32.safetensors", "--measurements", Y, "--out",
-      "{root}/rec"], "holds float32"),
-    (["reconstruct", "--model", "{root}/wrong_shape.safetensors", "--measurements", Y, "--out",
-      "{root}/rec"], "wrong_shape.safetensors: tensor"),
-    (["reconstruct", "--model", "{root}/bad_config.safetensors", "--measurements", Y, "--out",
-      "{root}/rec"], "'pdnet_config' metadata is invalid"),
-    (["reconstruct", "--model", M, "--measurements", "{root}/no_y.safetensors", "--out",
-      "{root}/rec"], "holds no measurements 'y'"),
-    (["reconstruct", "--model", M, "--measurements", "{root}/string_shape.safetensors",
-      "--out", "{root}/rec"], "'image_shape' metadata must be"),
-    (["reconstruct", "--model", M, "--measurements", "{root}/wrong_y.safetensors", "--out",
-      "{root}/rec"], "measures"),
-    (["reconstruct", "--model", M, "--measurements", "{root}/garbage.safetensors", "--out",
-      "{root}/rec"], "not a readable .safetensors"),
+    (adapt_from("{root}/empty.safetensors"), "not a readable .safetensors"),
+    (adapt_from("{root}/garbage.safetensors"), "not a readable .safetensors"),
+    (adapt_from("{root}/truncated.safetensors"), "safetensors"),
+    (adapt_from("{root}/huge_header.safetensors"), "not a readable .safetensors"),
+    (reconstruct("{root}/float64.safetensors"), "holds float32"),
+    (reconstruct("{root}/int32.safetensors"), "holds float32"),
+    (reconstruct("{root}/wrong_shape.safetensors"), "wrong_shape.safetensors: tensor"),
+    (reconstruct("{root}/bad_config.safetensors"), "'pdnet_config' metadata is invalid"),
+    (reconstruct(M, "{root}/no_y.safetensors"), "holds no measurements 'y'"),
+    (reconstruct(M, "{root}/string_shape.safetensors"), "'image_shape' metadata must be"),
+    (reconstruct(M, "{root}/wrong_y.safetensors"), "measures"),
+    (reconstruct(M, "{root}/garbage.safetensors"), "not a readable .safetensors"),
     (["reconstruct", "--model", M, "--measurements", Y, "--out", "{root}/a_file"],
      "is an existing file"),
     (["measure", "--task", "sr2", "--images", "{root}/corrupt_imgs", "--out",
