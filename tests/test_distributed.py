@@ -31,17 +31,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _problem():
-    """A float64 depth-2 PDNet and a meta-batch of 5 tasks (more tasks than ranks, unevenly
-    split), the same in every process."""
+#: Meta-batches of the split tests: more tasks than ranks (5 tasks, unevenly split), and fewer
+#: (2 tasks on 3 ranks: the inpainting task's batch of 3, per-sample masks, split in 1 + 2).
+PROBLEMS = {"tasks": (("denoise", "deblur", "inpaint", "sr2", "inpaint"), 2),
+            "batch": (("inpaint", "sr2"), 3)}
+
+
+def _problem(which: str = "tasks"):
+    """A float64 depth-2 PDNet and a meta-batch, the same in every process."""
     from metaprior.models import PDNet, PDNetConfig
     from metaprior.tasks import get_task
 
     torch.manual_seed(0)
     model = PDNet(PDNetConfig(depth=2, width=4)).double()
     g = torch.Generator().manual_seed(1)
-    names = ("denoise", "deblur", "inpaint", "sr2", "inpaint")
-    batches = [tuple(get_task(n).sample(torch.rand(2, 1, 32, 32, generator=g,
+    names, size = PROBLEMS[which]
+    batches = [tuple(get_task(n).sample(torch.rand(size, 1, 32, 32, generator=g,
                                                    dtype=torch.float64), g)
                      for _ in range(2)) for n in names]
     for pair in batches:  # real masks and kernels in float64 too
@@ -55,17 +60,20 @@ def _problem():
 def _modes():
     from metaprior.meta.config import MetaConfig
 
-    return {m: MetaConfig(hypergradient=m, inner_lr=1e-2, workers=1, cg_iters=5)
-            for m in ("maml", "first_order", "implicit")}
+    modes = {m: MetaConfig(hypergradient=m, inner_lr=1e-2, workers=1, cg_iters=5)
+             for m in ("maml", "first_order", "implicit")}
+    modes["joint"] = MetaConfig(objective="joint", workers=1)
+    modes["maml+theta"] = MetaConfig(inner_lr=1e-2, workers=1, outer_theta_weight=0.5)
+    return modes
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, which: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     from metaprior.meta.step import meta_gradient
 
-    model, batches = _problem()
+    model, batches = _problem(which)
     theta = dict(model.named_parameters())
     result = {}
     for mode, cfg in _modes().items():
@@ -77,22 +85,29 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_ranks_give_the_one_process_hypergradient(tmp_path):
-    """maml, first_order and implicit: the all-reduced sum over 2 ranks equals the one-process
-    sum to 1e-12 relative in float64, on every rank, with every task's losses."""
+@pytest.mark.parametrize("which, world", [("tasks", 2), ("batch", 3)])
+def test_ranks_give_the_one_process_hypergradient(tmp_path, which, world):
+    """maml, first_order, implicit, joint and a θ-scored outer loss: the all-reduced sum over
+    the ranks equals the one-process sum (1e-12 relative overall, 1e-9 for every tensor) in
+    float64, on every rank, with
+    every task's losses; with more ranks than tasks the ranks split a task's batch."""
     from metaprior.meta.step import meta_gradient
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    model, batches = _problem()
+    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), which), nprocs=world,
+             join=True)
+    model, batches = _problem(which)
     theta = dict(model.named_parameters())
-    for rank in range(2):
+    for rank in range(world):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         for mode, cfg in _modes().items():
             total, records = meta_gradient(model, theta, batches, cfg)
-            for k, v in total.items():
-                other = torch.tensor(got[mode]["total"][k], dtype=torch.float64)
-                assert float((other - v).norm()) <= 1e-12 * max(float(v.norm()), 1e-30), (
-                    mode, k)
+            other = {k: torch.tensor(got[mode]["total"][k], dtype=torch.float64)
+                     for k in total}
+            flat = torch.cat([v.reshape(-1) for v in total.values()])
+            error = torch.cat([(other[k] - v).reshape(-1) for k, v in total.items()])
+            assert float(error.norm()) <= 1e-12 * float(flat.norm()), mode
+            for k, v in total.items():  # each tensor, down to the tiniest first-layer gradient
+                assert float((other[k] - v).norm()) <= 1e-9 * float(v.norm()), (mode, k)
             assert got[mode]["tasks"] == [r.task for r in records]
             ref = [x for r in records for x in (r.inner_loss, r.outer_loss)]
             assert [x for pair in got[mode]["losses"] for x in pair] == pytest.approx(ref,
@@ -180,3 +195,29 @@ def test_a_meta_batch_may_repeat_a_task_family(tmp_path):
     assert list(record["tasks"]) == ["denoise", "inpaint-mix", "inpaint-mix#2"]
     a, b = record["tasks"]["inpaint-mix"], record["tasks"]["inpaint-mix#2"]
     assert a["inner_loss"] != b["inner_loss"]
+
+
+@pytest.mark.parametrize("parts", [2, 3, 5])
+def test_the_parts_of_a_task_sum_to_its_hypergradient(parts):
+    """Whatever the number of parts (more than the batch's 3 samples included: empty parts
+    do nothing), the weighted parts of every task sum to its hypergradient and losses, for
+    every objective; an implicit task is computed whole by part 0."""
+    from metaprior.meta.step import _part, _weighted, task_hypergradient
+
+    model, batches = _problem("batch")
+    theta = dict(model.named_parameters())
+    for mode, cfg in _modes().items():
+        for inner, outer in batches:
+            whole = task_hypergradient(model, theta, inner, outer, cfg)
+            work = [w for w in (_part(inner, outer, k, parts, cfg) for k in range(parts)) if w]
+            assert len(work) == (1 if mode == "implicit" else min(parts, 3))
+            got = [_weighted(task_hypergradient(model, theta, i, o, cfg), w)
+                   for i, o, w in work]
+            total = {k: sum(r.grads[k] for r in got) for k in whole.grads}
+            error = torch.cat([(total[k] - g).reshape(-1) for k, g in whole.grads.items()])
+            norm = torch.cat([g.reshape(-1) for g in whole.grads.values()]).norm()
+            assert float(error.norm()) <= 1e-12 * float(norm), mode
+            for k, g in whole.grads.items():
+                assert float((total[k] - g).norm()) <= 1e-9 * float(g.norm()), (mode, k)
+            assert sum(r.outer_loss for r in got) == pytest.approx(whole.outer_loss, rel=1e-12)
+            assert sum(r.inner_loss for r in got) == pytest.approx(whole.inner_loss, rel=1e-12)

@@ -93,3 +93,30 @@ def test_mix_families_draw_their_parameter():
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="missing rates"):
         tasks.inpaint_mix_task(0.5, 1.0)
+
+
+@pytest.mark.parametrize("name", ["inpaint-mix", "sr2", "mri4", "deblur", "denoise"])
+def test_a_batch_splits_into_parts_with_their_own_operators(name):
+    """A part keeps its samples' measurements, targets and operator rows: A_k x_k = (A x)_k,
+    A_k^T y_k = (A^T y)_k, and the parts cover the batch in order."""
+    g = torch.Generator().manual_seed(3)
+    batch = tasks.get_task(name).sample(torch.rand(5, 1, 32, 32, generator=g), g)
+    parts = batch.split(2)
+    assert [len(p.y) for p in parts] == [2, 3]
+    assert torch.equal(torch.cat([p.y for p in parts]), batch.y)
+    assert torch.equal(torch.cat([p.target for p in parts]), batch.target)
+    ax = torch.cat([p.physics.A(p.x) for p in parts])
+    aty = torch.cat([p.physics.A_adjoint(p.y) for p in parts])
+    assert torch.allclose(ax, batch.physics.A(batch.x), atol=1e-6)
+    assert torch.allclose(aty, batch.physics.A_adjoint(batch.y), atol=1e-6)
+    assert batch.split(1) == [batch]
+    assert [p is None for p in batch.split(7)] == [True, False, False, True, False, False, False]
+
+
+def test_an_operator_that_mixes_samples_does_not_split():
+    """An operator coupling the samples of a batch has no per-sample parts: ``split`` says so
+    with ``None`` instead of returning wrong operators."""
+    def mean(x):
+        return x.mean(0, keepdim=True).expand_as(x)
+    mixing = dinv.physics.LinearPhysics(A=mean, A_adjoint=mean)
+    assert tasks.task_from_physics("mix", mixing).sample(torch.rand(4, 1, 8, 8)).split(2) is None

@@ -3,7 +3,12 @@ r"""Meta-training across processes with ``torch.distributed`` (launched by ``tor
 The outer step is a sum over tasks, :math:`\nabla_\theta \sum_i \mathcal L_{\rm outer}
 (\phi_i(\theta))` (eq. 2 of the paper), so it splits exactly: rank :math:`r` of :math:`R`
 computes the hypergradients of tasks :math:`i \equiv r \pmod R` of the meta-batch, one
-all-reduce sums them, and every rank applies the same outer Adam update to the same θ.
+all-reduce sums them, and every rank applies the same outer Adam update to the same θ. With
+more ranks than tasks, a task's outer batch is split between the ranks that share it: its
+outer loss is a mean over samples, and each hypergradient (second-order, first-order,
+implicit) is linear in the outer loss, so the parts' hypergradients, weighted by their share
+of the batch, sum to the task's (:func:`shares`). The inner step is then repeated on each
+rank of the task.
 
 Every rank draws the *whole* meta-batch from the run's seeded streams (drawing is cheap next
 to a hypergradient) and keeps its share. So the tasks, images, masks and noise of step
@@ -133,7 +138,23 @@ def teardown() -> None:
 
 def shard(n: int) -> list[int]:
     """Indices of the ``n`` tasks of a meta-batch that this rank computes (round robin)."""
-    return list(range(rank(), n, world_size()))
+    return [i for i, _, _ in shares(n)]
+
+
+def shares(n: int) -> list[tuple[int, int, int]]:
+    r"""This rank's work in a meta-batch of ``n`` tasks, as ``(task, part, parts)``.
+
+    With :math:`R \le n` ranks, rank :math:`r` computes the whole of tasks
+    :math:`i \equiv r \pmod R` (``part 0 of 1``). With more ranks than tasks, the ranks
+    :math:`r \equiv i \pmod n` share task :math:`i`: rank :math:`r` computes part
+    :math:`\lfloor r / n \rfloor` of its outer batch (:meth:`~metaprior.tasks.TaskBatch.split`),
+    so no rank idles.
+    """
+    r, world = rank(), world_size()
+    if world <= n:
+        return [(i, 0, 1) for i in range(r, n, world)]
+    i = r % n
+    return [(i, r // n, len(range(i, world, n)))]
 
 
 def all_reduce_sum(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

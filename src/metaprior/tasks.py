@@ -34,6 +34,7 @@ fourier``). Its mask and acceleration are redrawn for every batch, so it never s
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from functools import partial
 
 import torch
 from deepinv.physics import LinearPhysics
-from torch import Tensor
+from torch import Tensor, nn
 
 from metaprior import physics as ops
 
@@ -69,6 +70,47 @@ class TaskBatch:
     physics: LinearPhysics
     target: Tensor
     x: Tensor
+
+    def split(self, parts: int) -> list[TaskBatch | None] | None:
+        r"""The batch in ``parts`` consecutive parts, samples ``[k B / parts, (k + 1) B /
+        parts)`` for part :math:`k` (``None`` where that range is empty), each with its own
+        operator; or ``None`` when the operator does not split by sample.
+
+        Each part's operator is a copy with every buffer whose leading dimension is the batch
+        size sliced (a per-sample inpainting mask, say). The operator splits when every copy
+        measures its part's images as the whole operator does, :math:`A_k x_k = (A x)_k`. An
+        operator that mixes samples, or keeps per-sample state elsewhere, does not.
+        """
+        b = len(self.y)
+        if parts == 1:
+            return [self]
+        with torch.no_grad():
+            whole = self.physics.A(self.x)
+        pieces: list[TaskBatch | None] = []
+        for k in range(parts):
+            start, stop = k * b // parts, (k + 1) * b // parts
+            if stop <= start:
+                pieces.append(None)
+                continue
+            rows = slice(start, stop)
+            physics = copy.deepcopy(self.physics)
+            for module in physics.modules():
+                for store in (module._buffers, module._parameters):
+                    for name, t in store.items():
+                        if t is not None and t.ndim > 0 and t.shape[0] == b:
+                            store[name] = (nn.Parameter(t[rows], t.requires_grad)
+                                           if isinstance(t, nn.Parameter) else t[rows])
+            with torch.no_grad():
+                try:
+                    ax = physics.A(self.x[rows])
+                except RuntimeError:  # a buffer sliced that was not per-sample
+                    return None
+            if ax.shape != whole[rows].shape or not torch.allclose(ax, whole[rows], rtol=1e-5,
+                                                                   atol=1e-6):
+                return None
+            pieces.append(TaskBatch(self.task, self.y[rows], physics, self.target[rows],
+                                    self.x[rows]))
+        return pieces
 
 
 @dataclass(frozen=True)

@@ -83,11 +83,16 @@ def meta_gradient(
     (and of the learned inner step sizes ``lrs``, if given).
 
     In a distributed run (:mod:`metaprior.distributed`) every rank passes the same meta-batch,
-    computes the tasks of its :func:`~metaprior.distributed.shard`, and the sum is one
-    all-reduce; every rank returns the same total and the records of all tasks (their
-    ``grads`` only for its own tasks)."""
-    mine = distributed.shard(len(batches))
-    own = [batches[i] for i in mine]
+    computes its :func:`~metaprior.distributed.shares` (whole tasks, or with more ranks than
+    tasks a part of one task's batch), and the sum is one all-reduce; every rank returns the
+    same total and the records of all tasks (their ``grads`` only for its own tasks)."""
+    mine, own, weights = [], [], []
+    for i, part, parts in distributed.shares(len(batches)):
+        work = _part(*batches[i], part, parts, config)
+        if work is not None:
+            mine.append(i)
+            own.append(work[:2])
+            weights.append(work[2])
     workers = num_workers(config, len(own))
     if not own:
         results = []
@@ -96,9 +101,49 @@ def meta_gradient(
                    for inner, outer in own]
     else:
         results = _concurrent(model, theta, own, config, workers, lrs)
+    results = [_weighted(r, w) for r, w in zip(results, weights, strict=True)]
     if not distributed.active():
         return sum_hypergradients(results), results
     return _reduce(model, theta, batches, mine, results, lrs)
+
+
+def _part(inner: TaskBatch, outer: TaskBatch, part: int, parts: int, config: MetaConfig
+          ) -> tuple[TaskBatch, TaskBatch, float] | None:
+    """Part ``part`` of ``parts`` of a task's work and its weight in the task's sum, or
+    ``None`` for nothing to do.
+
+    The outer batch is split: the second- and first-order hypergradients are linear in the
+    outer loss, a mean over samples. Joint pre-training, whose loss is a mean over both
+    batches, splits both. The implicit hypergradient is not split: a conjugate-gradient solve
+    of a fixed number of iterations is not linear in its right-hand side, so part 0 computes
+    the task whole, as it does a batch whose operator does not split by sample.
+    """
+    if parts == 1:
+        return inner, outer, 1.0
+    pieces = None
+    if config.objective == "joint":
+        # both batches split with the same weights only when they have the same size
+        if len(inner.y) == len(outer.y):
+            outs, ins = outer.split(parts), inner.split(parts)
+            if outs is not None and ins is not None:
+                pieces = list(zip(ins, outs, strict=True))
+    elif config.hypergradient != "implicit":
+        outs = outer.split(parts)
+        if outs is not None:
+            pieces = [(inner, o) for o in outs]
+    if pieces is None:  # not split: part 0 computes the task whole
+        return (inner, outer, 1.0) if part == 0 else None
+    sub_inner, sub = pieces[part]
+    return None if sub is None else (sub_inner, sub, len(sub.y) / len(outer.y))
+
+
+def _weighted(result: TaskHypergradient, weight: float) -> TaskHypergradient:
+    """A part's hypergradient, losses and numbers scaled by its share of the task's batch."""
+    if weight == 1.0:
+        return result
+    return TaskHypergradient(result.task, {k: g * weight for k, g in result.grads.items()},
+                             result.inner_loss * weight, result.outer_loss * weight,
+                             {k: v * weight for k, v in result.info.items()})
 
 
 #: Per-task numbers exchanged between ranks for the log (besides the losses).
