@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common import write_json
 from metaprior.checkpoint import load_tensors, save_tensors
-from metaprior.table1 import table_rows
+from metaprior.experiments.table1 import table_rows
 
 
 def _visuals(path: str | Path) -> Path:

@@ -44,9 +44,9 @@ from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
 from metaprior.checkpoint import load_model
 from metaprior.data import PatchSampler, bsds500
 from metaprior.evaluate import score
+from metaprior.experiments.table1 import centre_crop, spread
 from metaprior.meta.problem import reconstruct
 from metaprior.metrics import mean_std
-from metaprior.table1 import centre_crop, spread
 from metaprior.tasks import mri_task, sr_task
 
 OUT = RESULTS / "meta_prior_study.json"

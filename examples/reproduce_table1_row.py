@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from metaprior.table1 import PAPER_TABLE1, Table1Config, quick_config, run_table1
+from metaprior.experiments.table1 import PAPER_TABLE1, Table1Config, quick_config, run_table1
 
 
 def main(argv: list[str] | None = None) -> dict:

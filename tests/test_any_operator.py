@@ -113,7 +113,7 @@ def test_a_broken_plugin_is_one_line(tmp_path):
 def test_the_table1_protocol_accepts_any_task():
     """The suite's configuration takes any task the registry resolves (its data protocol: the
     fastMRI knees for mri*, BSDS500 / Set3C otherwise); an unknown name is refused."""
-    from metaprior.table1 import Table1Config
+    from metaprior.experiments.table1 import Table1Config
 
     assert Table1Config(tasks=("sr3", "inpaint-0.7", "mri8")).tasks[0] == "sr3"
     with pytest.raises(ValueError, match="unknown task 'nope'"):

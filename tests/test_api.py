@@ -24,6 +24,23 @@ def test_every_public_name_resolves_and_is_listed():
         mp.nope  # noqa: B018
 
 
+def test_the_library_never_imports_the_experiments():
+    """``metaprior.experiments`` sits on top of the library: no library module imports it
+    (the command line, which dispatches to every part, excepted)."""
+    import ast
+
+    package = Path(mp.__file__).parent
+    for path in package.rglob("*.py"):
+        rel = path.relative_to(package)
+        if rel.parts[0] == "experiments" or rel == Path("cli.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith("metaprior.experiments") for n in names), rel
+
+
 def test_importing_the_package_is_light():
     """``import metaprior`` loads neither deepinv nor the models until a name is used."""
     code = ("import sys, metaprior; assert 'deepinv' not in sys.modules; "

@@ -9,8 +9,15 @@ import math
 import pytest
 import torch
 
-from metaprior.linear import (
+from metaprior.experiments.linear import (
     LinearExperimentConfig,
+    block_errors,
+    exact_inner_config,
+    population_kernel_rows,
+    run_linear_experiment,
+    sweep_num_tasks,
+)
+from metaprior.linear import (
     LinearTasks,
     affine_outer_hessian,
     affine_outer_loss,
@@ -18,9 +25,7 @@ from metaprior.linear import (
     bayes_estimate,
     bayes_estimator,
     bayes_mask_block,
-    block_errors,
     corner_placement,
-    exact_inner_config,
     gradient_support,
     grid_placements,
     hidden_observed_indices,
@@ -30,16 +35,13 @@ from metaprior.linear import (
     mask_inner_solution,
     mask_operator,
     meta_loss,
-    population_kernel_rows,
     range_kernel_projectors,
-    run_linear_experiment,
     sample_gaussian,
     sample_placements,
     square_mask,
     squared_exponential_covariance,
     squares_overlap,
     subsample_pool,
-    sweep_num_tasks,
 )
 from metaprior.meta.inner import adam, sgd
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from metaprior.table1 import INITS
+from metaprior.experiments.table1 import INITS
 
 COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "table1.json"
 
@@ -89,7 +89,7 @@ def test_results_page_is_what_the_report_renders_from_the_committed_json(json_na
     """docs/RESULTS.md's generated tables equal what ``metaprior report`` renders now from
     the committed JSON: a change to the report code or a hand edit of the page fails here
     until ``metaprior report`` is rerun."""
-    from metaprior import report
+    from metaprior.experiments import report
 
     results = json.loads((COMMITTED.parent / json_name).read_text())
     page = (Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md").read_text()
@@ -202,7 +202,7 @@ def test_committed_depth_sweep_structure():
     if not DEPTH.is_file():
         pytest.fail(f"{DEPTH} is missing: run metaprior evaluate --suite depth "
                     f"--suite-config configs/training_tasks_depth.json")
-    from metaprior.report import depth_table
+    from metaprior.experiments.report import depth_table
 
     results = json.loads(DEPTH.read_text())
     check_depth_structure(results, n_images=3)
@@ -223,7 +223,7 @@ def test_scratch_training_resumes_bitwise(tmp_path):
 
     from metaprior.checkpoint import load_tensors
     from metaprior.cli import main
-    from metaprior.table1 import quick_config, train_scratch
+    from metaprior.experiments.table1 import quick_config, train_scratch
 
     config = quick_config(tasks=("sr2",))
     quiet = {"depth": 2, "ckpt_every": 2, "log": lambda *_: None}
@@ -250,8 +250,9 @@ def test_fine_tuning_lr_is_chosen_on_held_out_images_and_cached(monkeypatch):
 
     import torch
 
-    from metaprior import adapt, table1
+    from metaprior import adapt
     from metaprior.adapt import parameters_of
+    from metaprior.experiments import table1
     from metaprior.models import PDNet, PDNetConfig
     from metaprior.tasks import get_task
 
@@ -298,7 +299,7 @@ def test_mri_lr_selection_never_sees_held_out_or_test_slices():
     the held-out slices are not test slices; the protocol's own stream uses all 10."""
     import torch
 
-    from metaprior.table1 import load_task_data, quick_config
+    from metaprior.experiments.table1 import load_task_data, quick_config
 
     data = load_task_data("mri4", quick_config(grid_images=4, max_test_images=0))
     val = [b.target for b in data.val]

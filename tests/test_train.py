@@ -243,3 +243,24 @@ def test_fine_tune_resumed_from_a_state_equals_an_unbroken_run():
     resumed = fine_tune(model, theta, stream(), cfg, start=state)
     assert len(resumed.losses) == 3 and resumed.losses == unbroken.losses[3:]
     assert all(torch.equal(unbroken.params[k], resumed.params[k]) for k in theta)
+
+
+def test_adapt_cli_resumes_a_long_run_bitwise(tmp_path):
+    """``adapt --ckpt-every 2``: a 2-step run extended to 4 with ``--resume`` ends bitwise where
+    an unbroken 4-step run ends (the patch stream replayed); ``--resume`` with another lr, or
+    without a checkpoint, is a one-line error."""
+    train.meta_train(tiny_config(tmp_path / "run", steps=1), progress=False, log=lambda *_: None)
+    imgs = write_pngs(tmp_path / "imgs", size=32)
+    base = ["adapt", "--model", str(tmp_path / "run"), "--images", str(imgs), "--task", "sr2",
+            "--patch-size", "16", "--batch-size", "2", "--ckpt-every", "2", "--no-progress"]
+    main([*base, "--steps", "4", "--out", str(tmp_path / "ref.safetensors")])
+    main([*base, "--steps", "2", "--out", str(tmp_path / "cut.safetensors")])
+    main([*base, "--steps", "4", "--resume", "--out", str(tmp_path / "cut.safetensors")])
+    a, b = (load_tensors(tmp_path / f"{n}.safetensors") for n in ("ref", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert latest_checkpoint(tmp_path / "cut.run").name == "step_0000004"
+    with pytest.raises(SystemExit, match=r"--resume: .* is step 4 of"):
+        main([*base, "--steps", "6", "--lr", "0.5", "--resume", "--out",
+              str(tmp_path / "cut.safetensors")])
+    with pytest.raises(SystemExit, match="--resume: no checkpoint under"):
+        main([*base, "--steps", "2", "--resume", "--out", str(tmp_path / "none.safetensors")])

@@ -37,7 +37,10 @@ _API = {
     "meta_gradient": "metaprior.meta.step",
     # adaptation to a new operator
     "AdaptConfig": "metaprior.adapt", "fine_tune": "metaprior.adapt",
-    "parameters_of": "metaprior.adapt", "load_into": "metaprior.adapt",
+    "fine_tune_run": "metaprior.adapt", "parameters_of": "metaprior.adapt",
+    "load_into": "metaprior.adapt",
+    # scoring
+    "evaluate_method": "metaprior.evaluate",
     # files
     "load_model": "metaprior.checkpoint", "save_model": "metaprior.checkpoint",
     "load_measurements": "metaprior.measurements",

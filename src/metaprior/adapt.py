@@ -7,9 +7,12 @@ with ``prox_lambda=0``.
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -157,6 +160,76 @@ def fine_tune(
         if callback is not None:
             callback(AdaptState(step + 1, phi, state), float(loss))
     return AdaptResult({k: v.detach() for k, v in phi.items()}, losses, snapshots)
+
+
+@dataclass
+class AdaptRunResult(AdaptResult):
+    """An :class:`AdaptResult` of a checkpointed run (its ``losses``: of this call's steps)."""
+
+    seconds: float = 0.0  # wall time of the whole run, earlier calls included
+    resumed_at: int | None = None  # the checkpoint's step, when it resumed one
+
+
+def fine_tune_run(
+    model: nn.Module, theta: Params, next_batch: Callable[[int], TaskBatch],
+    config: AdaptConfig, run_dir: str | Path, recipe: dict, ckpt_every: int = 500,
+    resume: bool = False, callback: Callable[[AdaptState, float], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> AdaptRunResult:
+    """:func:`fine_tune` for long runs: φ and the optimizer state are checkpointed atomically
+    under ``run_dir/checkpoints`` every ``ckpt_every`` steps and at the end, and ``resume``
+    continues the latest checkpoint exactly as an unbroken run would (the stream replayed to
+    where it stopped).
+
+    Args:
+        recipe: what identifies the run, JSON-able (task, data, seed, lr, ...): ``resume``
+            refuses a checkpoint of another recipe, or one past ``config.steps`` (more steps
+            than the first call extend the run).
+        ckpt_every: checkpoint interval in steps (0: at the end only).
+        log: one-line progress messages.
+    """
+    from metaprior import checkpoint as ckpt
+
+    recipe = json.loads(json.dumps({**recipe, "config": _recipe_config(config)}))
+    start, seconds_before = None, 0.0
+    latest = ckpt.latest_checkpoint(run_dir)
+    if resume:
+        if latest is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_dir(run_dir)}")
+        weights, tensors, state = ckpt.load_checkpoint(latest)
+        saved = state.get("recipe", {})
+        if saved != recipe or state.get("step", config.steps + 1) > config.steps:
+            raise ValueError(f"--resume: {latest} is step {state.get('step')} of {saved}, "
+                             f"not of {recipe} with {config.steps} steps (>= its step)")
+        device = next(iter(theta.values())).device
+        start = AdaptState(state["step"], {k: v.to(device) for k, v in weights.items()},
+                           opt_state_from({k: v.to(device) for k, v in tensors.items()},
+                                          state["opt"]))
+        seconds_before = state["seconds"]
+        log(f"resumed from {latest} at step {start.step}")
+    elif latest is not None:
+        log(f"starting afresh: the checkpoints under {ckpt.checkpoint_dir(run_dir)} will be "
+            f"replaced (--resume continues them)")
+    t0 = time.perf_counter()
+
+    def on_step(state: AdaptState, loss: float) -> None:
+        if (ckpt_every and state.step % ckpt_every == 0) or state.step == config.steps:
+            tensors, scalars = opt_state_tensors(state.opt_state)
+            ckpt.save_checkpoint(run_dir, state.step, load_into(model, state.phi), tensors,
+                                 {"step": state.step, "recipe": recipe, "opt": scalars,
+                                  "seconds": seconds_before + time.perf_counter() - t0})
+        if callback is not None:
+            callback(state, loss)
+
+    result = fine_tune(model, theta, next_batch, config, callback=on_step, start=start)
+    return AdaptRunResult(result.params, result.losses, result.snapshots,
+                          seconds_before + time.perf_counter() - t0,
+                          start.step if start is not None else None)
+
+
+def _recipe_config(config: AdaptConfig) -> dict:
+    """The fields of ``config`` a resumed run must keep (all but ``steps``)."""
+    return {k: v for k, v in asdict(config).items() if k != "steps"}
 
 
 def load_into(model: nn.Module, params: Params) -> nn.Module:

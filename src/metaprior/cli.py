@@ -130,12 +130,14 @@ def args_peak(batch) -> float | str:
 
 
 def cmd_adapt(args) -> None:
-    from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
+    from metaprior.adapt import AdaptConfig, fine_tune, fine_tune_run, parameters_of
     from metaprior.checkpoint import load_model, save_model
     from metaprior.measurements import load_measurements
     from metaprior.tasks import get_task
 
     check_output_file(args.out, "--out", ".safetensors")
+    if args.ckpt_every < 0:
+        raise ValueError(f"--ckpt-every must be >= 0 (0: no checkpoints), got {args.ckpt_every}")
     if (args.images is None) == (args.measurements is None):
         raise ValueError("give exactly one of --images DIR or --measurements FILE")
     if args.steps < 1:
@@ -172,10 +174,21 @@ def cmd_adapt(args) -> None:
     with tqdm(total=config.steps, desc="adapt", unit="step", disable=args.no_progress,
               dynamic_ncols=True) as bar:
         def progress(state, loss):
+            bar.n = state.step
             bar.set_postfix(loss=f"{loss:.4g}")
-            bar.update(1)
+            bar.refresh()
 
-        result = fine_tune(model, theta, next_batch, config, callback=progress)
+        if args.ckpt_every or args.resume:
+            recipe = {"model": args.model, "task": task_name, "seed": args.seed,
+                      "data": ({"measurements": args.measurements} if args.measurements else
+                               {"images": args.images, "patch_size": args.patch_size,
+                                "batch_size": args.batch_size, "color": args.color})}
+            result = fine_tune_run(model, theta, next_batch, config,
+                                   Path(args.out).with_name(Path(args.out).stem + ".run"),
+                                   recipe, args.ckpt_every, args.resume, callback=progress,
+                                   log=bar.write)
+        else:
+            result = fine_tune(model, theta, next_batch, config, callback=progress)
     if evaluation is not None:
         print(f"after {config.steps} {config.loss} steps: "
               f"{_psnr_line(model, result.params, evaluation)}")
@@ -256,6 +269,12 @@ def _add_io(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="with --images (default 8)")
     p.add_argument("--color", action="store_true", help="with --images: keep RGB")
     p.add_argument("--out", required=True, help="adapted model .safetensors")
+    p.add_argument("--ckpt-every", type=int, default=0,
+                   help="for long runs: checkpoint the adapted weights and optimizer state every "
+                   "N steps under <out stem>.run/checkpoints (default 0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest checkpoint under <out stem>.run/checkpoints, exactly "
+                   "as an unbroken run (same model, data, loss and lr; --steps may grow)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
     p.set_defaults(func=cmd_adapt)
@@ -282,7 +301,7 @@ def _table1_config(args):
     from dataclasses import replace
 
     from metaprior.config import load_config_file, replace_from_dict
-    from metaprior.table1 import Table1Config, quick_config
+    from metaprior.experiments.table1 import Table1Config, quick_config
 
     config = quick_config() if args.quick else Table1Config()
     overrides = load_config_file(args.suite_config) if args.suite_config else {}
@@ -300,12 +319,11 @@ def _table1_config(args):
 
 
 #: Where each JSON-writing suite puts its results when --out is not given.
-SUITE_OUT = {"table1": "benchmarks/results/table1.json",
-             "depth": "benchmarks/results/training_tasks_depth.json"}
+SUITE_OUT = {"table1": "runs/table1.json", "depth": "runs/training_tasks_depth.json"}
 
 
 def cmd_evaluate_suite(args) -> None:
-    from metaprior.table1 import run_depth_sweep, run_table1, train_scratch
+    from metaprior.experiments.table1 import run_depth_sweep, run_table1, train_scratch
 
     config = _table1_config(args)
     if args.suite == "scratch":
@@ -318,15 +336,13 @@ def cmd_evaluate_suite(args) -> None:
         print(f"wrote {path}")
         return
     out = args.out or SUITE_OUT[args.suite]
+    check_output_file(out, "--out", ".json")
     if args.suite == "depth":
         results = run_depth_sweep(config, out, args.data_root, args.device)
     else:
         results = run_table1(config, out, args.data_root, args.device, args.grid_cache)
-    # A JSON at a non-default path gets its own figure folder and no RESULTS.md rewrite, so a
-    # partial table never replaces the committed one.
-    target = "" if args.out is None else f" --figures runs/{Path(out).stem}_figures --markdown ''"
     print(f"wrote {out} ({results['wall_seconds'] / 60:.1f} min); "
-          f"figures: metaprior report --results {out}{target}")
+          f"figures: metaprior report --results {out}")
 
 
 def cmd_evaluate(args) -> None:
@@ -370,22 +386,23 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from metaprior.report import write_report
+    from metaprior.experiments.report import write_report
 
-    if not Path(args.results).is_file():
+    results = Path(args.results)
+    if not results.is_file():
         raise FileNotFoundError(f"--results {args.results} does not exist: run "
                                 f"metaprior evaluate --suite table1 (or --suite depth) first")
+    figures = args.figures or str(results.with_name(results.stem + "_figures"))
     target = f"the table in {args.markdown} and " if args.markdown else ""
-    print(f"rewriting {target}the figures in {args.figures}/ from {args.results} (--markdown '' "
-          f"and --figures DIR write elsewhere)")
-    for path in write_report(args.results, args.figures, args.markdown or None):
+    print(f"rewriting {target}the figures in {figures}/ from {args.results}")
+    for path in write_report(results, figures, args.markdown or None):
         print(f"wrote {path}")
 
 
 def cmd_linear(args) -> None:
     from dataclasses import replace
 
-    from metaprior.linear import (
+    from metaprior.experiments.linear import (
         LinearExperimentConfig,
         exact_inner_config,
         run_linear_experiment,
@@ -442,10 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "meta-models listed as depth_models in --suite-config scored on T1-T4 "
                    "(Set3C), theta and one inner step")
     g.add_argument("--out", default=None,
-                   help="suite results JSON (default benchmarks/results/table1.json, or "
-                   "benchmarks/results/training_tasks_depth.json for --suite depth); table1 "
-                   "also writes the first test image of every method to "
-                   "<stem>_visuals.safetensors")
+                   help="suite results JSON (default runs/table1.json, or "
+                   "runs/training_tasks_depth.json for --suite depth); table1 also writes the "
+                   "first test image of every method to <stem>_visuals.safetensors")
     g.add_argument("--grid-cache", default=None,
                    help="JSON of grid-search choices to reuse and update (e.g. "
                    "benchmarks/results/table1_grid.json)")
@@ -461,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table1: comma-separated TASK=MODEL from-scratch PDNets to score as "
                    "the paper's PDNet column (e.g. sr2=runs/scratch-sr2.safetensors)")
     g.add_argument("--suite-config", default=None,
-                   help="JSON of Table1Config overrides (see metaprior.table1.Table1Config)")
+                   help="JSON of Table1Config overrides (see "
+                   "metaprior.experiments.table1.Table1Config)")
     g.add_argument("--quick", action="store_true",
                    help="smoke-sized protocol: 2 steps, 1 test image, 1 grid image")
     _common(p)
@@ -469,14 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild the Table 1 figures (fine-tuning curves, "
                        "visual comparisons) and the RESULTS.md table from the suite's JSON "
                        "(or, from a --suite depth JSON, the Fig. 3 depth plot and its table)")
-    p.add_argument("--results", default="benchmarks/results/table1.json",
-                   help="suite JSON (default benchmarks/results/table1.json; "
-                   "benchmarks/results/training_tasks_depth.json for Fig. 3 across depths)")
-    p.add_argument("--figures", default="docs/figures", help="figure folder (default "
-                   "docs/figures)")
-    p.add_argument("--markdown", default="docs/RESULTS.md",
-                   help="markdown file whose table1 (or depth) section is rewritten ('' to "
-                   "skip; default docs/RESULTS.md)")
+    p.add_argument("--results", required=True,
+                   help="the JSON of metaprior evaluate --suite table1 (or --suite depth)")
+    p.add_argument("--figures", default=None,
+                   help="figure folder (default: <results stem>_figures beside the JSON)")
+    p.add_argument("--markdown", default=None,
+                   help="also rewrite the table1 (or depth) section between its markers in "
+                   "this markdown file (e.g. docs/RESULTS.md; default: none)")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("linear", help="linear Gaussian toy of the paper's Sec. 3: meta-train θy on "

@@ -1,13 +1,14 @@
-"""Evaluation helpers: reconstruct a set of images for a task and score them."""
+"""Evaluation: reconstruct a set of images for a task and score them (PSNR, SSIM, time)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from metaprior.metrics import mean_std, psnr
+from metaprior.metrics import mean_std, psnr, ssim
 from metaprior.tasks import Task, TaskBatch
 
 #: A reconstruction method: TaskBatch -> (B, C, H, W) estimate.
@@ -25,10 +26,40 @@ def task_batches(task: Task, images: Sequence[Tensor], seed: int = 0) -> list[Ta
     return [task.sample(im.unsqueeze(0), g) for im in images]
 
 
-@torch.no_grad()
+def evaluate_method(method: Method, batches: Sequence[TaskBatch], peak: float | str = 1.0,
+                    keep_first: bool = False) -> dict:
+    """PSNR and SSIM of ``method`` per image, seconds per batch, and (with ``keep_first``) its
+    first output.
+
+    Args:
+        method: ``TaskBatch -> (B, C, H, W)`` estimate.
+        batches: the test batches (one image each, or a few).
+        peak: data range of the metrics: a number, or ``"max"`` for each target's maximum.
+
+    Returns:
+        ``{"psnr": [...], "ssim": [...], "sec_per_image": float}`` (+ ``"first"``: the first
+        output, on the CPU); a non-finite output raises ``FloatingPointError``.
+    """
+    out: dict = {"psnr": [], "ssim": []}
+    seconds = 0.0
+    with torch.no_grad():
+        for i, b in enumerate(batches):
+            t0 = time.perf_counter()
+            x_hat = method(b)
+            seconds += time.perf_counter() - t0
+            if not bool(torch.isfinite(x_hat).all()):
+                raise FloatingPointError("a method returned non-finite values")
+            out["psnr"] += psnr(x_hat, b.target, peak).tolist()
+            out["ssim"] += ssim(x_hat, b.target, peak).tolist()
+            if keep_first and i == 0:
+                out["first"] = x_hat.detach().cpu()
+    out["sec_per_image"] = seconds / max(len(batches), 1)
+    return out
+
+
 def score(method: Method, batches: Sequence[TaskBatch], peak: float | str = 1.0) -> list[float]:
-    """PSNR (dB, data range ``peak``) of ``method`` on every batch, per image."""
-    return [float(v) for b in batches for v in psnr(method(b), b.target, peak)]
+    """PSNR (dB, data range ``peak``) of ``method`` per image (:func:`evaluate_method`)."""
+    return evaluate_method(method, batches, peak)["psnr"]
 
 
 def summarize(values: Sequence[float]) -> str:

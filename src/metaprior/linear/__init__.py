@@ -1,4 +1,8 @@
-"""Closed-form linear theory of the paper (§3): Bayes estimator, Gaussian toy, bilevel model."""
+"""Closed-form linear theory of the paper (§3): Bayes estimator, Gaussian toy, bilevel model.
+
+The experiment built on it (Fig. 2 and the task-count sweep) is
+:mod:`metaprior.experiments.linear`.
+"""
 
 from __future__ import annotations
 
@@ -26,14 +30,6 @@ from metaprior.linear.bilevel import (
     supervised_loss,
     unsupervised_loss,
 )
-from metaprior.linear.experiment import (
-    LinearExperimentConfig,
-    block_errors,
-    exact_inner_config,
-    population_kernel_rows,
-    run_linear_experiment,
-    sweep_num_tasks,
-)
 from metaprior.linear.gaussian import (
     Placement,
     area_a_placements,
@@ -51,7 +47,6 @@ from metaprior.linear.gaussian import (
 
 __all__ = [
     "AffineMap",
-    "LinearExperimentConfig",
     "LinearTasks",
     "Placement",
     "affine_inner_map",
@@ -61,9 +56,7 @@ __all__ = [
     "bayes_estimate",
     "bayes_estimator",
     "bayes_mask_block",
-    "block_errors",
     "corner_placement",
-    "exact_inner_config",
     "gradient_support",
     "grid_placements",
     "hidden_observed_indices",
@@ -75,9 +68,7 @@ __all__ = [
     "mask_inner_solution",
     "mask_operator",
     "meta_loss",
-    "population_kernel_rows",
     "range_kernel_projectors",
-    "run_linear_experiment",
     "sample_gaussian",
     "sample_placements",
     "square_mask",
@@ -86,6 +77,5 @@ __all__ = [
     "subsample_pool",
     "subspace_bases",
     "supervised_loss",
-    "sweep_num_tasks",
     "unsupervised_loss",
 ]

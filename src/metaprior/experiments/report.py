@@ -1,5 +1,5 @@
 r"""Figures and the markdown table of Table 1, rebuilt from the suite's JSON
-(:mod:`metaprior.table1`) without re-running anything.
+(:mod:`metaprior.experiments.table1`) without re-running anything.
 
 * ``finetune_curves_<task>.png``: PSNR vs fine-tuning steps for the meta-models, joint
   pre-training and random initialisation, supervised and unsupervised (the paper's Fig. B.2),

@@ -37,8 +37,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from metaprior.evaluate import evaluate_method
 from metaprior.meta.problem import reconstruct
-from metaprior.metrics import mean_std, psnr, ssim
+from metaprior.metrics import mean_std
 from metaprior.tasks import TaskBatch, get_task
 
 #: Table 1 of the paper (dB, mean ± std), for the side-by-side report.
@@ -228,26 +229,6 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
 
 
 # --- scoring -------------------------------------------------------------------------------
-
-def evaluate_method(method: Callable[[TaskBatch], Tensor], batches: Sequence[TaskBatch],
-                    peak: float | str, keep_first: bool = False) -> dict:
-    """PSNR and SSIM per test image, seconds per image, and (optionally) the first output."""
-    out: dict = {"psnr": [], "ssim": []}
-    seconds = 0.0
-    with torch.no_grad():
-        for i, b in enumerate(batches):
-            t0 = time.perf_counter()
-            x_hat = method(b)
-            seconds += time.perf_counter() - t0
-            if not bool(torch.isfinite(x_hat).all()):
-                raise FloatingPointError("a method returned non-finite values")
-            out["psnr"] += psnr(x_hat, b.target, peak).tolist()
-            out["ssim"] += ssim(x_hat, b.target, peak).tolist()
-            if keep_first and i == 0:
-                out["first"] = x_hat.detach().cpu()
-    out["sec_per_image"] = seconds / max(len(batches), 1)
-    return out
-
 
 def _summary(record: dict) -> dict:
     m, s = mean_std(record["psnr"])
@@ -668,70 +649,33 @@ def train_scratch(task_name: str, config: Table1Config, steps: int, out: str | P
     initialisation on ``task_name``'s fine-tuning stream (the one Table 1 fine-tunes on),
     supervised Adam at ``config.scratch_lr``; written to ``out`` (.safetensors).
 
-    Every ``ckpt_every`` steps and at the end, φ and the Adam state are checkpointed
-    atomically under ``<out stem>.run/checkpoints``; ``resume`` continues the latest one (the
-    same task, lr, seed, depth and stream; ``steps`` may exceed the first run's, to extend it)
-    exactly as an unbroken run would, the fine-tuning stream replayed to where it stopped.
+    It is a long supervised adaptation run (:func:`metaprior.adapt.fine_tune_run`), checkpointed
+    under ``<out stem>.run/checkpoints``; ``resume`` continues the latest checkpoint (the same
+    task, lr, seed, depth and stream; ``steps`` may exceed the first run's, to extend it).
     """
-    from metaprior import checkpoint as ckpt
-    from metaprior.adapt import (
-        AdaptConfig,
-        AdaptState,
-        fine_tune,
-        load_into,
-        opt_state_from,
-        opt_state_tensors,
-    )
+    from metaprior.adapt import AdaptConfig, fine_tune_run
+    from metaprior.checkpoint import save_model
     from metaprior.models import PDNet, PDNetConfig
 
     if steps < 1:
         raise ValueError(f"--scratch-steps must be >= 1, got {steps}")
     out = Path(out)
-    run_dir = out.with_name(out.stem + ".run")
-    recipe = {"task": task_name, "lr": config.scratch_lr, "seed": config.seed, "depth": depth,
+    recipe = {"task": task_name, "seed": config.seed, "depth": depth,
               "stream": [config.batch, config.patch_size, config.mri_batch]}
-    start, seconds_before = None, 0.0
-    latest = ckpt.latest_checkpoint(run_dir)
-    if resume:
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_dir(run_dir)}")
-        weights, tensors, state = ckpt.load_checkpoint(latest)
-        saved = state.get("recipe", {})
-        if saved != recipe or state.get("step", steps + 1) > steps:
-            raise ValueError(f"--resume: {latest} is step {state.get('step')} of {saved}, "
-                             f"not of {recipe} with --scratch-steps {steps} (>= its step)")
-        start = AdaptState(state["step"], {k: v.to(device) for k, v in weights.items()},
-                           opt_state_from({k: v.to(device) for k, v in tensors.items()},
-                                          state["opt"]))
-        seconds_before = state["seconds"]
-        log(f"  resumed from {latest} at step {start.step}")
-    elif latest is not None:
-        log(f"  starting afresh: the checkpoints under {ckpt.checkpoint_dir(run_dir)} will be "
-            f"replaced (--resume continues them)")
     data = load_task_data(task_name, replace(config, max_test_images=1), data_root, device)
     model = PDNet(PDNetConfig(depth=depth)).to(device)
     theta = _random_init(model, config.seed + 7)
-    t0 = time.perf_counter()
 
-    def elapsed() -> float:
-        return seconds_before + time.perf_counter() - t0
-
-    def on_step(state: AdaptState, loss: float) -> None:
+    def progress(state, loss: float) -> None:
         if state.step % 100 == 0 or state.step == steps:
-            log(f"  {task_name} scratch step {state.step}/{steps} loss {loss:.3e} "
-                f"({elapsed():.0f} s)")
-        if ckpt_every and (state.step % ckpt_every == 0 or state.step == steps):
-            tensors, scalars = opt_state_tensors(state.opt_state)
-            ckpt.save_checkpoint(run_dir, state.step, load_into(model, state.phi), tensors,
-                                 {"step": state.step, "recipe": recipe, "opt": scalars,
-                                  "seconds": elapsed()})
+            log(f"  {task_name} scratch step {state.step}/{steps} loss {loss:.3e}")
 
-    result = fine_tune(model, theta, data.stream(),
-                       AdaptConfig(steps=steps, lr=config.scratch_lr, loss="supervised"),
-                       callback=on_step, start=start)
+    run = fine_tune_run(model, theta, data.stream(),
+                        AdaptConfig(steps=steps, lr=config.scratch_lr, loss="supervised"),
+                        out.with_name(out.stem + ".run"), recipe, ckpt_every, resume,
+                        callback=progress, log=lambda line: log(f"  {line}"))
     meta = {"scratch": {"task": task_name, "steps": steps, "lr": config.scratch_lr,
-                        "seed": config.seed, "seconds": elapsed(),
-                        "data": data.about["finetune"],
-                        "resumed_at": start.step if start else None},
+                        "seed": config.seed, "seconds": run.seconds,
+                        "data": data.about["finetune"], "resumed_at": run.resumed_at},
             "meta_config": {"inner_steps": 0, "inner_lr": config.scratch_lr}}
-    return ckpt.save_model(out, model, result.params, metadata=meta)
+    return save_model(out, model, run.params, metadata=meta)
