@@ -71,11 +71,18 @@ def _worker(rank: int, world: int, port: int, out: str, which: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
+    from metaprior import distributed
     from metaprior.meta.step import meta_gradient
 
     model, batches = _problem(which)
     theta = dict(model.named_parameters())
-    result = {}
+    result = {"inner_sums": 0}
+    real = distributed.task_group_sum
+
+    def counted(*a, **kw):
+        result["inner_sums"] += 1
+        return real(*a, **kw)
+    distributed.task_group_sum = counted
     for mode, cfg in _modes().items():
         total, records = meta_gradient(model, theta, batches, cfg)
         result[mode] = {"total": {k: v.tolist() for k, v in total.items()},
@@ -99,6 +106,9 @@ def test_ranks_give_the_one_process_hypergradient(tmp_path, which, world):
     theta = dict(model.named_parameters())
     for rank in range(world):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        # 3 ranks, 2 tasks: ranks 0 and 2 share the inpainting task's inner batch (one sum per
+        # inner step of maml, first_order and the θ-scored maml)
+        assert got["inner_sums"] == (3 if which == "batch" and rank != 1 else 0)
         for mode, cfg in _modes().items():
             total, records = meta_gradient(model, theta, batches, cfg)
             other = {k: torch.tensor(got[mode]["total"][k], dtype=torch.float64)
@@ -199,9 +209,10 @@ def test_a_meta_batch_may_repeat_a_task_family(tmp_path):
 
 @pytest.mark.parametrize("parts", [2, 3, 5])
 def test_the_parts_of_a_task_sum_to_its_hypergradient(parts):
-    """Whatever the number of parts (more than the batch's 3 samples included: empty parts
-    do nothing), the weighted parts of every task sum to its hypergradient and losses, for
-    every objective; an implicit task is computed whole by part 0."""
+    """In one process (no inner-batch sharing), whatever the number of parts (more than the
+    batch's 3 samples included: empty parts do nothing), the weighted parts of every task sum
+    to its hypergradient and losses, for every objective; an implicit task is computed whole
+    by part 0."""
     from metaprior.meta.step import _part, _weighted, task_hypergradient
 
     model, batches = _problem("batch")
@@ -209,10 +220,11 @@ def test_the_parts_of_a_task_sum_to_its_hypergradient(parts):
     for mode, cfg in _modes().items():
         for inner, outer in batches:
             whole = task_hypergradient(model, theta, inner, outer, cfg)
-            work = [w for w in (_part(inner, outer, k, parts, cfg) for k in range(parts)) if w]
+            work = [w for w in (_part(inner, outer, 0, 1, k, parts, cfg)
+                                for k in range(parts)) if w]
             assert len(work) == (1 if mode == "implicit" else min(parts, 3))
-            got = [_weighted(task_hypergradient(model, theta, i, o, cfg), w)
-                   for i, o, w in work]
+            got = [_weighted(task_hypergradient(model, theta, i, o, cfg, share=share), w)
+                   for i, o, w, share in work]
             total = {k: sum(r.grads[k] for r in got) for k in whole.grads}
             error = torch.cat([(total[k] - g).reshape(-1) for k, g in whole.grads.items()])
             norm = torch.cat([g.reshape(-1) for g in whole.grads.values()]).norm()

@@ -4,11 +4,10 @@ The outer step is a sum over tasks, :math:`\nabla_\theta \sum_i \mathcal L_{\rm 
 (\phi_i(\theta))` (eq. 2 of the paper), so it splits exactly: rank :math:`r` of :math:`R`
 computes the hypergradients of tasks :math:`i \equiv r \pmod R` of the meta-batch, one
 all-reduce sums them, and every rank applies the same outer Adam update to the same θ. With
-more ranks than tasks, a task's outer batch is split between the ranks that share it: its
-outer loss is a mean over samples, and each hypergradient (second-order, first-order,
-implicit) is linear in the outer loss, so the parts' hypergradients, weighted by their share
-of the batch, sum to the task's (:func:`shares`). The inner step is then repeated on each
-rank of the task.
+more ranks than tasks, the ranks that share a task split its batches (:func:`shares`): each
+takes the inner step of the whole inner batch from its part's weighted gradient summed over
+those ranks (:func:`task_group_sum`, differentiated in the backward pass), and scores its
+part of the outer batch; the parts' weighted hypergradients sum to the task's.
 
 Every rank draws the *whole* meta-batch from the run's seeded streams (drawing is cheap next
 to a hypergradient) and keeps its share. So the tasks, images, masks and noise of step
@@ -147,7 +146,7 @@ def shares(n: int) -> list[tuple[int, int, int]]:
     With :math:`R \le n` ranks, rank :math:`r` computes the whole of tasks
     :math:`i \equiv r \pmod R` (``part 0 of 1``). With more ranks than tasks, the ranks
     :math:`r \equiv i \pmod n` share task :math:`i`: rank :math:`r` computes part
-    :math:`\lfloor r / n \rfloor` of its outer batch (:meth:`~metaprior.tasks.TaskBatch.split`),
+    :math:`\lfloor r / n \rfloor` of its batches (:meth:`~metaprior.tasks.TaskBatch.split`),
     so no rank idles.
     """
     r, world = rank(), world_size()
@@ -155,6 +154,34 @@ def shares(n: int) -> list[tuple[int, int, int]]:
         return [(i, 0, 1) for i in range(r, n, world)]
     i = r % n
     return [(i, r // n, len(range(i, world, n)))]
+
+
+#: Process groups of the ranks that share each task, per number of tasks (see :func:`shares`).
+_TASK_GROUPS: dict[int, list] = {}
+
+
+def task_group_sum(tensors: dict[str, torch.Tensor], task: int, tasks: int
+                   ) -> dict[str, torch.Tensor]:
+    r""":math:`\sum` of every tensor over the ranks that share task ``task`` of ``tasks``
+    (more ranks than tasks), in one all-reduce that autograd differentiates: its backward
+    pass sums the incoming gradients over the same ranks."""
+    from torch.distributed.nn.functional import all_reduce
+
+    if tasks not in _TASK_GROUPS:  # collective: every rank creates every group, in order
+        _TASK_GROUPS[tasks] = [dist.new_group(list(range(i, world_size(), tasks)))
+                               for i in range(tasks)]
+    names = list(tensors)
+    flat = torch.cat([tensors[k].reshape(-1) for k in names])
+    try:
+        flat = all_reduce(flat, op=dist.ReduceOp.SUM, group=_TASK_GROUPS[tasks][task])
+    except RuntimeError as e:
+        raise PeerLostError(_lost(e)) from None
+    out, offset = {}, 0
+    for k in names:
+        n = tensors[k].numel()
+        out[k] = flat[offset:offset + n].view_as(tensors[k])
+        offset += n
+    return out
 
 
 def all_reduce_sum(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,6 +14,9 @@ of the same task.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -65,18 +68,36 @@ def inner_loss(
     return loss
 
 
+@dataclass(frozen=True)
+class BatchShare:
+    r"""This process's share of a task's inner batch in a distributed run: its samples carry
+    ``weight`` (their fraction of the batch), and ``reduce`` sums a dict of tensors over the
+    processes that share the task, differentiably, so that every one of them takes the inner
+    step of the whole batch, :math:`g = \sum_r w_r \nabla\mathcal L_{\rm inner}(\phi;
+    \mathcal D_r)`."""
+
+    weight: float
+    reduce: Callable[[Params], Params]
+
+
 def inner_step(
     model: nn.Module, phi: Params, theta: Params, state: OptState, batch: TaskBatch,
     opt: InnerOptimizer, kind: str, prox_lambda: float, create_graph: bool = False,
+    share: BatchShare | None = None,
 ) -> tuple[Params, OptState, Tensor]:
-    """One optimizer step on the inner loss. Returns (new params, new state, loss before)."""
+    """One optimizer step on the inner loss. Returns (new params, new state, loss before;
+    with ``share``, this part's loss times its weight)."""
     loss = inner_loss(model, phi, theta, batch, kind, prox_lambda)
+    if share is not None:
+        loss = share.weight * loss
     names = [k for k, p in phi.items() if p.requires_grad]
     grads = torch.autograd.grad(loss, [phi[k] for k in names], create_graph=create_graph,
                                 allow_unused=True)
     # λ_K of the last layer never reaches the output: its gradient is zero.
     grads = {k: torch.zeros_like(phi[k]) if g is None else g
              for k, g in zip(names, grads, strict=True)}
+    if share is not None:
+        grads = share.reduce(grads)
     updates, state = opt.update(grads, state, phi)
     if not create_graph:
         updates = {k: u.detach() for k, u in updates.items()}
@@ -88,12 +109,13 @@ def inner_step(
 
 def inner_adapt(
     model: nn.Module, theta: Params, batch: TaskBatch, config: MetaConfig,
-    create_graph: bool, lrs: LearningRate | None = None,
+    create_graph: bool, lrs: LearningRate | None = None, share: BatchShare | None = None,
 ) -> tuple[Params, float]:
     r"""K inner steps from :math:`\phi_0 = \theta` on ``batch``. Returns :math:`\phi_K` and the
     inner loss at :math:`\phi_0`. With ``create_graph`` the result depends differentiably on
     ``theta`` (and on the step sizes ``lrs``, default ``config.inner_lr``); otherwise every step
-    is detached (constant memory in K)."""
+    is detached (constant memory in K). With ``share``, ``batch`` is this process's part of the
+    task's inner batch and the steps are those of the whole batch (:class:`BatchShare`)."""
     opt = make_inner_optimizer(config.inner_optimizer, config.inner_lr if lrs is None else lrs)
     anchor = theta if create_graph else {k: v.detach() for k, v in theta.items()}
     phi = theta if create_graph else {k: v.detach().requires_grad_(True) for k, v in
@@ -102,7 +124,8 @@ def inner_adapt(
     first = None
     for _ in range(config.inner_steps):
         phi, state, loss = inner_step(model, phi, anchor, state, batch, opt, config.inner_loss,
-                                      config.prox_lambda, create_graph=create_graph)
+                                      config.prox_lambda, create_graph=create_graph,
+                                      share=share)
         first = float(loss) if first is None else first
     return phi, first
 

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 from torch import nn
@@ -23,7 +24,13 @@ from metaprior import distributed
 from metaprior.meta.config import INNER_LR_PREFIX, MetaConfig
 from metaprior.meta.implicit import implicit_hypergradient
 from metaprior.meta.joint import joint_gradient
-from metaprior.meta.maml import TaskHypergradient, first_order_hypergradient, maml_hypergradient
+from metaprior.meta.maml import (
+    TaskHypergradient,
+    TaskShare,
+    first_order_hypergradient,
+    maml_hypergradient,
+)
+from metaprior.meta.problem import BatchShare
 from metaprior.tasks import TaskBatch
 from metaprior.typing import Params
 
@@ -36,15 +43,20 @@ _MODES = {
 
 def task_hypergradient(
     model: nn.Module, theta: Params, inner_batch: TaskBatch, outer_batch: TaskBatch,
-    config: MetaConfig, lrs: Params | None = None,
+    config: MetaConfig, lrs: Params | None = None, share: TaskShare | None = None,
 ) -> TaskHypergradient:
     """The hypergradient of one task by ``config.hypergradient`` (with learned inner step sizes
     ``lrs``: second-order MAML, which also differentiates them), or with
-    ``config.objective == "joint"`` the joint pre-training gradient."""
+    ``config.objective == "joint"`` the joint pre-training gradient. ``share``: this process's
+    part of a task shared across processes (second- and first-order MAML)."""
     if config.objective == "joint":
         return joint_gradient(model, theta, inner_batch, outer_batch, config)
     if lrs is not None:
-        return maml_hypergradient(model, theta, inner_batch, outer_batch, config, lrs=lrs)
+        return maml_hypergradient(model, theta, inner_batch, outer_batch, config, lrs=lrs,
+                                  share=share)
+    if share is not None:
+        return _MODES[config.hypergradient](model, theta, inner_batch, outer_batch, config,
+                                            share=share)
     return _MODES[config.hypergradient](model, theta, inner_batch, outer_batch, config)
 
 
@@ -86,19 +98,20 @@ def meta_gradient(
     computes its :func:`~metaprior.distributed.shares` (whole tasks, or with more ranks than
     tasks a part of one task's batch), and the sum is one all-reduce; every rank returns the
     same total and the records of all tasks (their ``grads`` only for its own tasks)."""
-    mine, own, weights = [], [], []
+    mine, own, weights, task_shares = [], [], [], []
     for i, part, parts in distributed.shares(len(batches)):
-        work = _part(*batches[i], part, parts, config)
+        work = _part(*batches[i], i, len(batches), part, parts, config)
         if work is not None:
             mine.append(i)
             own.append(work[:2])
             weights.append(work[2])
+            task_shares.append(work[3])
     workers = num_workers(config, len(own))
     if not own:
         results = []
-    elif workers == 1:
-        results = [task_hypergradient(model, theta, inner, outer, config, lrs)
-                   for inner, outer in own]
+    elif workers == 1 or any(task_shares):
+        results = [task_hypergradient(model, theta, inner, outer, config, lrs, share)
+                   for (inner, outer), share in zip(own, task_shares, strict=True)]
     else:
         results = _concurrent(model, theta, own, config, workers, lrs)
     results = [_weighted(r, w) for r, w in zip(results, weights, strict=True)]
@@ -107,34 +120,44 @@ def meta_gradient(
     return _reduce(model, theta, batches, mine, results, lrs)
 
 
-def _part(inner: TaskBatch, outer: TaskBatch, part: int, parts: int, config: MetaConfig
-          ) -> tuple[TaskBatch, TaskBatch, float] | None:
-    """Part ``part`` of ``parts`` of a task's work and its weight in the task's sum, or
+def _part(inner: TaskBatch, outer: TaskBatch, task: int, tasks: int, part: int, parts: int,
+          config: MetaConfig) -> tuple[TaskBatch, TaskBatch, float, TaskShare | None] | None:
+    """Part ``part`` of ``parts`` of task ``task``'s work: its batches, the weight that scales
+    its result afterwards, and the :class:`TaskShare` its hypergradient is computed with; or
     ``None`` for nothing to do.
 
-    The outer batch is split: the second- and first-order hypergradients are linear in the
-    outer loss, a mean over samples. Joint pre-training, whose loss is a mean over both
-    batches, splits both. The implicit hypergradient is not split: a conjugate-gradient solve
-    of a fixed number of iterations is not linear in its right-hand side, so part 0 computes
-    the task whole, as it does a batch whose operator does not split by sample.
+    Second- and first-order MAML split both batches: the inner step of the whole inner batch
+    comes from the parts' weighted gradients summed across the task's ranks
+    (:func:`~metaprior.distributed.task_group_sum`), and each part scores its share of the
+    outer batch, a mean over samples. Where the inner batch has fewer samples than parts,
+    only the outer batch is split and each rank repeats the inner step. Joint pre-training,
+    a mean over both batches, splits both. The implicit hypergradient is not split: a
+    conjugate-gradient solve of a fixed number of iterations is not linear in its right-hand
+    side, so part 0 computes the task whole, as it does a batch whose operator does not split
+    by sample.
     """
     if parts == 1:
-        return inner, outer, 1.0
-    pieces = None
+        return inner, outer, 1.0, None
+    outs = outer.split(parts) if config.hypergradient != "implicit" or (
+        config.objective == "joint") else None
+    if outs is None:  # not split: part 0 computes the task whole
+        return (inner, outer, 1.0, None) if part == 0 else None
     if config.objective == "joint":
-        # both batches split with the same weights only when they have the same size
-        if len(inner.y) == len(outer.y):
-            outs, ins = outer.split(parts), inner.split(parts)
-            if outs is not None and ins is not None:
-                pieces = list(zip(ins, outs, strict=True))
-    elif config.hypergradient != "implicit":
-        outs = outer.split(parts)
-        if outs is not None:
-            pieces = [(inner, o) for o in outs]
-    if pieces is None:  # not split: part 0 computes the task whole
-        return (inner, outer, 1.0) if part == 0 else None
-    sub_inner, sub = pieces[part]
-    return None if sub is None else (sub_inner, sub, len(sub.y) / len(outer.y))
+        ins = inner.split(parts) if len(inner.y) == len(outer.y) else None
+        if ins is None:
+            return (inner, outer, 1.0, None) if part == 0 else None
+        return None if outs[part] is None else (ins[part], outs[part],
+                                                len(outs[part].y) / len(outer.y), None)
+    ins = inner.split(parts) if distributed.active() else None
+    if ins is not None and None not in ins and None not in outs:
+        share = TaskShare(len(outs[part].y) / len(outer.y),
+                          BatchShare(len(ins[part].y) / len(inner.y),
+                                     partial(distributed.task_group_sum, task=task,
+                                             tasks=tasks)))
+        return ins[part], outs[part], 1.0, share
+    if outs[part] is None:
+        return None
+    return inner, outs[part], 1.0, TaskShare(len(outs[part].y) / len(outer.y))
 
 
 def _weighted(result: TaskHypergradient, weight: float) -> TaskHypergradient:
