@@ -131,15 +131,17 @@ def _torchrun(nproc: int, args: list[str], **kw) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
 
 
-def test_torchrun_meta_training_equals_one_process(tmp_path):
+@pytest.mark.parametrize("tasks", [[], ["--tasks", "inpaint"]], ids=["4-tasks", "1-task"])
+def test_torchrun_meta_training_equals_one_process(tmp_path, tasks):
     """3 outer steps under ``torchrun --nproc-per-node 2`` end at the one-process model (to
-    float32 summation order), with the same log; only rank 0 wrote files."""
+    float32 summation order), with the same log; only rank 0 wrote files. With one task, the
+    two ranks split its batches."""
     from metaprior.cli import main
 
-    proc = _torchrun(2, ["meta-train", *TINY, "--steps", "3", "--ckpt-every", "2",
+    proc = _torchrun(2, ["meta-train", *TINY, *tasks, "--steps", "3", "--ckpt-every", "2",
                          "--val-every", "2", "--out", str(tmp_path / "two")])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    main(["meta-train", *TINY, "--steps", "3", "--ckpt-every", "2", "--val-every", "2",
+    main(["meta-train", *TINY, *tasks, "--steps", "3", "--ckpt-every", "2", "--val-every", "2",
           "--out", str(tmp_path / "one")])
     a = load_tensors(tmp_path / "one" / "model.safetensors")
     b = load_tensors(tmp_path / "two" / "model.safetensors")
