@@ -70,7 +70,11 @@ def sandbox(tmp_path_factory) -> Path:
                          "bool_depth": {"model": {"depth": True}},
                          "tasks_str": {"meta": {"tasks": "denoise"}},
                          "lr_str": {"optim": {"lr": "0.001"}},
-                         "section": {"model": [1, 2]}}.items():
+                         "section": {"model": [1, 2]},
+                         "adapt_section": {"nope": {}},
+                         "adapt_lr_str": {"adapt": {"lr": "1e-3"}},
+                         "adapt_key": {"data": {"patch": 3}},
+                         "suite_steps": {"suite": {"steps": 0}}}.items():
         (root / "cfg" / f"{name}.json").write_text(json.dumps(values))
     (root / "report.json").write_text(json.dumps({"tasks": {"sr2": {"pdnet": 1}}}))
     (root / "not_suite.json").write_text(json.dumps([1, 2]))
@@ -166,6 +170,18 @@ BAD_INPUTS = [
     ([*MT, "--out", "{root}/run", "--resume", "--overwrite"], "give one of them"),
     ([*MT, "--out", "{root}/run", "--resume", "--depth", "3"], "whose model.depth is 2"),
     ([*MT, "--out", "{root}/a_file"], "is an existing file"),
+    # every command reads its options from dataclasses: flags and one --config file
+    ([*ADAPT, "--config", "{root}/cfg/adapt_section.json"], "unknown section(s) ['nope']"),
+    ([*ADAPT, "--config", "{root}/cfg/adapt_lr_str.json"], "adapt.lr must be of type float"),
+    ([*ADAPT, "--config", "{root}/cfg/adapt_key.json"], "unknown key(s) ['patch']"),
+    ([*ADAPT, "--loss", "sup"], "loss must be one of"),
+    (["measure", "--images", IMGS, "--out", "{root}/m.safetensors"], "--task is required"),
+    (["evaluate", "--suite", "nope"], "--suite must be one of"),
+    (["evaluate", "--suite", "table1", "--config", "{root}/cfg/suite_steps.json", "--out",
+      "{root}/t.json"], "steps must be >= 1"),
+    (["evaluate", "--suite", "table1", "--suite-steps", "0", "--out", "{root}/t.json"],
+     "steps must be >= 1"),
+    (["linear", "--preset", "closed", "--out", "{root}/lin"], "--preset must be paper or exact"),
 ]
 
 

@@ -264,3 +264,24 @@ def test_adapt_cli_resumes_a_long_run_bitwise(tmp_path):
               str(tmp_path / "cut.safetensors")])
     with pytest.raises(SystemExit, match="--resume: no checkpoint under"):
         main([*base, "--steps", "2", "--resume", "--out", str(tmp_path / "none.safetensors")])
+
+
+def test_every_command_takes_a_config_file_and_flags_win(tmp_path):
+    """``adapt`` (and every command) reads its dataclass sections from ``--config``; a flag
+    overrides the file, and the model's own step rule fills what neither gives."""
+    train.meta_train(tiny_config(tmp_path / "run", steps=1), progress=False, log=lambda *_: None)
+    imgs = write_pngs(tmp_path / "imgs", size=32)
+    y = tmp_path / "y.safetensors"
+    cfg = tmp_path / "measure.json"
+    cfg.write_text(json.dumps({"measure": {"task": "sr2", "images": str(imgs), "out": str(y)}}))
+    main(["measure", "--config", str(cfg)])
+    cfg = tmp_path / "adapt.json"
+    cfg.write_text(json.dumps({"adapt": {"steps": 2, "prox_lambda": 0.5},
+                               "data": {"measurements": str(y)},
+                               "run": {"model": str(tmp_path / "run"), "no_progress": True}}))
+    for flags, steps in (([], 2), (["--steps", "3"], 3)):
+        out = tmp_path / f"a{steps}.safetensors"
+        main(["adapt", "--config", str(cfg), *flags, "--out", str(out)])
+        adapted = load_model(out)[1]["adapted"]
+        assert adapted["steps"] == steps and adapted["prox_lambda"] == 0.5
+        assert adapted["lr"] == 1e-2  # the model's inner_lr (tiny_config)

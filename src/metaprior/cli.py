@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -17,19 +18,115 @@ THREADS_HELP = ("intra-op CPU threads (default 1: on small 2-core machines, Open
                 "next to any other busy process makes small ops 10-100x slower with 2 threads)")
 
 
-def _common(p: argparse.ArgumentParser, seed: bool = True, device: bool = True) -> None:
-    if device:
-        p.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default cpu)")
-    if seed:
-        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+@dataclass(frozen=True)
+class MeasureOptions:
+    task: str  # task: registered (sr2, mri4), parametrised (sr3, inpaint-0.7) or from --plugin
+    images: str  # folder of equal-size images
+    out: str  # output .safetensors
+    color: bool = False  # keep RGB (default: grayscale)
+    no_ground_truth: bool = False  # store y only
+    seed: int = 0  # random seed of the operator and the noise
+
+
+@dataclass(frozen=True)
+class AdaptData:
+    images: str | None = None  # folder of clean images: measurements simulated per step
+    task: str | None = None  # task of --images (e.g. sr2, sr3, inpaint-0.7, or from --plugin)
+    measurements: str | None = None  # measurement file (`metaprior measure`): adapt on it
+    eval_measurements: str | None = None  # with --images: held-out measurements to score
+    patch_size: int = 64  # with --images: patch side (0 = full images)
+    batch_size: int = 8  # with --images: patches per step
+    color: bool = False  # with --images: keep RGB
+
+
+@dataclass(frozen=True)
+class AdaptRun:
+    model: str  # model .safetensors, checkpoint or run folder, or shipped model name
+    out: str  # adapted model .safetensors
+    ckpt_every: int = 0  # checkpoint every N steps under <out stem>.run/ (0: none)
+    resume: bool = False  # continue the latest checkpoint under <out stem>.run/ exactly
+    no_progress: bool = False  # no progress bar
+    seed: int = 0  # random seed of the patch stream
+    device: str = "cpu"  # torch device: cpu or cuda
+
+
+@dataclass(frozen=True)
+class ReconstructOptions:
+    model: str  # model .safetensors, run folder or shipped model name
+    measurements: str  # measurement file
+    out: str  # output folder of PNGs
+    device: str = "cpu"  # torch device: cpu or cuda
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    device: str = "cpu"  # torch device: cpu or cuda
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    model: str | None = None  # model .safetensors, run folder or shipped model name
+    tasks: tuple[str, ...] = ("denoise", "tv", "deblur", "inpaint", "sr2", "mri4")  # task names
+    images: str = "set3c"  # set3c | demo | a folder
+    data_root: str | None = None  # data root (default $METAPRIOR_DATA)
+    json: str | None = None  # also write the per-image PSNRs here
+    adapt_steps: int = 0  # also score after N inner steps on each image (Fig. 3; 0: off)
+    suite: str | None = None  # table1 | scratch | depth: the paper's protocols
+    out: str | None = None  # suite JSON (default runs/<suite>.json) or scratch model
+    grid_cache: str | None = None  # JSON of grid-search choices to reuse and update
+    scratch_steps: int | None = None  # --suite scratch: training steps (paper: 10k)
+    resume: bool = False  # --suite scratch: continue from <out stem>.run/checkpoints
+    quick: bool = False  # smoke-sized suite: 2 steps, 1 test image, 1 grid image
+    seed: int = 0  # random seed (and the suite's)
+    device: str = "cpu"  # torch device: cpu or cuda
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    results: str  # the JSON of metaprior evaluate --suite table1 (or --suite depth)
+    figures: str | None = None  # figure folder (default: <results stem>_figures)
+    markdown: str | None = None  # also rewrite the table between its markers in this file
+
+
+@dataclass(frozen=True)
+class LinearRun:
+    out: str = "runs/linear"  # output folder
+    sweep: bool = False  # also sweep the number of training placements (~8.5 min)
+    preset: str = "paper"  # paper (20 Adam inner steps) or exact (exact_inner_config())
+
+
+def _add_config_flag(p: argparse.ArgumentParser, sections: dict[str, type]) -> None:
+    names = ", ".join(f'"{k}"' for k in sections)
+    p.add_argument("--config", help=f"JSON file of options by section ({names}); flags win")
     p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+
+
+def _resolve(args, sections: dict[str, type], extra: tuple[str, ...] = ()) -> dict:
+    """Every section of a command from its dataclass defaults, ``--config`` and the flags
+    (in that order of precedence); the fields are also set on ``args`` by name. Sections in
+    ``extra`` may appear in the file and are resolved by the command itself."""
+    from metaprior.config import build_section, check_sections, load_config_file
+
+    file_values = load_config_file(args.config)
+    check_sections(file_values, (*sections, *extra))
+    resolved = {name: build_section(name, cls, file_values, args)
+                for name, cls in sections.items()}
+    for section in resolved.values():
+        for f in fields(section):
+            setattr(args, f.name, getattr(section, f.name))
+    args.file_values = file_values
+    device = str(getattr(args, "device", "cpu"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA device is available: use "
+                         "--device cpu")
+    return resolved
 
 
 def _setup(args) -> None:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    device = getattr(args, "device", None) or getattr(args, "run.device", None) or "cpu"
+    device = getattr(args, "run.device", None) or "cpu"  # meta-train; others: _resolve
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA device is available: use "
                          "--device cpu")
@@ -87,10 +184,15 @@ def _read_images(folder: str, color: bool) -> list:
     return images
 
 
+#: Each command's configuration sections: one dataclass each, one flag per field.
+MEASURE = {"measure": MeasureOptions}
+
+
 def cmd_measure(args) -> None:
     from metaprior.measurements import save_measurements
     from metaprior.tasks import get_task
 
+    _resolve(args, MEASURE)
     check_output_file(args.out, "--out", ".safetensors")
     task = get_task(args.task)
     images = _read_images(args.images, args.color)
@@ -129,29 +231,36 @@ def args_peak(batch) -> float | str:
     return "max" if batch.task.startswith("mri") else 1.0
 
 
+ADAPT = {"data": AdaptData, "run": AdaptRun}
+
+
 def cmd_adapt(args) -> None:
     from metaprior.adapt import AdaptConfig, fine_tune, fine_tune_run, parameters_of
     from metaprior.checkpoint import load_model, save_model
+    from metaprior.config import section_values
     from metaprior.measurements import load_measurements
     from metaprior.tasks import get_task
 
+    _resolve(args, ADAPT, extra=("adapt",))
+    rule = section_values("adapt", AdaptConfig, args.file_values, args)
     check_output_file(args.out, "--out", ".safetensors")
     if args.ckpt_every < 0:
         raise ValueError(f"--ckpt-every must be >= 0 (0: no checkpoints), got {args.ckpt_every}")
     if (args.images is None) == (args.measurements is None):
         raise ValueError("give exactly one of --images DIR or --measurements FILE")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    rule.setdefault("steps", 50)
+    rule.setdefault("loss", "unsupervised")
+    if rule["steps"] < 1:
+        raise ValueError(f"--steps must be >= 1, got {rule['steps']}")
     if args.batch_size < 1 or args.patch_size < 0:
         raise ValueError(f"--batch-size must be >= 1 and --patch-size >= 0 (0: full images), "
                          f"got {args.batch_size} and {args.patch_size}")
     model, meta = load_model(args.model, args.device)
-    config = AdaptConfig.from_model(meta, steps=args.steps, lr=args.lr, loss=args.loss,
-                                    prox_lambda=args.prox_lambda)
+    config = AdaptConfig.from_model(meta, **rule)
     if args.measurements is not None:
         data = load_measurements(args.measurements, args.device)
         task_name = data.task
-        if args.loss == "supervised" and data.target is None:
+        if config.loss == "supervised" and data.target is None:
             raise ValueError(f"{args.measurements} has no ground truth: use --loss unsupervised")
 
         def next_batch(step):
@@ -197,12 +306,16 @@ def cmd_adapt(args) -> None:
     print(f"wrote {path}")
 
 
+RECONSTRUCT = {"reconstruct": ReconstructOptions}
+
+
 def cmd_reconstruct(args) -> None:
     from metaprior.adapt import parameters_of
     from metaprior.checkpoint import load_model
     from metaprior.measurements import load_measurements
     from metaprior.meta.problem import reconstruct
 
+    _resolve(args, RECONSTRUCT)
     out = check_writable_dir(args.out, "--out")
     model, meta = load_model(args.model, args.device)
     batch = load_measurements(args.measurements, args.device)
@@ -233,88 +346,69 @@ def cmd_reconstruct(args) -> None:
         print(f"PSNR: {_psnr_line(model, parameters_of(model), batch)}")
 
 
+def _add_command(sub, name: str, sections: dict[str, type], func, help: str,
+                 description: str | None = None, **flag_options) -> argparse.ArgumentParser:
+    """A subcommand whose options are the fields of its sections' dataclasses."""
+    from metaprior.config import add_dataclass_arguments
+
+    p = sub.add_parser(name, help=help, description=description or help)
+    _add_config_flag(p, sections)
+    add_dataclass_arguments(p, sections, **flag_options)
+    p.set_defaults(func=func)
+    return p
+
+
 def _add_io(sub) -> None:
-    p = sub.add_parser("measure", help="simulate measurements of a task from an image folder")
-    p.add_argument("--task", required=True, help="task name: registered (sr2, mri4, ...), "
-                   "parametrised (sr3, mri8, inpaint-0.7, ...) or from --plugin")
-    p.add_argument("--images", required=True, help="folder of equal-size images")
-    p.add_argument("--out", required=True, help="output .safetensors")
-    p.add_argument("--color", action="store_true", help="keep RGB (default: grayscale)")
-    p.add_argument("--no-ground-truth", action="store_true", help="store y only")
-    _common(p, device=False)
-    p.set_defaults(func=cmd_measure)
+    from metaprior.adapt import AdaptConfig
 
-    p = sub.add_parser("adapt", help="fine-tune a (meta-)model on a task, with or without "
-                       "ground truth")
-    p.add_argument("--model", required=True,
-                   help="model .safetensors, checkpoint folder, meta-train output folder or "
-                   f"shipped model name ({', '.join(pretrained.available())})")
-    p.add_argument("--images", help="folder of clean images: measurements simulated per step")
-    p.add_argument("--task", help="task of --images (e.g. sr2, sr3, inpaint-0.7, or one "
-                   "registered by --plugin)")
-    p.add_argument("--measurements", help="measurement file (`metaprior measure`): adapt on it")
-    p.add_argument("--eval-measurements", help="with --images: held-out measurement file to "
-                   "score before/after")
-    p.add_argument("--steps", type=int, default=50, help="Adam steps (default 50)")
-    p.add_argument("--loss", choices=["supervised", "unsupervised", "equivariant"],
-                   default="unsupervised",
-                   help="inner loss (default unsupervised: measurement consistency, no ground "
-                   "truth; equivariant: plus the 90°-rotation equivariant-imaging term, no ground "
-                   "truth either)")
-    p.add_argument("--lr", type=float, default=None, help="default: the model's inner_lr "
-                   "(with learned per-layer step sizes, --lr rescales them all)")
-    p.add_argument("--prox-lambda", type=float, default=None,
-                   help="λ of λ/2‖φ−θ‖² (default: the model's prox_lambda)")
-    p.add_argument("--patch-size", type=int, default=64, help="with --images; 0 = full images")
-    p.add_argument("--batch-size", type=int, default=8, help="with --images (default 8)")
-    p.add_argument("--color", action="store_true", help="with --images: keep RGB")
-    p.add_argument("--out", required=True, help="adapted model .safetensors")
-    p.add_argument("--ckpt-every", type=int, default=0,
-                   help="for long runs: checkpoint the adapted weights and optimizer state every "
-                   "N steps under <out stem>.run/checkpoints (default 0: none)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the latest checkpoint under <out stem>.run/checkpoints, exactly "
-                   "as an unbroken run (same model, data, loss and lr; --steps may grow)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _common(p)
-    p.set_defaults(func=cmd_adapt)
-
-    p = sub.add_parser("reconstruct", help="apply a model to a measurement file, write PNGs")
-    p.add_argument("--model", required=True,
-                   help="model .safetensors, run folder or shipped model name")
-    p.add_argument("--measurements", required=True, help="measurement file")
-    p.add_argument("--out", required=True, help="output folder")
-    _common(p, seed=False)
-    p.set_defaults(func=cmd_reconstruct)
+    _add_command(sub, "measure", MEASURE, cmd_measure,
+                 "simulate measurements of a task from an image folder")
+    shipped = ", ".join(pretrained.available())
+    _add_command(sub, "adapt", {"adapt": AdaptConfig, **ADAPT}, cmd_adapt,
+                 "fine-tune a (meta-)model on a task, with or without ground truth",
+                 f"Fine-tune a model (shipped: {shipped}) on a task from a measurement file "
+                 "or an image folder. The step rule (lr, λ, optimizer, learned per-layer steps) "
+                 "is the model's own unless given; the loss is unsupervised (measurement "
+                 "consistency) unless given: supervised, or equivariant (plus the "
+                 "90°-rotation equivariant-imaging term, no ground truth either).",
+                 exclude={"adapt": ("lr_scales",)},
+                 defaults_text={"adapt.lr": "the model's inner_lr (with learned per-layer step "
+                                "sizes, --lr rescales them all)",
+                                "adapt.prox_lambda": "the model's", "adapt.optimizer":
+                                "the model's", "adapt.loss": "unsupervised"})
+    _add_command(sub, "reconstruct", RECONSTRUCT, cmd_reconstruct,
+                 "apply a model to a measurement file, write PNGs")
 
 
 # --- demo / linear --------------------------------------------------------------------------
 
-def cmd_demo(args) -> None:
-    from metaprior.demo import DemoConfig, run_demo
+def _demo_sections() -> dict[str, type]:
+    from metaprior.demo import DemoConfig
 
-    check_writable_dir(args.out, "--out")
-    run_demo(DemoConfig(seed=args.seed, out=args.out), device=args.device)
+    return {"demo": DemoConfig, "run": DeviceOptions}
+
+
+def cmd_demo(args) -> None:
+    from metaprior.demo import run_demo
+
+    config = _resolve(args, _demo_sections())["demo"]
+    check_writable_dir(config.out, "--out")
+    run_demo(config, device=args.device)
 
 
 def _table1_config(args):
-    from dataclasses import replace
-
-    from metaprior.config import load_config_file, replace_from_dict
+    from metaprior.config import build_section, load_config_file, replace_from_dict
     from metaprior.experiments.table1 import Table1Config, quick_config
 
     config = quick_config() if args.quick else Table1Config()
     overrides = load_config_file(args.suite_config) if args.suite_config else {}
-    if "seed" in overrides:
-        raise ValueError("--suite-config: give the seed with --seed, not in the JSON")
+    if "seed" in overrides or "seed" in args.file_values.get("suite", {}):
+        raise ValueError("--suite-config: give the seed with --seed, not in a config file")
     if "lr" in overrides and overrides.get("lr_grid", True):
         raise ValueError("--suite-config: lr is used only with \"lr_grid\": [] (otherwise each "
                          "run's lr is chosen from lr_grid on held-out fine-tuning images)")
     config = replace_from_dict(config, overrides, "--suite-config")
-    if args.suite_tasks:
-        config = replace(config, tasks=tuple(args.suite_tasks.split(",")))
-    if args.scratch_models:
-        config = replace(config, scratch_models=tuple(args.scratch_models.split(",")))
+    config = build_section("suite", Table1Config, args.file_values, args, base=config)
     return replace(config, seed=args.seed)
 
 
@@ -345,11 +439,18 @@ def cmd_evaluate_suite(args) -> None:
           f"figures: metaprior report --results {out}")
 
 
+EVALUATE = {"evaluate": EvaluateOptions}
+SUITES = ("table1", "scratch", "depth")
+
+
 def cmd_evaluate(args) -> None:
     from metaprior.adapt import AdaptConfig, parameters_of
     from metaprior.checkpoint import load_model
     from metaprior.evaluate import load_eval_images, summarize, task_table
 
+    _resolve(args, EVALUATE, extra=("suite",))
+    if args.suite is not None and args.suite not in SUITES:
+        raise ValueError(f"--suite must be one of {', '.join(SUITES)}, got {args.suite!r}")
     if args.resume and args.suite != "scratch":
         raise ValueError("--resume continues a --suite scratch run only")
     if args.suite:
@@ -366,8 +467,7 @@ def cmd_evaluate(args) -> None:
     adapt = None
     if args.adapt_steps:
         adapt = AdaptConfig.from_model(meta, steps=args.adapt_steps)
-    rows = task_table(model, parameters_of(model), args.tasks.split(","), images, args.seed,
-                      adapt)
+    rows = task_table(model, parameters_of(model), list(args.tasks), images, args.seed, adapt)
     extra = f" {'adapted (dB)':>15s}" if adapt else ""
     print(f"{'task':10s} {'A^+ y (dB)':>15s} {'model (dB)':>15s}{extra}   [{args.images}, "
           f"{len(images)} images, peak 1]")
@@ -385,9 +485,13 @@ def cmd_evaluate(args) -> None:
         write_bytes_atomic(args.json, json.dumps(rows, indent=1).encode())
 
 
+REPORT = {"report": ReportOptions}
+
+
 def cmd_report(args) -> None:
     from metaprior.experiments.report import write_report
 
+    _resolve(args, REPORT)
     results = Path(args.results)
     if not results.is_file():
         raise FileNotFoundError(f"--results {args.results} does not exist: run "
@@ -399,113 +503,70 @@ def cmd_report(args) -> None:
         print(f"wrote {path}")
 
 
-def cmd_linear(args) -> None:
-    from dataclasses import replace
+def _linear_sections() -> dict[str, type]:
+    from metaprior.experiments.linear import LinearExperimentConfig
 
+    return {"linear": LinearExperimentConfig, "run": LinearRun}
+
+
+def cmd_linear(args) -> None:
+    from metaprior.config import build_section
     from metaprior.experiments.linear import (
         LinearExperimentConfig,
         exact_inner_config,
         run_linear_experiment,
     )
 
-    if args.inner_solver == "exact":
-        config = exact_inner_config(seed=args.seed)
-    else:
-        config = LinearExperimentConfig(seed=args.seed)
+    _resolve(args, {"run": LinearRun}, extra=("linear",))
+    if args.preset not in ("paper", "exact"):
+        raise ValueError(f"--preset must be paper or exact, got {args.preset!r}")
+    base = exact_inner_config() if args.preset == "exact" else LinearExperimentConfig()
+    config = build_section("linear", LinearExperimentConfig, args.file_values, args, base=base)
     check_writable_dir(args.out, "--out")
-    if args.outer_steps is not None:
-        if args.outer_steps < 1:
-            raise ValueError(f"--outer-steps must be >= 1, got {args.outer_steps}")
-        config = replace(config, outer_steps=args.outer_steps)
+    if config.outer_steps < 1:
+        raise ValueError(f"--outer-steps must be >= 1, got {config.outer_steps}")
     result = run_linear_experiment(config, Path(args.out), sweep=args.sweep)
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1)[:4000])
     print(f"wrote {Path(args.out) / 'figure2.png'} and {Path(args.out) / 'linear.json'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from metaprior.experiments.table1 import Table1Config
+
     parser = argparse.ArgumentParser(prog="metaprior", description=__doc__)
     parser.add_argument("--version", action="version", version=f"metaprior {__version__}")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="a Python file run before the command, e.g. one that registers "
                         "your own operators as tasks (metaprior.register_task); repeatable")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="meta-train on scikit-image's pictures, adapt to SR x2 "
-                       "without ground truth, print a PSNR table (no data root needed)")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    _common(p)
-    p.set_defaults(func=cmd_demo)
+    _add_command(sub, "demo", _demo_sections(), cmd_demo,
+                 "meta-train on scikit-image's pictures, adapt to SR x2 without ground truth, "
+                 "print a PSNR table (no data root needed)")
     _add_meta_train(sub)
     _add_io(sub)
-    p = sub.add_parser("evaluate", help="PSNR of a model on each task (Set3C, the demo "
-                       "pictures or a folder)")
-    p.add_argument("--model", default=None,
-                   help="model .safetensors, run folder or shipped model name")
-    p.add_argument("--tasks", default="denoise,tv,deblur,inpaint,sr2,mri4",
-                   help="comma-separated task names: registered, parametrised (sr3, mri8, "
-                   "inpaint-0.7, ...) or registered by --plugin")
-    p.add_argument("--images", default="set3c", help="set3c | demo | a folder (default set3c)")
-    p.add_argument("--data-root", default=None, help="data root (default $METAPRIOR_DATA)")
-    p.add_argument("--json", default=None, help="also write the per-image PSNRs here")
-    p.add_argument("--adapt-steps", type=int, default=0,
-                   help="also score after N steps of the model's inner problem on each test "
-                   "image (the paper's Fig. 3 inner model; default 0: off)")
-    g = p.add_argument_group("suites (the paper's Table 1 and Fig. 3; need the data root)")
-    g.add_argument("--suite", choices=["table1", "scratch", "depth"], default=None,
-                   help="table1: the Table 1 protocol: SR x2 and MRI x4, baselines with grid "
-                   "search on fine-tuning images, shipped meta-models / joint pre-training / "
-                   "random init fine-tuned 0-50 steps, supervised and unsupervised; scratch: "
-                   "train the paper's from-scratch PDNet for one task (--scratch-steps) and "
-                   "write it to --out (.safetensors); depth: the paper's Fig. 3, the "
-                   "meta-models listed as depth_models in --suite-config scored on T1-T4 "
-                   "(Set3C), theta and one inner step")
-    g.add_argument("--out", default=None,
-                   help="suite results JSON (default runs/table1.json, or "
-                   "runs/training_tasks_depth.json for --suite depth); table1 also writes the "
-                   "first test image of every method to <stem>_visuals.safetensors")
-    g.add_argument("--grid-cache", default=None,
-                   help="JSON of grid-search choices to reuse and update (e.g. "
-                   "benchmarks/results/table1_grid.json)")
-    g.add_argument("--suite-tasks", default=None,
-                   help="comma-separated tasks for the suite (default sr2,mri4; mri* tasks use "
-                   "the fastMRI knee protocol, any other task the BSDS500 / Set3C one)")
-    g.add_argument("--scratch-steps", type=int, default=None,
-                   help="--suite scratch: training steps (paper: 10k)")
-    g.add_argument("--resume", action="store_true",
-                   help="--suite scratch: continue from the latest checkpoint under "
-                   "<out stem>.run/checkpoints (written every 500 steps)")
-    g.add_argument("--scratch-models", default=None,
-                   help="table1: comma-separated TASK=MODEL from-scratch PDNets to score as "
-                   "the paper's PDNet column (e.g. sr2=runs/scratch-sr2.safetensors)")
-    g.add_argument("--suite-config", default=None,
-                   help="JSON of Table1Config overrides (see "
-                   "metaprior.experiments.table1.Table1Config)")
-    g.add_argument("--quick", action="store_true",
-                   help="smoke-sized protocol: 2 steps, 1 test image, 1 grid image")
-    _common(p)
-    p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("report", help="rebuild the Table 1 figures (fine-tuning curves, "
-                       "visual comparisons) and the RESULTS.md table from the suite's JSON "
-                       "(or, from a --suite depth JSON, the Fig. 3 depth plot and its table)")
-    p.add_argument("--results", required=True,
-                   help="the JSON of metaprior evaluate --suite table1 (or --suite depth)")
-    p.add_argument("--figures", default=None,
-                   help="figure folder (default: <results stem>_figures beside the JSON)")
-    p.add_argument("--markdown", default=None,
-                   help="also rewrite the table1 (or depth) section between its markers in "
-                   "this markdown file (e.g. docs/RESULTS.md; default: none)")
-    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    p.set_defaults(func=cmd_report)
-    p = sub.add_parser("linear", help="linear Gaussian toy of the paper's Sec. 3: meta-train θy on "
-                       "masks of area A, fine-tune without ground truth on area B, Fig. 2 + JSON")
-    p.add_argument("--out", default="runs/linear", help="output folder (default runs/linear)")
-    p.add_argument("--outer-steps", type=int, default=None, help="outer steps (default 180)")
-    p.add_argument("--sweep", action="store_true",
-                   help="also sweep the number of training placements (1, 4, 8, all; ~8.5 min)")
-    p.add_argument("--inner-solver", choices=["adam", "exact"], default="adam",
-                   help="adam: 20 Adam inner steps (the paper, default); exact: the inner "
-                   "problem solved in closed form with the settings of exact_inner_config()")
-    _common(p, device=False)
-    p.set_defaults(func=cmd_linear)
+    p = _add_command(
+        sub, "evaluate", {**EVALUATE, "suite": Table1Config}, cmd_evaluate,
+        "PSNR of a model on each task (Set3C, the demo pictures or a folder), or one of the "
+        "paper's protocols (--suite)",
+        "PSNR of a model on each task. With --suite (need the data root): table1, the Table 1 "
+        "protocol (SR x2 and MRI x4, or --suite-tasks; baselines grid-searched on fine-tuning "
+        "images; the meta-models, joint pre-training and random init fine-tuned 0-50 steps, "
+        "supervised and without ground truth); scratch, the paper's from-scratch PDNet for "
+        "one task (--scratch-steps, written to --out .safetensors, --resume continues it); "
+        "depth, the paper's Fig. 3 for the models in the suite's depth_models. The suite's "
+        "options (Table1Config) are the --suite-* flags, a --suite-config JSON of them, or "
+        "the config file's \"suite\" section.",
+        prefixes={"suite": "suite-"}, exclude={"suite": ("seed",)})
+    p.add_argument("--suite-config", default=None,
+                   help="JSON of Table1Config fields (metaprior.experiments.table1); the "
+                   "--suite-* flags win")
+    _add_command(sub, "report", REPORT, cmd_report,
+                 "rebuild the Table 1 figures (fine-tuning curves, visual comparisons) and "
+                 "its markdown table from the suite's JSON (or, from a --suite depth JSON, "
+                 "the Fig. 3 depth plot and its table)")
+    _add_command(sub, "linear", _linear_sections(), cmd_linear,
+                 "linear Gaussian toy of the paper's Sec. 3: meta-train θy on masks of area A, "
+                 "fine-tune without ground truth on area B, Fig. 2 + JSON")
     return parser
 
 

@@ -36,7 +36,8 @@ def _converter(tp):
     if tp is bool:
         return _parse_bool
     if origin is tuple:
-        return lambda s: tuple(x.strip() for x in s.split(",") if x.strip())
+        item = _converter(typing.get_args(tp)[0])
+        return lambda s: tuple(item(x.strip()) for x in s.split(",") if x.strip())
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _converter(args[0])
@@ -53,19 +54,94 @@ def field_comments(cls) -> dict[str, str]:
     return dict(found)
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str, type]) -> None:
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str, type],
+                            prefixes: dict[str, str] | None = None,
+                            exclude: dict[str, tuple[str, ...]] | None = None,
+                            defaults_text: dict[str, str] | None = None) -> None:
     """One ``--field-name`` flag per field of each section's dataclass (default ``None`` =
-    not given, so the file or the dataclass default applies)."""
+    not given, so the file or the dataclass default applies).
+
+    Args:
+        prefixes: a flag prefix per section (``{"suite": "suite-"}``: ``--suite-tasks``).
+        exclude: fields of a section that get no flag (still settable in the config file).
+        defaults_text: the ``(default: ...)`` shown for ``"section.field"`` keys, where the
+            value comes from elsewhere (e.g. the model being adapted).
+
+    A ``bool`` field's flag alone means true (``--resume``), or takes true/false. A field
+    without a default is required: from the flag or the config file.
+    """
+    prefixes, exclude, defaults_text = prefixes or {}, exclude or {}, defaults_text or {}
     for section, cls in sections.items():
         group = parser.add_argument_group(f"{section} ({cls.__name__})")
         comments = field_comments(cls)
         for f in dataclasses.fields(cls):
+            if f.name in exclude.get(section, ()):
+                continue
             tp = _field_type(cls, f)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            shown = ",".join(default) if isinstance(default, tuple) else default
-            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}.{f.name}",
-                               type=_converter(tp), default=None, metavar=f.name.upper(),
+            default = _default(f)
+            shown = defaults_text.get(f"{section}.{f.name}", (
+                "required" if default is dataclasses.MISSING else
+                ",".join(map(str, default)) if isinstance(default, tuple) else default))
+            extra = {"nargs": "?", "const": True} if tp is bool else {}
+            group.add_argument(f"--{prefixes.get(section, '')}{f.name.replace('_', '-')}",
+                               dest=f"{section}.{f.name}", type=_converter(tp), default=None,
+                               metavar=f.name.upper(), **extra,
                                help=f"{comments.get(f.name, '')} (default: {shown})")
+
+
+def section_values(section: str, cls, file_values: dict | None,
+                   cli: argparse.Namespace | None = None) -> dict:
+    """The fields of one section given explicitly, in the config file's ``section`` object or
+    as flags (flags win), type-checked; an unknown key is a one-line error."""
+    values = (file_values or {}).get(section, {})
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {section!r} must be an object of fields")
+    values = dict(values)
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = set(values) - names
+    if bad:
+        raise ValueError(f"config file section {section!r} has unknown key(s) {sorted(bad)}; "
+                         f"fields: {sorted(names)}")
+    if cli is not None:
+        for name in names:
+            v = getattr(cli, f"{section}.{name}", None)
+            if v is not None:
+                values[name] = v
+    return {k: _coerce(cls, k, v, f"config {section}.") for k, v in values.items()}
+
+
+def build_section(section: str, cls, file_values: dict | None,
+                  cli: argparse.Namespace | None = None, base=None, flag_prefix: str = ""):
+    """``cls`` (or ``base``, an instance) with the section's explicit values; a required field
+    missing from both the flags and the file is a one-line error naming its flag."""
+    values = section_values(section, cls, file_values, cli)
+    if base is not None:
+        return dataclasses.replace(base, **values)
+    for f in dataclasses.fields(cls):
+        if f.name not in values and _default(f) is dataclasses.MISSING:
+            raise ValueError(f"--{flag_prefix}{f.name.replace('_', '-')} is required (a flag, "
+                             f"or {f.name!r} in the config file's {section!r} section)")
+    return cls(**values)
+
+
+def check_sections(file_values: dict | None, sections: typing.Iterable[str]) -> None:
+    """A config file must be an object of known sections."""
+    if file_values is None:
+        return
+    if not isinstance(file_values, dict):
+        raise ValueError("config must be a JSON object of sections, e.g. {\"adapt\": {...}}")
+    unknown = set(file_values) - set(sections)
+    if unknown:
+        raise ValueError(f"config file has unknown section(s) {sorted(unknown)}; sections: "
+                         f"{sorted(sections)}")
 
 
 def _coerce(cls, name: str, value: Any, where: str = "config ") -> Any:
@@ -116,29 +192,10 @@ def _scalar(tp, value: Any) -> Any:
 def build_config(cls, file_values: dict | None = None, cli: argparse.Namespace | None = None):
     """Instantiate the top-level dataclass ``cls`` (whose fields are section dataclasses)."""
     file_values = file_values or {}
-    if not isinstance(file_values, dict):
-        raise ValueError("config must be a JSON object of sections, e.g. {\"model\": {...}}")
-    unknown = set(file_values) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"config file has unknown section(s) {sorted(unknown)}")
-    sections = {}
-    for f in dataclasses.fields(cls):
-        sub = typing.get_type_hints(cls)[f.name]
-        if not isinstance(file_values.get(f.name, {}), dict):
-            raise ValueError(f"config section {f.name!r} must be an object of fields")
-        values = dict(file_values.get(f.name, {}))
-        names = {g.name for g in dataclasses.fields(sub)}
-        bad = set(values) - names
-        if bad:
-            raise ValueError(f"config file section {f.name!r} has unknown key(s) {sorted(bad)}")
-        if cli is not None:
-            for name in names:
-                v = getattr(cli, f"{f.name}.{name}", None)
-                if v is not None:
-                    values[name] = v
-        sections[f.name] = sub(**{k: _coerce(sub, k, v, f"config {f.name}.") for k, v in
-                                  values.items()})
-    return cls(**sections)
+    hints = typing.get_type_hints(cls)
+    check_sections(file_values, hints)
+    return cls(**{f.name: build_section(f.name, hints[f.name], file_values, cli)
+                  for f in dataclasses.fields(cls)})
 
 
 def load_config_file(path: str | Path | None) -> dict:

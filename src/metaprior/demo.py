@@ -32,19 +32,19 @@ from metaprior.train import DataConfig, OptimConfig, RunConfig, TrainConfig, met
 
 @dataclass(frozen=True)
 class DemoConfig:
-    depth: int = 8
-    meta_steps: int = 300
-    meta_lr: float = 5e-3
+    depth: int = 8  # PDNet layers
+    meta_steps: int = 300  # outer steps of meta-training
+    meta_lr: float = 5e-3  # outer Adam learning rate
     inner_lr: float = 3e-4  # a small inner step makes θ a prior (docs/meta-training.md)
     inner_loss: str = "unsupervised"  # meta-train for adaptation without ground truth
-    patch_size: int = 32
-    batch: int = 4
-    adapt_task: str = "sr2"
-    adapt_steps: int = 20
-    adapt_patch_size: int = 64
-    prox_lambda: float = 1e-2
-    seed: int = 0
-    out: str = "runs/demo"
+    patch_size: int = 32  # meta-training patch side
+    batch: int = 4  # inner and outer batch of meta-training
+    adapt_task: str = "sr2"  # the unseen task adapted to
+    adapt_steps: int = 20  # unsupervised adaptation steps
+    adapt_patch_size: int = 64  # adaptation patch side
+    prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² during adaptation
+    seed: int = 0  # random seed
+    out: str = "runs/demo"  # output folder
 
 
 def train_config(config: DemoConfig, device: str) -> TrainConfig:
