@@ -170,17 +170,25 @@ def task_group_sum(tensors: dict[str, torch.Tensor], task: int, tasks: int
     if tasks not in _TASK_GROUPS:  # collective: every rank creates every group, in order
         _TASK_GROUPS[tasks] = [dist.new_group(list(range(i, world_size(), tasks)))
                                for i in range(tasks)]
-    names = list(tensors)
-    flat = torch.cat([tensors[k].reshape(-1) for k in names])
     try:
-        flat = all_reduce(flat, op=dist.ReduceOp.SUM, group=_TASK_GROUPS[tasks][task])
+        flat = all_reduce(_flatten(tensors), op=dist.ReduceOp.SUM,
+                          group=_TASK_GROUPS[tasks][task])
     except RuntimeError as e:
         raise PeerLostError(_lost(e)) from None
+    return _unflatten(flat, tensors)
+
+
+def _flatten(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One flat buffer of every tensor, in the dict's order (one collective instead of many)."""
+    return torch.cat([t.reshape(-1) for t in tensors.values()])
+
+
+def _unflatten(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`_flatten`: views of ``flat`` shaped like ``like``'s tensors."""
     out, offset = {}, 0
-    for k in names:
-        n = tensors[k].numel()
-        out[k] = flat[offset:offset + n].view_as(tensors[k])
-        offset += n
+    for k, t in like.items():
+        out[k] = flat[offset:offset + t.numel()].view_as(t)
+        offset += t.numel()
     return out
 
 
@@ -189,18 +197,12 @@ def all_reduce_sum(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     keys, shapes and order on every rank)."""
     if not active():
         return tensors
-    names = list(tensors)
-    flat = torch.cat([tensors[k].reshape(-1) for k in names])
+    flat = _flatten(tensors)
     try:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     except RuntimeError as e:
         raise PeerLostError(_lost(e)) from None
-    out, offset = {}, 0
-    for k in names:
-        n = tensors[k].numel()
-        out[k] = flat[offset:offset + n].view_as(tensors[k])
-        offset += n
-    return out
+    return _unflatten(flat, tensors)
 
 
 def barrier() -> None:
