@@ -15,6 +15,9 @@ def test_every_shipped_model_loads_by_name_with_its_provenance():
     for name in names:
         info = pretrained.describe(name)
         assert info["command"].count("metaprior ") == 1 and info["file"].endswith(".safetensors")
+        if "init_command" in info:  # a warm start: the run that made its --init-from file
+            init = info["init_command"].split("--out ")[1].split()[0]
+            assert info["init_command"].count("metaprior ") == 1 and init in info["command"]
         path = resolve_model_path(name)
         assert path == pretrained.path(name) and path.stat().st_size < 100_000
         with open(path, "rb") as f:  # safetensors: 8-byte header length then a JSON header

@@ -1,5 +1,6 @@
 """Meta-trained PDNets shipped with the package (safetensors only; see ``MODELS.json`` for the
-command, configuration and wall time that produced each one).
+command, configuration and wall time that produced each one, and for a warm-started model the
+``init_command`` that produced its ``--init-from`` file).
 
 ``metaprior adapt --model NAME`` and :func:`metaprior.checkpoint.load_model` accept these names
 wherever they accept a file path.
