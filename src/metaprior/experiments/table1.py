@@ -679,3 +679,74 @@ def train_scratch(task_name: str, config: Table1Config, steps: int, out: str | P
                         "data": data.about["finetune"], "resumed_at": run.resumed_at},
             "meta_config": {"inner_steps": 0, "inner_lr": config.scratch_lr}}
     return save_model(out, model, run.params, metadata=meta)
+
+
+# --- result checks -------------------------------------------------------------------------
+
+def check_results(results: dict) -> None:
+    """A Table 1 suite's JSON is complete: every configured method of every task scored on
+    every test image, each run's lr the held-out best of its grid, every number finite.
+    Raises ``ValueError`` naming the first entry that is not."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"table1 results: {what}")
+
+    config = results["config"]
+    for task in config["tasks"]:
+        r = results["tasks"][task]
+        need(len(r["test_images"]) >= 1, f"{task}: no test images")
+        baselines = r["baselines"]
+        need("pinv" in baselines, f"{task}: no pseudo-inverse row")
+        for name in config["baselines"]:
+            rec = baselines[name]
+            need(bool(str(rec["hyper"])) and bool(rec["grid"]), f"{task}/{name}: no grid")
+            need(all(math.isfinite(v) for v in rec["grid"].values()),
+                 f"{task}/{name}: non-finite grid score")
+        if config["pdnet"]:
+            for init in config.get("inits", INITS):
+                for tag in ("sup", "unsup"):
+                    run = r["pdnet"][f"{init}_ft_{tag}"]
+                    need(str(config["steps"]) in run["steps"],
+                         f"{task}/{init}_ft_{tag}: no score after {config['steps']} steps")
+            for name, run in r["pdnet"].items():
+                if config.get("lr_grid") and name != "scratch":  # chosen on held-out images
+                    grid = run["lr_selection"]["grid"]
+                    need(run["lr"] in config["lr_grid"], f"{task}/{name}: lr not in lr_grid")
+                    need(sorted(map(float, grid)) == sorted(config["lr_grid"]),
+                         f"{task}/{name}: lr selection grid is not lr_grid")
+                    need(grid[str(run["lr"])] == max(v for v in grid.values() if v is not None),
+                         f"{task}/{name}: lr is not the held-out best")
+        for name, rec in [*baselines.items(),
+                          *((f"{k}@{n}", v) for k, run in r["pdnet"].items()
+                            for n, v in run["steps"].items())]:
+            need(len(rec["psnr"]) == len(r["test_images"]) == len(rec["ssim"]),
+                 f"{task}/{name}: not one score per test image")
+            need(all(math.isfinite(v) for v in rec["psnr"] + rec["ssim"]),
+                 f"{task}/{name}: non-finite score")
+            need(math.isfinite(rec["sec_per_image"]), f"{task}/{name}: non-finite time")
+    for task, row in results["table"].items():
+        for name, v in row.items():
+            need(all(math.isfinite(v[k]) for k in ("psnr_mean", "psnr_std", "ssim_mean")),
+                 f"table {task}/{name}: non-finite summary")
+
+
+def check_depth_results(results: dict, n_images: int) -> None:
+    """A ``--suite depth`` JSON is complete: T1–T4 rows for every model, sorted by depth,
+    ``n_images`` finite scores each. Raises ``ValueError`` naming the first gap."""
+    if results.get("suite") != "depth":
+        raise ValueError("depth results: not the JSON of --suite depth")
+    for name, entries in results["depth_sweep"].items():
+        if name not in ("meta_sup", "meta_unsup"):
+            raise ValueError(f"depth results: unknown model kind {name!r}")
+        depths = [e["depth"] for e in entries]
+        if depths != sorted(depths):
+            raise ValueError(f"depth results: {name} not sorted by depth")
+        for e in entries:
+            if [r["task"] for r in e["rows"]] != ["denoise", "tv", "deblur", "inpaint"]:
+                raise ValueError(f"depth results: {name} depth {e['depth']}: not T1-T4")
+            for r in e["rows"]:
+                for key in ("pseudo_inverse", "model", "adapted"):
+                    if len(r[key]) != n_images or not all(math.isfinite(v) for v in r[key]):
+                        raise ValueError(f"depth results: {name} depth {e['depth']} "
+                                         f"{r['task']} {key}: not {n_images} finite scores")

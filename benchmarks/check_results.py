@@ -1,0 +1,66 @@
+"""Check the committed result files: every Table 1 JSON (``table1.json`` and the single-model
+``table1_*.json``) and the Fig. 3 depth sweep are complete, with finite numbers, and the
+depth sweep is the one the docs describe (depths 20/40/60, each with its own inner loss).
+
+These are checks of data, not of code, so they run here (CI: ``.ci/run``) rather than in the
+test suite.
+
+    python benchmarks/check_results.py [--results benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from metaprior.experiments.table1 import check_depth_results, check_results
+
+HERE = Path(__file__).resolve().parent
+
+
+def check(folder: Path) -> list[str]:
+    """One line per problem found (empty: all good)."""
+    problems = []
+    main = folder / "table1.json"
+    tables = sorted(p for p in folder.glob("table1*.json") if p.name != "table1_grid.json")
+    if main not in tables:
+        problems.append(f"{main} is missing: run metaprior evaluate --suite table1")
+    for path in tables:
+        try:
+            results = json.loads(path.read_text())
+            if results["config"]["steps"] != 50 or not results["config"]["inits"]:
+                raise ValueError("not the 50-step protocol with at least one initialisation")
+            if path == main and set(results["tasks"]) != {"sr2", "mri4"}:
+                raise ValueError("the full table must hold sr2 and mri4")
+            check_results(results)
+        except (ValueError, KeyError, TypeError) as e:
+            problems.append(f"{path.name}: {type(e).__name__}: {e}")
+    depth = folder / "training_tasks_depth.json"
+    try:
+        results = json.loads(depth.read_text())
+        check_depth_results(results, n_images=3)
+        for name, entries in results["depth_sweep"].items():
+            loss = "supervised" if name == "meta_sup" else "unsupervised"
+            if [e["depth"] for e in entries] != [20, 40, 60] or any(
+                    e["inner"]["loss"] != loss for e in entries):
+                raise ValueError(f"{name}: not depths 20/40/60 with the {loss} inner loss")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problems.append(f"{depth.name}: {type(e).__name__}: {e}")
+    return problems
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default=str(HERE / "results"))
+    problems = check(Path(ap.parse_args().results))
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        sys.exit(1)
+    print(f"committed results OK ({ap.parse_args().results})")
+
+
+if __name__ == "__main__":
+    main()
