@@ -215,7 +215,7 @@ def test_the_parts_of_a_task_sum_to_its_hypergradient(parts):
     batch's 3 samples included: empty parts do nothing), the weighted parts of every task sum
     to its hypergradient and losses, for every objective; an implicit task is computed whole
     by part 0."""
-    from metaprior.meta.step import _part, _weighted, task_hypergradient
+    from metaprior.meta.step import _part, task_hypergradient
 
     model, batches = _problem("batch")
     theta = dict(model.named_parameters())
@@ -225,8 +225,8 @@ def test_the_parts_of_a_task_sum_to_its_hypergradient(parts):
             work = [w for w in (_part(inner, outer, 0, 1, k, parts, cfg)
                                 for k in range(parts)) if w]
             assert len(work) == (1 if mode == "implicit" else min(parts, 3))
-            got = [_weighted(task_hypergradient(model, theta, i, o, cfg, share=share), w)
-                   for i, o, w, share in work]
+            got = [task_hypergradient(model, theta, i, o, cfg, share=share)
+                   for i, o, share in work]
             total = {k: sum(r.grads[k] for r in got) for k in whole.grads}
             error = torch.cat([(total[k] - g).reshape(-1) for k, g in whole.grads.items()])
             norm = torch.cat([g.reshape(-1) for g in whole.grads.values()]).norm()

@@ -115,21 +115,21 @@ def _resolve(args, sections: dict[str, type], extra: tuple[str, ...] = ()) -> di
         for f in fields(section):
             setattr(args, f.name, getattr(section, f.name))
     args.file_values = file_values
-    device = str(getattr(args, "device", "cpu"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    _check_device(getattr(args, "device", "cpu"))
+    return resolved
+
+
+def _check_device(device: str) -> None:
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA device is available: use "
                          "--device cpu")
-    return resolved
 
 
 def _setup(args) -> None:
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    device = getattr(args, "run.device", None) or "cpu"  # meta-train; others: _resolve
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available: use "
-                         "--device cpu")
+    _check_device(getattr(args, "run.device", None) or "cpu")  # meta-train; others: _resolve
 
 
 # --- meta-train -------------------------------------------------------------------------------
@@ -403,7 +403,7 @@ def _table1_config(args):
     config = quick_config() if args.quick else Table1Config()
     overrides = load_config_file(args.suite_config) if args.suite_config else {}
     if "seed" in overrides or "seed" in args.file_values.get("suite", {}):
-        raise ValueError("--suite-config: give the seed with --seed, not in a config file")
+        raise ValueError("the suite's seed: give the seed with --seed, not in a config file")
     if "lr" in overrides and overrides.get("lr_grid", True):
         raise ValueError("--suite-config: lr is used only with \"lr_grid\": [] (otherwise each "
                          "run's lr is chosen from lr_grid on held-out fine-tuning images)")

@@ -48,16 +48,15 @@ def task_hypergradient(
     """The hypergradient of one task by ``config.hypergradient`` (with learned inner step sizes
     ``lrs``: second-order MAML, which also differentiates them), or with
     ``config.objective == "joint"`` the joint pre-training gradient. ``share``: this process's
-    part of a task shared across processes (second- and first-order MAML)."""
+    part of a task shared across processes (:func:`_part`)."""
     if config.objective == "joint":
-        return joint_gradient(model, theta, inner_batch, outer_batch, config)
+        result = joint_gradient(model, theta, inner_batch, outer_batch, config)
+        return result if share is None else _weighted(result, share.outer_weight)
+    extra = {} if share is None else {"share": share}  # implicit tasks are never shared
     if lrs is not None:
         return maml_hypergradient(model, theta, inner_batch, outer_batch, config, lrs=lrs,
-                                  share=share)
-    if share is not None:
-        return _MODES[config.hypergradient](model, theta, inner_batch, outer_batch, config,
-                                            share=share)
-    return _MODES[config.hypergradient](model, theta, inner_batch, outer_batch, config)
+                                  **extra)
+    return _MODES[config.hypergradient](model, theta, inner_batch, outer_batch, config, **extra)
 
 
 def sum_hypergradients(results: Sequence[TaskHypergradient]) -> Params:
@@ -98,14 +97,13 @@ def meta_gradient(
     computes its :func:`~metaprior.distributed.shares` (whole tasks, or with more ranks than
     tasks a part of one task's batch), and the sum is one all-reduce; every rank returns the
     same total and the records of all tasks (their ``grads`` only for its own tasks)."""
-    mine, own, weights, task_shares = [], [], [], []
+    mine, own, task_shares = [], [], []
     for i, part, parts in distributed.shares(len(batches)):
         work = _part(*batches[i], i, len(batches), part, parts, config)
         if work is not None:
             mine.append(i)
             own.append(work[:2])
-            weights.append(work[2])
-            task_shares.append(work[3])
+            task_shares.append(work[2])
     workers = num_workers(config, len(own))
     if not own:
         results = []
@@ -114,16 +112,15 @@ def meta_gradient(
                    for (inner, outer), share in zip(own, task_shares, strict=True)]
     else:
         results = _concurrent(model, theta, own, config, workers, lrs)
-    results = [_weighted(r, w) for r, w in zip(results, weights, strict=True)]
     if not distributed.active():
         return sum_hypergradients(results), results
     return _reduce(model, theta, batches, mine, results, lrs)
 
 
 def _part(inner: TaskBatch, outer: TaskBatch, task: int, tasks: int, part: int, parts: int,
-          config: MetaConfig) -> tuple[TaskBatch, TaskBatch, float, TaskShare | None] | None:
-    """Part ``part`` of ``parts`` of task ``task``'s work: its batches, the weight that scales
-    its result afterwards, and the :class:`TaskShare` its hypergradient is computed with; or
+          config: MetaConfig) -> tuple[TaskBatch, TaskBatch, TaskShare | None] | None:
+    """Part ``part`` of ``parts`` of task ``task``'s work: its batches and the
+    :class:`TaskShare` its hypergradient is computed with (``None``: the whole task), or
     ``None`` for nothing to do.
 
     Second- and first-order MAML split both batches: the inner step of the whole inner batch
@@ -137,33 +134,32 @@ def _part(inner: TaskBatch, outer: TaskBatch, task: int, tasks: int, part: int, 
     by sample.
     """
     if parts == 1:
-        return inner, outer, 1.0, None
-    outs = outer.split(parts) if config.hypergradient != "implicit" or (
-        config.objective == "joint") else None
-    if outs is None:  # not split: part 0 computes the task whole
-        return (inner, outer, 1.0, None) if part == 0 else None
+        return inner, outer, None
+    whole = (inner, outer, None) if part == 0 else None
     if config.objective == "joint":
-        ins = inner.split(parts) if len(inner.y) == len(outer.y) else None
-        if ins is None:
-            return (inner, outer, 1.0, None) if part == 0 else None
-        return None if outs[part] is None else (ins[part], outs[part],
-                                                len(outs[part].y) / len(outer.y), None)
+        if len(inner.y) != len(outer.y):  # one weight for both batches needs equal sizes
+            return whole
+        outs, ins = outer.split(parts), inner.split(parts)
+        if outs is None or ins is None:
+            return whole
+        sub = outs[part]
+        return None if sub is None else (ins[part], sub, TaskShare(len(sub.y) / len(outer.y)))
+    if config.hypergradient == "implicit":
+        return whole
+    outs = outer.split(parts)
+    if outs is None:
+        return whole
     ins = inner.split(parts) if distributed.active() else None
     if ins is not None and None not in ins and None not in outs:
-        share = TaskShare(len(outs[part].y) / len(outer.y),
-                          BatchShare(len(ins[part].y) / len(inner.y),
-                                     partial(distributed.task_group_sum, task=task,
-                                             tasks=tasks)))
-        return ins[part], outs[part], 1.0, share
-    if outs[part] is None:
-        return None
-    return inner, outs[part], 1.0, TaskShare(len(outs[part].y) / len(outer.y))
+        inner_share = BatchShare(len(ins[part].y) / len(inner.y),
+                                 partial(distributed.task_group_sum, task=task, tasks=tasks))
+        return ins[part], outs[part], TaskShare(len(outs[part].y) / len(outer.y), inner_share)
+    sub = outs[part]
+    return None if sub is None else (inner, sub, TaskShare(len(sub.y) / len(outer.y)))
 
 
 def _weighted(result: TaskHypergradient, weight: float) -> TaskHypergradient:
     """A part's hypergradient, losses and numbers scaled by its share of the task's batch."""
-    if weight == 1.0:
-        return result
     return TaskHypergradient(result.task, {k: g * weight for k, g in result.grads.items()},
                              result.inner_loss * weight, result.outer_loss * weight,
                              {k: v * weight for k, v in result.info.items()})
