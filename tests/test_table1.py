@@ -179,7 +179,7 @@ def test_fine_tuning_lr_is_chosen_on_held_out_images_and_cached(monkeypatch):
     val = [task.sample(images[4], g)]
     data = table1.TaskData("denoise", 1.0, stream, stream, val, [], [], [],
                            {"lr_selection": "synthetic"})
-    config = table1.quick_config(steps=3, lr_grid=(1e-4, 1e-3, 1e-2))
+    config = table1.quick_config(steps=3, lr_grid=(1e-4, 1e-3, 1e-2), lr_extend=0)
     theta = parameters_of(model)
     cache: dict = {}
     chosen = table1.choose_lr(model, theta, data, "supervised", 0.0, config, cache, "k")
@@ -201,6 +201,45 @@ def test_fine_tuning_lr_is_chosen_on_held_out_images_and_cached(monkeypatch):
     other = {k: v + 0.01 for k, v in theta.items()}
     table1.choose_lr(model, other, data, "supervised", 0.0, config, cache, "k")
     assert calls == [3e-2, 1e-4, 1e-3, 1e-2]  # another θ: searched afresh
+
+
+@pytest.mark.parametrize("extend,best,edge", [(4, 2.7e-5, False), (1, 9e-5, True)])
+def test_fine_tuning_lr_grid_extends_past_an_edge_choice(monkeypatch, extend, best, edge):
+    """A held-out score that peaks at 3e-5, below the grid: the grid is extended downwards
+    geometrically (ratio 1e-3 / 3e-4) until the choice is interior, by at most ``lr_extend``
+    values; an lr that diverges is never chosen; a rerun reuses every cached value."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from metaprior import adapt, evaluate
+    from metaprior.experiments import table1
+
+    calls = []
+
+    def fake_fine_tune(model, theta, stream, cfg):
+        calls.append(cfg.lr)
+        if cfg.lr >= 3e-3:
+            raise FloatingPointError("diverged")
+        return SimpleNamespace(params={"lr": cfg.lr})
+
+    monkeypatch.setattr(adapt, "fine_tune", fake_fine_tune)
+    monkeypatch.setattr(evaluate, "score", lambda method, batches, peak: [
+        30.0 - math.log10(calls[-1] / 3e-5) ** 2])
+    data = table1.TaskData("x", 1.0, lambda: None, lambda: None, [None], [], [], [],
+                           {"lr_selection": "synthetic"})
+    config = table1.quick_config(lr_grid=(3e-4, 1e-3, 3e-3, 1e-2), lr_extend=extend)
+    theta = {"w": torch.zeros(2)}
+    cache: dict = {}
+    chosen = table1.choose_lr(None, theta, data, "supervised", 0.0, config, cache, "k")
+    assert chosen["best"] == pytest.approx(best, rel=1e-9)
+    assert chosen["at_grid_edge"] is edge
+    assert chosen["grid"]["0.003"] is None and chosen["grid"]["0.01"] is None
+    assert len(chosen["grid"]) == 4 + min(extend, 3)
+    n = len(calls)
+    assert table1.choose_lr(None, theta, data, "supervised", 0.0, config, cache, "k") == chosen
+    assert len(calls) == n  # cached
 
 
 @pytest.mark.data

@@ -16,8 +16,8 @@ pre-training and a random initialisation — each fine-tuned with Adam on the ta
 data, supervised and unsupervised (the meta-models also with the equivariant-imaging loss, the
 variant tried against the paper's unsupervised-MRI failure), scored on the test images after 0,
 1, 2, 5, 10, 20 and ``steps`` steps (one run per curve, each on the same fine-tuning stream).
-Each run's learning rate is chosen from ``lr_grid`` on held-out fine-tuning images
-(:func:`choose_lr`; MRI: 4 of the 10 ``finetune`` slices, SR: 4 BSDS500 val crops).
+Each run's learning rate is chosen from ``lr_grid``, extended past an edge choice, on held-out
+fine-tuning images (:func:`choose_lr`; MRI: 4 of the 10 ``finetune`` slices, SR: 4 BSDS500 val crops).
 
 The paper's "PDNet" column, a PDNet trained from scratch on the task for many steps, is
 :func:`train_scratch` (``--suite scratch``), evaluated here when ``scratch_models`` names it.
@@ -71,6 +71,9 @@ class Table1Config:
     # fine-tuning lr candidates, one chosen per (initialisation, loss) on held-out fine-tuning
     # images (TaskData.val) after `steps` steps; () = use `lr` everywhere
     lr_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+    # a choice on an end of the grid extends it there geometrically by up to this many values
+    # a side (the baselines' rule, metaprior.baselines.geometric_search); 0: the grid as given
+    lr_extend: int = 4
     # a meta-model with learned per-layer step sizes: its candidates are these multiples of its
     # learned steps instead (lr = its inner_lr × m), chosen the same way
     scale_grid: tuple[float, ...] = (0.3, 1.0, 3.0)
@@ -126,6 +129,8 @@ class Table1Config:
         if any(not lr > 0 for lr in (self.lr, *self.lr_grid, *self.scale_grid)):
             raise ValueError(f"lr, lr_grid and scale_grid values must be > 0, got {self.lr}, "
                              f"{self.lr_grid}, {self.scale_grid}")
+        if self.lr_extend < 0:
+            raise ValueError(f"lr_extend must be >= 0, got {self.lr_extend}")
         if any(s < 0 or s > self.steps for s in self.curve):
             raise ValueError(f"curve steps must lie in [0, steps={self.steps}], got {self.curve}")
 
@@ -288,7 +293,8 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
               rule=None) -> dict:
     """The fine-tuning learning rate of one (initialisation θ, loss) pair: the value of
     ``config.lr_grid`` (for a ``rule`` with learned step sizes: ``config.scale_grid`` multiples
-    of its ``lr``) whose ``config.steps``-step fine-tuning with the step rule ``rule`` (default:
+    of its ``lr``), extended past an edge choice by up to ``config.lr_extend`` values a side,
+    whose ``config.steps``-step fine-tuning with the step rule ``rule`` (default:
     Adam) on ``data.select_stream`` scores the best mean PSNR on the held-out fine-tuning images
     ``data.val`` (never the test images).
 
@@ -296,12 +302,13 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     a rerun reuses them and a wider grid only runs its new values.
 
     Returns:
-        ``{"best": lr, "grid": {lr: mean validation PSNR, None where it diverged},
-        "at_grid_edge": bool, "seconds": search time, cached runs included}``.
+        ``{"best": lr, "grid": {lr: mean validation PSNR, None where it diverged} for every lr
+        tried, "at_grid_edge": bool (still on an end of the extended grid), "seconds": search time, cached runs included}``.
     """
     import hashlib
 
     from metaprior.adapt import AdaptConfig, fine_tune
+    from metaprior.baselines import geometric_search
     from metaprior.evaluate import score
 
     digest = hashlib.sha256()
@@ -324,27 +331,34 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     seconds = entry.get("seconds", 0.0) if same else 0.0
     lr_grid = (tuple(rule.lr * m for m in config.scale_grid) if rule.lr_scales is not None
                else config.lr_grid)
-    missing = [lr for lr in lr_grid if str(lr) not in scores]
-    t0 = time.perf_counter()
-    for lr in missing:
-        cfg = replace(rule, steps=config.steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
-        try:
-            phi = fine_tune(model, theta, data.select_stream(), cfg).params
-            with torch.no_grad():
-                scores[str(lr)] = mean_std(score(
-                    lambda b, phi=phi: reconstruct(model, phi, b), data.val, data.peak))[0]
-        except FloatingPointError:  # diverged at this lr: not a candidate
-            scores[str(lr)] = None
-    grid = {str(lr): scores[str(lr)] for lr in lr_grid}
-    scored = [lr for lr in lr_grid if grid[str(lr)] is not None]
-    if not scored:
-        raise FloatingPointError(f"{key}: fine-tuning diverged at every lr of {lr_grid}")
-    best = max(scored, key=lambda lr: grid[str(lr)])
-    if missing:
-        seconds += time.perf_counter() - t0
-        cache[key] = {"grid": scores, "seconds": seconds, "fingerprint": fingerprint}
-        _save_cache(cache, cache_path)
-    edge = len(grid) > 1 and best in (min(lr_grid), max(lr_grid))
+    t0, ran = time.perf_counter(), False
+
+    def validation_psnr(lr: float) -> float | None:
+        nonlocal ran
+        if str(lr) not in scores:
+            ran = True
+            cfg = replace(rule, steps=config.steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
+            try:
+                phi = fine_tune(model, theta, data.select_stream(), cfg).params
+                with torch.no_grad():
+                    scores[str(lr)] = mean_std(score(
+                        lambda b, phi=phi: reconstruct(model, phi, b), data.val, data.peak))[0]
+            except FloatingPointError:  # diverged at this lr: not a candidate
+                scores[str(lr)] = None
+        return scores[str(lr)]
+
+    try:
+        best, tried = geometric_search(validation_psnr, lr_grid, config.lr_extend)
+    except FloatingPointError:
+        raise FloatingPointError(f"{key}: fine-tuning diverged at every lr tried "
+                                 f"({sorted(float(k) for k in scores)})") from None
+    finally:
+        if ran:
+            seconds += time.perf_counter() - t0
+            cache[key] = {"grid": scores, "seconds": seconds, "fingerprint": fingerprint}
+            _save_cache(cache, cache_path)
+    grid = {str(lr): v for lr, v in tried.items()}
+    edge = len(grid) > 1 and best in (min(tried), max(tried))
     return {"best": best, "grid": grid, "at_grid_edge": edge, "seconds": seconds}
 
 
@@ -468,7 +482,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                                        f"{task_name}/{init}_ft_{tag}/lr", cache_path, rule)
                     lr = chosen["best"]
                     log(f"  {task_name} {init:10s} {loss:12s} lr {lr:g} (validation " + ", ".join(
-                        f"{k}: " + ("diverged" if v is None else f"{v:.2f}")
+                        f"{float(k):.3g}: " + ("diverged" if v is None else f"{v:.2f}")
                         for k, v in chosen["grid"].items()) + " dB)"
                         + (" (at the edge of its grid)" if chosen["at_grid_edge"] else ""))
                 run = finetune_curve(model, theta, data, loss, config.steps, lr, prox,
@@ -638,7 +652,8 @@ def _jsonable(obj):
 def quick_config(**overrides) -> Table1Config:
     """A minutes-long smoke configuration of the same protocol (tests, ``--quick``)."""
     base = Table1Config(steps=2, curve=(0, 1), lr_grid=(1e-3, 1e-2), batch=2, patch_size=32,
-                        variants=(), grid_images=1, grid_crop=64, max_test_images=1)
+                        variants=(), grid_images=1, grid_crop=64, max_test_images=1,
+                        lr_extend=1)
     return replace(base, **overrides)
 
 
@@ -712,9 +727,13 @@ def check_results(results: dict) -> None:
             for name, run in r["pdnet"].items():
                 if config.get("lr_grid") and name != "scratch":  # chosen on held-out images
                     grid = run["lr_selection"]["grid"]
-                    need(run["lr"] in config["lr_grid"], f"{task}/{name}: lr not in lr_grid")
-                    need(sorted(map(float, grid)) == sorted(config["lr_grid"]),
-                         f"{task}/{name}: lr selection grid is not lr_grid")
+                    tried = sorted(map(float, grid))
+                    need(run["lr"] in tried, f"{task}/{name}: lr not in its selection grid")
+                    need(set(config["lr_grid"]) <= set(tried),
+                         f"{task}/{name}: lr selection grid lacks values of lr_grid")
+                    # results written before lr_extend existed searched lr_grid alone
+                    need(len(tried) - len(config["lr_grid"]) <= 2 * config.get("lr_extend", 0),
+                         f"{task}/{name}: lr selection grid extends past lr_extend")
                     need(grid[str(run["lr"])] == max(v for v in grid.values() if v is not None),
                          f"{task}/{name}: lr is not the held-out best")
         for name, rec in [*baselines.items(),
