@@ -17,7 +17,8 @@ data, supervised and unsupervised (the meta-models also with the equivariant-ima
 variant tried against the paper's unsupervised-MRI failure), scored on the test images after 0,
 1, 2, 5, 10, 20 and ``steps`` steps (one run per curve, each on the same fine-tuning stream).
 Each run's learning rate is chosen from ``lr_grid``, extended past an edge choice, on held-out
-fine-tuning images (:func:`choose_lr`; MRI: 4 of the 10 ``finetune`` slices, SR: 4 BSDS500 val crops).
+fine-tuning images (:func:`choose_lr`; MRI: 4 of the 10 ``finetune`` slices, SR: 4 BSDS500
+val crops).
 
 The paper's "PDNet" column, a PDNet trained from scratch on the task for many steps, is
 :func:`train_scratch` (``--suite scratch``), evaluated here when ``scratch_models`` names it.
@@ -70,10 +71,10 @@ class Table1Config:
     lr: float = 1e-2  # fine-tuning Adam lr when lr_grid is empty (and T1-T4's fallback lr)
     # fine-tuning lr candidates, one chosen per (initialisation, loss) on held-out fine-tuning
     # images (TaskData.val) after `steps` steps; () = use `lr` everywhere
-    lr_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+    lr_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)  # fine-tuning lr candidates
     # a choice on an end of the grid extends it there geometrically by up to this many values
     # a side (the baselines' rule, metaprior.baselines.geometric_search); 0: the grid as given
-    lr_extend: int = 4
+    lr_extend: int = 4  # lr values added past an edge choice of lr_grid, per side (0: none)
     # a meta-model with learned per-layer step sizes: its candidates are these multiples of its
     # learned steps instead (lr = its inner_lr × m), chosen the same way
     scale_grid: tuple[float, ...] = (0.3, 1.0, 3.0)
@@ -303,7 +304,8 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
 
     Returns:
         ``{"best": lr, "grid": {lr: mean validation PSNR, None where it diverged} for every lr
-        tried, "at_grid_edge": bool (still on an end of the extended grid), "seconds": search time, cached runs included}``.
+        tried, "at_grid_edge": bool (still on an end of the extended grid), "seconds": search
+        time, cached runs included}``.
     """
     import hashlib
 
