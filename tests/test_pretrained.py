@@ -15,7 +15,7 @@ def test_every_shipped_model_loads_by_name_with_its_provenance():
     for name in names:
         info = pretrained.describe(name)
         assert info["command"].count("metaprior ") == 1 and info["file"].endswith(".safetensors")
-        if "init_command" in info:  # a warm start: the run that made its --init-from file
+        if "init_command" in info:  # the run it starts from (--init-from) or continues
             init = info["init_command"].split("--out ")[1].split()[0]
             assert info["init_command"].count("metaprior ") == 1 and init in info["command"]
         path = resolve_model_path(name)

@@ -1,6 +1,7 @@
 """Meta-trained PDNets shipped with the package (safetensors only; see ``MODELS.json`` for the
-command, configuration and wall time that produced each one, and for a warm-started model the
-``init_command`` that produced its ``--init-from`` file).
+command, configuration and wall time that produced each one, and, where it builds on an earlier
+run, the ``init_command`` of that run: the one that wrote its ``--init-from`` file, or the one
+it continues with ``--resume``).
 
 ``metaprior adapt --model NAME`` and :func:`metaprior.checkpoint.load_model` accept these names
 wherever they accept a file path.
