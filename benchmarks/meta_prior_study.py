@@ -13,11 +13,12 @@ never on Set3C or the MRI test slices:
 
 For each operator: PSNR of θ itself, then fine-tuning from θ on BSDS500 train+test patches
 (the Table 1 SR stream: 8 patches of 64×64 a step; 2 patches of 128×128 for ``fourier4``,
-whose mask depends on the image size) with Adam, supervised and without ground truth
-(measurement consistency; also the equivariant loss on ``sr2``), scored after 0, 1, 5 and
-``--steps`` steps. The fine-tuning lr is chosen per (recipe, operator, loss) from ``--lr-grid``
-by the PSNR after ``--steps`` steps, as Table 1 chooses it on held-out images; every lr's
-curve is kept.
+whose mask depends on the image size), supervised and without ground truth (measurement
+consistency; also the equivariant loss on ``sr2``), scored after 0, 1, 5 and ``--steps``
+steps, with the model's own step rule (Adam, or the SGD it was meta-trained with;
+``--optimizer`` overrides it). The fine-tuning lr is chosen per (recipe, operator, loss) from
+``--lr-grid`` by the PSNR after ``--steps`` steps, as Table 1 chooses it on held-out images;
+every lr's curve is kept.
 
 Usage::
 
@@ -132,6 +133,8 @@ def cmd_score(args) -> None:
     t0 = time.perf_counter()
     print(f"{args.recipe}: {args.model}")
     rule = AdaptConfig.from_model(meta) if "meta_config" in meta else None
+    if args.optimizer is not None:
+        rule = replace(rule or AdaptConfig(), optimizer=args.optimizer)
     scores = score_model(model, theta, args.steps, args.lr_grid, args.data_root, args.seed,
                          rule=rule)
     train = {}
@@ -158,7 +161,7 @@ def cmd_score(args) -> None:
         results["machine"] = machine()
         results["recipes"][args.recipe] = {
             "about": args.about, "command": args.command, "model": args.model,
-            "lr_grid": list(args.lr_grid),
+            "lr_grid": list(args.lr_grid), "optimizer": (rule or AdaptConfig()).optimizer,
             "meta_config": meta.get("meta_config"), "pdnet_config": meta.get("pdnet_config"),
             "inner_lrs": meta.get("inner_lrs"),
             "train": train, "scores": scores,
@@ -232,6 +235,10 @@ def main() -> None:
     s.add_argument("--command", default="", help="the command that trained the model")
     s.add_argument("--steps", type=int, default=20, help="fine-tuning steps (default 20)")
     s.add_argument("--lr-grid", type=float, nargs="+", default=[3e-4, 1e-3])
+    s.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
+                   help="fine-tune with this step rule instead of the model's own (SGD steps "
+                        "are lr times the gradient: give an --lr-grid of their scale, e.g. "
+                        "3e-3 1e-2 3e-2)")
     s.add_argument("--depth", type=int, default=20, help="depth of the 'random' model")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--data-root", default=None)

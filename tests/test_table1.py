@@ -63,6 +63,7 @@ def test_suite_config_errors_are_one_line(tmp_path):
                            ('{"baselines": ["tgv2"]}', "unknown baseline 'tgv2'"),
                            ('{"inits": ["meta"]}', "inits must be among"),
                            ('{"lr": 0.001}', "lr is used only with"),
+                           ('{"optimizer": "rmsprop"}', "optimizer must be '', 'adam' or 'sgd'"),
                            ('{"nope": 1}', "unknown field")):
         bad.write_text(content)
         with pytest.raises(SystemExit, match=match):
@@ -201,6 +202,23 @@ def test_fine_tuning_lr_is_chosen_on_held_out_images_and_cached(monkeypatch):
     other = {k: v + 0.01 for k, v in theta.items()}
     table1.choose_lr(model, other, data, "supervised", 0.0, config, cache, "k")
     assert calls == [3e-2, 1e-4, 1e-3, 1e-2]  # another θ: searched afresh
+
+
+def test_fine_tuning_rule_is_the_init_s_own_unless_the_config_names_one():
+    """Each initialisation is fine-tuned with the rule its metadata records (optimizer and
+    learned per-layer step sizes; random init: Adam); ``optimizer`` replaces the optimizer for
+    all of them and keeps the learned step sizes."""
+    from metaprior.experiments import table1
+
+    meta = {"meta_config": {"inner_optimizer": "sgd", "inner_lr": 1e-2, "inner_loss":
+                            "unsupervised"}, "inner_lrs": {"layers.0.weight": 2e-2}}
+    own = table1.quick_config()
+    assert table1.fine_tuning_rule(None, own) is None  # the default rule, Adam
+    rule = table1.fine_tuning_rule(meta, own)
+    assert rule.optimizer == "sgd" and rule.lr_scales == {"layers.0.weight": 2.0}
+    adam = table1.fine_tuning_rule(meta, table1.quick_config(optimizer="adam"))
+    assert adam.optimizer == "adam" and adam.lr_scales == rule.lr_scales
+    assert table1.fine_tuning_rule(None, table1.quick_config(optimizer="sgd")).optimizer == "sgd"
 
 
 @pytest.mark.parametrize("extend,best,edge", [(4, 2.7e-5, False), (1, 9e-5, True)])

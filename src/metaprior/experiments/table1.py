@@ -79,6 +79,9 @@ class Table1Config:
     # learned steps instead (lr = its inner_lr × m), chosen the same way
     scale_grid: tuple[float, ...] = (0.3, 1.0, 3.0)
     prox_lambda: float = 0.0  # λ/2‖φ − θ‖² during fine-tuning (0: plain fine-tuning)
+    # fine-tuning step rule of every initialisation: "" = each one's own (a meta-model's inner
+    # optimizer; Adam for joint pre-training and random init), or "adam" / "sgd" for all
+    optimizer: str = ""  # "" (each init's own) | "adam" | "sgd"
     batch: int = 8  # SR fine-tuning batch (64×64 patches)
     patch_size: int = 64  # SR fine-tuning patch side
     mri_batch: int = 1  # MRI fine-tuning batch (whole slices)
@@ -130,6 +133,8 @@ class Table1Config:
         if any(not lr > 0 for lr in (self.lr, *self.lr_grid, *self.scale_grid)):
             raise ValueError(f"lr, lr_grid and scale_grid values must be > 0, got {self.lr}, "
                              f"{self.lr_grid}, {self.scale_grid}")
+        if self.optimizer not in ("", "adam", "sgd"):
+            raise ValueError(f"optimizer must be '', 'adam' or 'sgd', got {self.optimizer!r}")
         if self.lr_extend < 0:
             raise ValueError(f"lr_extend must be >= 0, got {self.lr_extend}")
         if any(s < 0 or s > self.steps for s in self.curve):
@@ -287,6 +292,19 @@ def _save_cache(cache: dict, cache_path: Path | None) -> None:
 
     if cache_path is not None:
         write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
+
+
+def fine_tuning_rule(meta: dict | None, config: Table1Config):
+    """The step rule an initialisation is fine-tuned with: the one its metadata records
+    (a meta-model's inner optimizer and learned per-layer step sizes, rescaled by the chosen
+    lr; ``meta=None`` for random init: Adam), with ``config.optimizer`` replacing the optimizer
+    when set. ``None`` stands for the default rule (Adam)."""
+    from metaprior.adapt import AdaptConfig
+
+    rule = None if meta is None else AdaptConfig.from_model(meta)
+    if config.optimizer:
+        rule = replace(rule or AdaptConfig(), optimizer=config.optimizer)
+    return rule
 
 
 def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
@@ -470,9 +488,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 theta = _random_init(model, config.seed)
             else:
                 model, theta = inits[init][0], inits[init][1]
-            # the init's own step rule (optimizer, learned per-layer step sizes rescaled by
-            # the chosen lr); random init: Adam
-            rule = None if init == "random" else AdaptConfig.from_model(inits[init][2])
+            rule = fine_tuning_rule(None if init == "random" else inits[init][2], config)
             losses = ("supervised", "unsupervised",
                       *(config.variants if init.startswith("meta") else ()))
             for loss in losses:
@@ -491,6 +507,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                                      config.curve, visual_at=(0, 1, 20, config.steps),
                                      rule=rule)
                 run["lr"] = lr
+                run["optimizer"] = (rule or AdaptConfig()).optimizer
                 if chosen is not None:
                     run["lr_selection"] = {k: chosen[k] for k in ("grid", "at_grid_edge",
                                                                   "seconds")}
