@@ -8,9 +8,10 @@ Usage::
         --runs runs/table1/p1.json runs/table1/p2.json --out benchmarks/results/table1.json
 
 Rows of later files replace those of earlier ones; the merged file lists where each row came
-from under ``"merged_from"``, and its ``table`` is rebuilt from the merged rows. The first
-test images of the runs (``<stem>_visuals.safetensors``, for ``metaprior report``'s visual
-figures) are merged the same way, over the base's where it has one.
+from under ``"merged_from"``, its ``table`` is rebuilt from the merged rows, and its config's
+``tasks`` and ``inits`` are those of all the files (so ``check_results`` checks every row).
+The first test images of the runs (``<stem>_visuals.safetensors``, for ``metaprior
+report``'s visual figures) are merged the same way, over the base's where it has one.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from common import write_json
 from metaprior.checkpoint import load_tensors, save_tensors
-from metaprior.experiments.table1 import table_rows
+from metaprior.experiments.table1 import INITS, table_rows
 
 
 def _visuals(path: str | Path) -> Path:
@@ -45,6 +46,9 @@ def merge(base: dict, runs: list[tuple[str, dict]], base_name: str) -> dict:
             for row in [*rec["pdnet"], *rec["baselines"]]:
                 sources["rows"][f"{task}/{row}"] = name
         out["config"].setdefault("merged_configs", {})[name] = run["config"]
+        for key, order in (("tasks", list(out["tasks"])), ("inits", list(INITS))):
+            have = set(out["config"].get(key, ())) | set(run["config"].get(key, ()))
+            out["config"][key] = [k for k in order if k in have]
     out["table"] = table_rows(out)
     out["merged_from"] = sources
     out["wall_seconds_per_file"] = {base_name: base.get("wall_seconds"),

@@ -201,9 +201,11 @@ def cmd_figure(args) -> None:
     results = _load_results()
     recipes = results["recipes"]
     panels = [(op, loss) for op, (_, _, _, losses) in operators().items() for loss in losses]
-    cols = 4
-    rows = (len(panels) + cols) // cols  # one spare panel for the legend
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    cols, legend_cols = 4, 4
+    rows = -(-len(panels) // cols)
+    legend_height = 0.25 * -(-len(recipes) // legend_cols) + 0.3  # inches, below the panels
+    height = 3.4 * rows + legend_height
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, height), squeeze=False)
     for ax, (op, loss) in zip(axes.flat, panels, strict=False):
         for i, (name, rec) in enumerate(recipes.items()):
             curve = rec["scores"][op][loss]["curve"]
@@ -217,8 +219,9 @@ def cmd_figure(args) -> None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    axes.flat[len(panels)].legend(handles, labels, loc="center", fontsize=9)
-    fig.tight_layout()
+    fig.legend(handles, labels, loc="lower center", ncol=legend_cols, fontsize=9,
+               frameon=False)
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1))
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURE, dpi=120)
     print(f"wrote {FIGURE}")
