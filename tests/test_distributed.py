@@ -62,6 +62,8 @@ def _modes():
 
     modes = {m: MetaConfig(hypergradient=m, inner_lr=1e-2, workers=1, cg_iters=5)
              for m in ("maml", "first_order", "implicit")}
+    modes["reptile"] = MetaConfig(hypergradient="reptile", inner_steps=2, inner_lr=1e-2,
+                                  workers=1)
     modes["joint"] = MetaConfig(objective="joint", workers=1)
     modes["maml+theta"] = MetaConfig(inner_lr=1e-2, workers=1, outer_theta_weight=0.5)
     return modes
@@ -94,10 +96,10 @@ def _worker(rank: int, world: int, port: int, out: str, which: str) -> None:
 
 @pytest.mark.parametrize("which, world", [("tasks", 2), ("batch", 3)])
 def test_ranks_give_the_one_process_hypergradient(tmp_path, which, world):
-    """maml, first_order, implicit, joint and a θ-scored outer loss: the all-reduced sum over
-    the ranks equals the one-process sum (1e-12 relative overall, 1e-9 for every tensor) in
-    float64, on every rank, with
-    every task's losses; with more ranks than tasks the ranks split a task's batch."""
+    """maml, first_order, implicit, reptile, joint and a θ-scored outer loss: the all-reduced
+    sum over the ranks equals the one-process sum (1e-12 relative overall, 1e-9 for every
+    tensor) in float64, on every rank, with every task's losses; with more ranks than tasks
+    the ranks split a task's batch."""
     from metaprior.meta.step import meta_gradient
 
     mp.spawn(_worker, args=(world, _free_port(), str(tmp_path), which), nprocs=world,

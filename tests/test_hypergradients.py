@@ -12,6 +12,7 @@ from metaprior.meta.implicit import conjugate_gradient, implicit_hypergradient
 from metaprior.meta.joint import joint_gradient
 from metaprior.meta.maml import first_order_hypergradient, maml_hypergradient
 from metaprior.meta.problem import inner_adapt, outer_loss, reconstruct
+from metaprior.meta.reptile import reptile_hypergradient
 from metaprior.meta.step import meta_gradient, sum_hypergradients
 from metaprior.models import PDNet, PDNetConfig
 from metaprior.tasks import get_task
@@ -106,6 +107,49 @@ def test_first_order_is_outer_gradient_at_phi_k():
         assert torch.equal(a, torch.zeros_like(a) if b is None else b), k
 
 
+@pytest.mark.parametrize("prox", [0.0, 0.3])
+def test_reptile_is_mean_gradient_along_alternating_sgd_run(prox):
+    r"""With SGD, (θ − φ_K)/(Kη) is the mean of the K gradients of the supervised loss (plus
+    the proximal term) taken on the inner, outer, inner, … batch; logged: the loss at θ on the
+    inner batch and at φ_1 on the outer batch."""
+    model, theta, inner, outer = tiny_problem(4)
+    lr, steps = 0.2, 3
+    config = MetaConfig(inner_steps=steps, inner_optimizer="sgd", inner_lr=lr,
+                        hypergradient="reptile", prox_lambda=prox)
+    res = reptile_hypergradient(model, theta, inner, outer, config)
+    anchor = {k: v.detach() for k, v in theta.items()}
+    phi, total, losses = dict(anchor), None, []
+    for k in range(steps):
+        phi = {n: v.detach().requires_grad_(True) for n, v in phi.items()}
+        batch = (inner, outer)[k % 2]
+        loss = data_loss("supervised", reconstruct(model, phi, batch), batch)
+        loss = loss + prox / 2 * sum(((phi[n] - anchor[n]) ** 2).sum() for n in phi)
+        g = torch.autograd.grad(loss, list(phi.values()), allow_unused=True)
+        g = torch.cat([torch.zeros_like(p).reshape(-1) if d is None else d.reshape(-1)
+                       for p, d in zip(phi.values(), g, strict=True)])
+        total = g if total is None else total + g
+        losses.append(float(loss.detach()))
+        phi = unflat(flat(phi).detach() - lr * g, anchor)
+    assert torch.allclose(flat(res.grads), total / steps, rtol=1e-10, atol=1e-12)
+    assert flat(res.grads).norm() > 0
+    assert (res.inner_loss, res.outer_loss) == pytest.approx(losses[:2], rel=1e-12)
+
+
+def test_reptile_with_one_step_per_batch_is_not_the_joint_gradient():
+    """Two SGD steps of a vanishing size give the joint gradient (the mean of the two batches'
+    gradients at θ); at a finite size the second gradient is taken at φ_1, so they differ by
+    O(η)."""
+    model, theta, inner, outer = tiny_problem(6)
+    joint = flat(joint_gradient(model, theta, inner, outer, MetaConfig(objective="joint")).grads)
+    def gap(lr):
+        config = MetaConfig(inner_steps=2, inner_optimizer="sgd", inner_lr=lr, prox_lambda=0.0,
+                            hypergradient="reptile")
+        return float((2 * flat(reptile_hypergradient(model, theta, inner, outer,
+                                                     config).grads) - joint).norm())
+    small, large = gap(1e-6), gap(1e-1)
+    assert small < 1e-4 * float(joint.norm()) and large > 100 * small
+
+
 def test_joint_gradient_is_gradient_of_summed_supervised_losses():
     """Joint pre-training: no inner step; the gradient equals central finite differences of
     L_sup(θ; train batch) + L_sup(θ; test batch)."""
@@ -143,7 +187,7 @@ def test_meta_gradient_is_the_sum_over_tasks():
     assert torch.equal(flat(sum_hypergradients(results)), flat(total))
 
 
-@pytest.mark.parametrize("mode", ["maml", "first_order", "implicit", "joint"])
+@pytest.mark.parametrize("mode", ["maml", "first_order", "implicit", "reptile", "joint"])
 def test_concurrent_tasks_are_bitwise_serial(mode):
     """workers > 1 runs the tasks in threads on model replicas: same numbers, same order."""
     model, theta, inner, outer = tiny_problem(5)
@@ -167,7 +211,11 @@ def test_conjugate_gradient_solves_spd_system():
 
 def test_config_errors():
     with pytest.raises(ValueError, match="hypergradient must be one of"):
-        MetaConfig(hypergradient="reptile")
+        MetaConfig(hypergradient="reptile_2")
+    with pytest.raises(ValueError, match="'reptile' needs inner_loss 'supervised'"):
+        MetaConfig(hypergradient="reptile", inner_steps=2, inner_loss="unsupervised")
+    with pytest.raises(ValueError, match="inner_steps >= 2"):
+        MetaConfig(hypergradient="reptile", inner_steps=1)
     with pytest.raises(ValueError, match="prox_lambda > 0"):
         MetaConfig(hypergradient="implicit", prox_lambda=0.0)
     with pytest.raises(ValueError, match="workers must be >= 0"):

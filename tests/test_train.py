@@ -58,9 +58,10 @@ def test_learning_rate_schedule():
     assert train.learning_rate(cfg, 100) == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("mode", ["maml", "first_order", "implicit"])
+@pytest.mark.parametrize("mode", ["maml", "first_order", "implicit", "reptile"])
 def test_meta_train_writes_log_checkpoints_and_model(tmp_path, mode):
-    cfg = tiny_config(tmp_path / "run", steps=2, hypergradient=mode)
+    cfg = tiny_config(tmp_path / "run", steps=2, hypergradient=mode,
+                      inner_steps=2 if mode == "reptile" else 1)
     path = train.meta_train(cfg, progress=False, log=lambda *_: None)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
     assert [r["step"] for r in records] == [0, 1]

@@ -153,7 +153,8 @@ def _add_meta_train(sub) -> None:
         "meta-train", help="meta-train PDNet on the training tasks (bilevel, eq. 2)",
         description="Meta-train a PDNet. Each outer step: per task, K inner steps on BSDS "
         "train+test patches, supervised outer loss on BSDS val patches, hypergradient by "
-        "maml | first_order | implicit (or --objective joint: plain multi-task pre-training on "
+        "maml | first_order | implicit, or reptile's pseudo-gradient (K supervised steps on the "
+        "task's two batches in turn) (or --objective joint: plain multi-task pre-training on "
         "the same batches, no inner step); outer Adam on their sum. Writes OUT/config.json, "
         "OUT/log.jsonl, OUT/checkpoints/, OUT/model.safetensors.")
     p.add_argument("--config", help="JSON file of overrides: {\"model\": {...}, \"meta\": {...}}")

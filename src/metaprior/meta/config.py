@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from metaprior.losses import LOSSES
 
-HYPERGRADIENTS = ("maml", "first_order", "implicit")
+HYPERGRADIENTS = ("maml", "first_order", "implicit", "reptile")
 #: What the outer step optimises: the bilevel problem of eq. (2), or joint multi-task
 #: pre-training (no inner problem, hence no hypergradient; the non-meta baseline).
 OBJECTIVES = ("bilevel", "joint")
@@ -31,7 +31,7 @@ class MetaConfig:
     learn_inner_lr: bool = False  # learn per-layer inner step sizes (maml only)
     prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² (no effect with K = 1 from φ = θ)
     objective: str = "bilevel"  # "bilevel" (meta-learning) | "joint" (joint pre-training)
-    hypergradient: str = "maml"  # bilevel: "maml" | "first_order" | "implicit"
+    hypergradient: str = "maml"  # bilevel: "maml" | "first_order" | "implicit" | "reptile"
     cg_iters: int = 20  # implicit: conjugate-gradient iterations
     cg_tol: float = 1e-6  # implicit: relative residual at which CG stops
     # MAML++'s multi-step loss at step 0: θ must reconstruct well before any inner step too.
@@ -59,6 +59,11 @@ class MetaConfig:
         if self.hypergradient == "implicit" and self.prox_lambda <= 0:
             raise ValueError("hypergradient 'implicit' needs prox_lambda > 0 (iMAML solves "
                              "(I + H/λ) v = g)")
+        if self.hypergradient == "reptile" and self.objective == "bilevel" and (
+                self.inner_loss != "supervised" or self.inner_steps < 2):
+            raise ValueError("hypergradient 'reptile' needs inner_loss 'supervised' and "
+                             "inner_steps >= 2 (it moves θ towards weights fitted to the task's "
+                             f"ground truth), got {self.inner_loss!r} and {self.inner_steps}")
         if not self.tasks:
             raise ValueError("tasks is empty: name at least one registered task")
         if self.learn_inner_lr and (self.hypergradient != "maml" or self.objective != "bilevel"):

@@ -31,6 +31,7 @@ from metaprior.meta.maml import (
     maml_hypergradient,
 )
 from metaprior.meta.problem import BatchShare
+from metaprior.meta.reptile import reptile_hypergradient
 from metaprior.tasks import TaskBatch
 from metaprior.typing import Params
 
@@ -38,6 +39,7 @@ _MODES = {
     "maml": maml_hypergradient,
     "first_order": first_order_hypergradient,
     "implicit": implicit_hypergradient,
+    "reptile": reptile_hypergradient,
 }
 
 
@@ -52,7 +54,7 @@ def task_hypergradient(
     if config.objective == "joint":
         result = joint_gradient(model, theta, inner_batch, outer_batch, config)
         return result if share is None else _weighted(result, share.outer_weight)
-    extra = {} if share is None else {"share": share}  # implicit tasks are never shared
+    extra = {} if share is None else {"share": share}  # implicit, reptile: never shared
     if lrs is not None:
         return maml_hypergradient(model, theta, inner_batch, outer_batch, config, lrs=lrs,
                                   **extra)
@@ -131,7 +133,7 @@ def _part(inner: TaskBatch, outer: TaskBatch, task: int, tasks: int, part: int, 
     a mean over both batches, splits both. The implicit hypergradient is not split: a
     conjugate-gradient solve of a fixed number of iterations is not linear in its right-hand
     side, so part 0 computes the task whole, as it does a batch whose operator does not split
-    by sample.
+    by sample. Reptile's K steps on both batches are not split either.
     """
     if parts == 1:
         return inner, outer, None
@@ -144,7 +146,7 @@ def _part(inner: TaskBatch, outer: TaskBatch, task: int, tasks: int, part: int, 
             return whole
         sub = outs[part]
         return None if sub is None else (ins[part], sub, TaskShare(len(sub.y) / len(outer.y)))
-    if config.hypergradient == "implicit":
+    if config.hypergradient in ("implicit", "reptile"):
         return whole
     outs = outer.split(parts)
     if outs is None:
