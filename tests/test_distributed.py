@@ -215,8 +215,8 @@ def test_a_meta_batch_may_repeat_a_task_family(tmp_path):
 def test_the_parts_of_a_task_sum_to_its_hypergradient(parts):
     """In one process (no inner-batch sharing), whatever the number of parts (more than the
     batch's 3 samples included: empty parts do nothing), the weighted parts of every task sum
-    to its hypergradient and losses, for every objective; an implicit task is computed whole
-    by part 0."""
+    to its hypergradient and losses, for every objective; an implicit or Reptile task is
+    computed whole by part 0."""
     from metaprior.meta.step import _part, task_hypergradient
 
     model, batches = _problem("batch")
@@ -226,7 +226,7 @@ def test_the_parts_of_a_task_sum_to_its_hypergradient(parts):
             whole = task_hypergradient(model, theta, inner, outer, cfg)
             work = [w for w in (_part(inner, outer, 0, 1, k, parts, cfg)
                                 for k in range(parts)) if w]
-            assert len(work) == (1 if mode == "implicit" else min(parts, 3))
+            assert len(work) == (1 if mode in ("implicit", "reptile") else min(parts, 3))
             got = [task_hypergradient(model, theta, i, o, cfg, share=share)
                    for i, o, share in work]
             total = {k: sum(r.grads[k] for r in got) for k in whole.grads}

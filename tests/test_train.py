@@ -189,7 +189,11 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--resume: no checkpoint"):
         main(["meta-train", "--out", str(tmp_path / "empty"), "--resume", "--dataset", "demo"])
     with pytest.raises(SystemExit, match="hypergradient must be one of"):
+        main(["meta-train", "--hypergradient", "reptil", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="'reptile' needs inner_loss 'supervised' and "
+                                         "inner_steps >= 2"):
         main(["meta-train", "--hypergradient", "reptile", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
 
 
 def test_fresh_run_replaces_stale_later_checkpoints(tmp_path):
