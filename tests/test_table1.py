@@ -299,3 +299,21 @@ def test_the_result_checks_find_gaps_and_non_finite_numbers():
     broken["tasks"]["sr2"]["pdnet"]["joint_ft_sup"]["lr"] = float(worse)
     with pytest.raises(ValueError, match="lr is not the held-out best"):
         check_results(broken)
+
+
+def test_result_checks_take_a_learned_step_size_models_grid_from_its_inner_lr():
+    """A model with learned per-layer step sizes searches ``scale_grid`` multiples of its
+    inner lr, not ``lr_grid``; ``check_results`` holds each run to the grid it started from."""
+    import copy
+
+    from metaprior.experiments.table1 import search_grid
+
+    assert search_grid((3e-4, 1e-3), (0.3, 1.0, 3.0), None) == (3e-4, 1e-3)
+    assert search_grid((3e-4, 1e-3), (0.5, 2.0), 1e-2) == (5e-3, 2e-2)
+    results = json.loads((COMMITTED.parent / "table1_lslr.json").read_text())
+    assert results["models"]["meta_unsup"]["meta_config"]["learn_inner_lr"]
+    check_results(results)
+    broken = copy.deepcopy(results)
+    broken["models"]["meta_unsup"]["meta_config"]["learn_inner_lr"] = False
+    with pytest.raises(ValueError, match="lacks values of its start grid"):
+        check_results(broken)

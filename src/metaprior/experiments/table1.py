@@ -307,6 +307,15 @@ def fine_tuning_rule(meta: dict | None, config: Table1Config):
     return rule
 
 
+def search_grid(lr_grid, scale_grid, learned_base_lr: float | None) -> tuple[float, ...]:
+    """The lr values a fine-tuning lr search starts from: ``lr_grid``, or, for a step rule with
+    learned per-tensor step sizes, ``scale_grid`` multiples of its base lr (the model's
+    ``inner_lr``: lr = inner_lr applies exactly the learned steps)."""
+    if learned_base_lr is None:
+        return tuple(lr_grid)
+    return tuple(learned_base_lr * m for m in scale_grid)
+
+
 def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
               config: Table1Config, cache: dict, key: str, cache_path: Path | None = None,
               rule=None) -> dict:
@@ -349,8 +358,8 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     same = {k: v for k, v in cached.items() if k != "lr_grid"} == fingerprint
     scores = dict(entry["grid"]) if same else {}
     seconds = entry.get("seconds", 0.0) if same else 0.0
-    lr_grid = (tuple(rule.lr * m for m in config.scale_grid) if rule.lr_scales is not None
-               else config.lr_grid)
+    lr_grid = search_grid(config.lr_grid, config.scale_grid,
+                          rule.lr if rule.lr_scales is not None else None)
     t0, ran = time.perf_counter(), False
 
     def validation_psnr(lr: float) -> float | None:
@@ -748,10 +757,15 @@ def check_results(results: dict) -> None:
                     grid = run["lr_selection"]["grid"]
                     tried = sorted(map(float, grid))
                     need(run["lr"] in tried, f"{task}/{name}: lr not in its selection grid")
-                    need(set(config["lr_grid"]) <= set(tried),
-                         f"{task}/{name}: lr selection grid lacks values of lr_grid")
+                    meta = (results.get("models", {}).get(name.rsplit("_ft_", 1)[0], {})
+                            .get("meta_config") or {})
+                    base = search_grid(config["lr_grid"], config.get("scale_grid", ()),
+                                       meta["inner_lr"] if meta.get("learn_inner_lr") else None)
+                    need(set(base) <= set(tried),
+                         f"{task}/{name}: lr selection grid lacks values of its start grid "
+                         f"{list(base)}")
                     # results written before lr_extend existed searched lr_grid alone
-                    need(len(tried) - len(config["lr_grid"]) <= 2 * config.get("lr_extend", 0),
+                    need(len(tried) - len(base) <= 2 * config.get("lr_extend", 0),
                          f"{task}/{name}: lr selection grid extends past lr_extend")
                     need(grid[str(run["lr"])] == max(v for v in grid.values() if v is not None),
                          f"{task}/{name}: lr is not the held-out best")
