@@ -759,7 +759,8 @@ def check_results(results: dict) -> None:
                     need(run["lr"] in tried, f"{task}/{name}: lr not in its selection grid")
                     meta = (results.get("models", {}).get(name.rsplit("_ft_", 1)[0], {})
                             .get("meta_config") or {})
-                    base = search_grid(config["lr_grid"], config.get("scale_grid", ()),
+                    base = search_grid(config["lr_grid"],
+                                       config.get("scale_grid", Table1Config.scale_grid),
                                        meta["inner_lr"] if meta.get("learn_inner_lr") else None)
                     need(set(base) <= set(tried),
                          f"{task}/{name}: lr selection grid lacks values of its start grid "
