@@ -21,8 +21,11 @@ __version__ = "0.1.0"
 
 #: public name -> module that defines it
 _API = {
-    # the network
+    # the networks, by name
     "PDNet": "metaprior.models", "PDNetConfig": "metaprior.models",
+    "HQSNet": "metaprior.models", "HQSNetConfig": "metaprior.models",
+    "build_model": "metaprior.models", "register_architecture": "metaprior.models",
+    "available_architectures": "metaprior.models",
     # tasks and operators
     "Task": "metaprior.tasks", "TaskBatch": "metaprior.tasks", "get_task": "metaprior.tasks",
     "register_task": "metaprior.tasks", "available_tasks": "metaprior.tasks",
@@ -40,7 +43,7 @@ _API = {
     "fine_tune_run": "metaprior.adapt", "parameters_of": "metaprior.adapt",
     "load_into": "metaprior.adapt",
     # scoring
-    "evaluate_method": "metaprior.evaluate",
+    "evaluate_method": "metaprior.evaluate", "finetune_and_score": "metaprior.evaluate",
     # files
     "load_model": "metaprior.checkpoint", "save_model": "metaprior.checkpoint",
     "load_measurements": "metaprior.measurements",

@@ -33,6 +33,9 @@ class AdaptConfig:
     # step size of each parameter tensor relative to ``lr`` (a meta-model's learned inner step
     # sizes divided by its inner_lr, see :meth:`from_model`); None: ``lr`` for every tensor
     lr_scales: Mapping[str, float] | None = None
+    # parameters held fixed, by name prefix (e.g. ("denoiser",): adapt HQSNet's schedule only,
+    # which is faster: no gradient of the fixed weights is computed)
+    frozen: tuple[str, ...] = ()  # parameter-name prefixes held fixed during adaptation
 
     def __post_init__(self) -> None:
         from metaprior.losses import LOSSES
@@ -70,11 +73,16 @@ class AdaptConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def step_sizes(self):
-        """``lr``, or one step size per parameter name (``lr · lr_scales[name]``)."""
-        if self.lr_scales is None:
+    def step_sizes(self, model: nn.Module | None = None):
+        """``lr``, or one step size per parameter name (``lr · lr_scales[name]``); without
+        ``lr_scales``, the relative step sizes the ``model`` declares (``model.lr_scales()``,
+        e.g. HQSNet's slower denoiser weights), if any."""
+        scales = self.lr_scales
+        if scales is None and model is not None and hasattr(model, "lr_scales"):
+            scales = model.lr_scales()
+        if scales is None:
             return self.lr
-        return {k: self.lr * s for k, s in self.lr_scales.items()}
+        return {k: self.lr * s for k, s in scales.items()}
 
 
 @dataclass
@@ -138,11 +146,14 @@ def fine_tune(
         the adapted parameters, the loss of every step and the kept snapshots (with ``start``:
         of the steps after it).
     """
-    opt = make_inner_optimizer(config.optimizer, config.step_sizes())
+    opt = make_inner_optimizer(config.optimizer, config.step_sizes(model))
     anchor = {k: v.detach() for k, v in theta.items()}
     first = start.step if start is not None else 0
-    phi = {k: v.detach().clone().requires_grad_(True)
+    phi = {k: v.detach().clone().requires_grad_(not k.startswith(tuple(config.frozen)))
            for k, v in (start.phi if start is not None else theta).items()}
+    if config.frozen and not any(p.requires_grad for p in phi.values()):
+        raise ValueError(f"adapt: frozen {config.frozen} holds every parameter fixed: "
+                         f"nothing would adapt")
     state = start.opt_state if start is not None else opt.init(phi)
     for step in range(first):  # replay the stream
         next_batch(step)

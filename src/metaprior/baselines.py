@@ -52,21 +52,12 @@ DENOISERS = ("ffdnet", "bm3d", "drunet")
 def smooth_init(batch: TaskBatch, eps: float = 1e-2, iters: int = 200) -> Tensor:
     r"""Start point of every baseline: :math:`\arg\min_x \tfrac12\|Ax-y\|^2 +
     \tfrac\epsilon2\|Dx\|^2` by conjugate gradients (harmonic interpolation of missing pixels,
-    a smoothed zero filling in MRI). A good start matters because the solvers are stopped early
-    (see the module docstring); DPIR starts from it as from its bicubic SR start."""
-    from metaprior.meta.implicit import conjugate_gradient
-    from metaprior.physics import grad2d, grad2d_adjoint
+    a smoothed zero filling in MRI; :func:`metaprior.models.smooth_estimate`). A good start
+    matters because the solvers are stopped early (see the module docstring); DPIR starts from
+    it as from its bicubic SR start."""
+    from metaprior.models import smooth_estimate
 
-    physics = batch.physics
-    rhs = physics.A_adjoint(batch.y)
-    shape = rhs.shape
-
-    def matvec(v: Tensor) -> Tensor:
-        x = v.view(shape)
-        return (physics.A_adjoint_A(x) + eps * grad2d_adjoint(*grad2d(x))).reshape(-1)
-
-    x, _, _ = conjugate_gradient(matvec, rhs.reshape(-1), max_iter=iters, tol=1e-5)
-    return x.view(shape)
+    return smooth_estimate(batch.physics, batch.y, eps, iters)
 
 
 def _relative_change(x_new: Tensor, x: Tensor) -> float:

@@ -1,8 +1,10 @@
 """Atomic checkpoints and model files (safetensors only: no pickle is ever loaded).
 
-A *model file* is one ``.safetensors`` with the PDNet weights and, in its metadata, the
-architecture (``pdnet_config``) and anything else worth keeping (e.g. the meta-learning
-configuration whose inner learning rate adaptation should reuse).
+A *model file* is one ``.safetensors`` with a network's weights and, in its metadata, its
+architecture (``architecture``: a name of :mod:`metaprior.models.registry`; ``model_config``:
+that architecture's config) and anything else worth keeping (e.g. the meta-learning
+configuration whose inner learning rate adaptation should reuse). Files that hold a
+``pdnet_config`` instead are PDNets and load as such.
 
 A *training checkpoint* is a folder ``checkpoints/step_XXXXXXX/`` with ``model.safetensors``,
 ``state.safetensors`` (outer-optimizer moments, RNG states) and ``state.json`` (step, config,
@@ -23,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from metaprior.models import PDNet, PDNetConfig
+from metaprior.models import architecture_of, build_model, config_from_dict
 from metaprior.typing import Params
 
 
@@ -59,7 +61,7 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[st
     os.replace(tmp, path)
 
 
-def save_model(path: str | Path, model: PDNet, params: Params | None = None,
+def save_model(path: str | Path, model: nn.Module, params: Params | None = None,
                metadata: dict | None = None) -> Path:
     """Write a model file atomically. ``params`` (default: the model's own) are the weights."""
     path = Path(path)
@@ -71,7 +73,8 @@ def save_model(path: str | Path, model: PDNet, params: Params | None = None,
     if bad:
         raise FloatingPointError(f"model weights {bad[:3]} are not finite (a diverged run or a "
                                  f"non-finite learning rate): {path} not written")
-    meta = {"pdnet_config": json.dumps(model.config.__dict__)}
+    meta = {"architecture": architecture_of(model),
+            "model_config": json.dumps(model.config.__dict__)}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in
                  (metadata or {}).items()})
     save_tensors(path, dict(weights), meta)
@@ -140,24 +143,36 @@ def resolve_model_path(path: str | Path) -> Path:
                             f"({', '.join(pretrained.available())})")
 
 
-def load_model(path: str | Path, device="cpu") -> tuple[PDNet, dict]:
-    """Build the PDNet stored in a model file (or checkpoint / run folder). Returns
-    (model, metadata)."""
+def model_spec(meta: dict, path: str | Path = "model") -> tuple[str, object]:
+    """(architecture name, config) recorded in a model file's metadata."""
+    if "architecture" in meta:
+        name, values, key = meta["architecture"], meta.get("model_config"), "model_config"
+    elif "pdnet_config" in meta:
+        name, values, key = "pdnet", meta["pdnet_config"], "pdnet_config"
+    else:
+        raise ValueError(f"{path} has no 'architecture' metadata: not a metaprior model file")
+    try:
+        return name, config_from_dict(name, values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its {key!r} metadata is invalid ({e})") from None
+
+
+def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
+    """Build the network stored in a model file (or checkpoint / run folder), whatever its
+    registered architecture. Returns (model, metadata)."""
     path = resolve_model_path(path)
     meta = read_metadata(path)
-    if "pdnet_config" not in meta:
-        raise ValueError(f"{path} has no 'pdnet_config' metadata: not a metaprior model file")
-    config = meta["pdnet_config"]
+    name, config = model_spec(meta, path)
     try:
-        config = PDNetConfig(**{k: _typed(k, v) for k, v in dict(config).items()})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: its 'pdnet_config' metadata is invalid ({e})") from None
-    model = PDNet(config)
+        model = build_model(name, config)
+    except ValueError as e:
+        raise ValueError(f"{path}: its model config is invalid ({e})") from None
     state = load_tensors(path)
-    expected = {k: p for k, p in model.named_parameters()}
+    expected = dict(model.named_parameters())
     missing = set(expected) ^ set(state)
     if missing:
-        raise ValueError(f"{path} does not match its PDNet config (tensors {sorted(missing)[:3]})")
+        raise ValueError(f"{path} does not match its {name} config (tensors "
+                         f"{sorted(missing)[:3]})")
     for k, p in expected.items():
         t = state[k]
         if t.dtype != torch.float32 or t.shape != p.shape:
@@ -165,23 +180,6 @@ def load_model(path: str | Path, device="cpu") -> tuple[PDNet, dict]:
                              f"this config holds float32 {tuple(p.shape)}")
     model.load_state_dict(state)
     return model.to(device), meta
-
-
-def _typed(name: str, value):
-    """A ``pdnet_config`` value checked against the field's type (JSON has no int/bool
-    distinction that Python would enforce)."""
-    import dataclasses
-
-    fields = {f.name: f for f in dataclasses.fields(PDNetConfig)}
-    if name not in fields:
-        raise TypeError(f"unknown field {name!r}")
-    kind = type(fields[name].default)
-    ok = (isinstance(value, bool) if kind is bool else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-          isinstance(value, int) and not isinstance(value, bool) if kind is int else True)
-    if not ok:
-        raise TypeError(f"{name} must be {kind.__name__}, got {value!r}")
-    return float(value) if kind is float else value
 
 
 # --- training checkpoints -------------------------------------------------------------------

@@ -103,3 +103,29 @@ def task_table(model, params, task_names, images, seed: int = 0, adapt=None) -> 
             row["adapted"] = adapted
         rows.append(row)
     return rows
+
+
+def finetune_and_score(model, theta, next_batch: Callable[[int], TaskBatch], rule,
+                       batches: Sequence[TaskBatch], keep: Sequence[int] = (0,),
+                       peak: float | str = 1.0) -> dict:
+    """Fine-tune from θ with the step rule ``rule`` (an :class:`metaprior.adapt.AdaptConfig`)
+    on ``next_batch(step)`` and score ``batches`` after each number of steps in ``keep`` (and
+    after ``rule.steps``): the one fine-tune-then-score loop of every benchmark.
+
+    Returns:
+        ``{"psnr": {n: mean PSNR}, "records": {n: per-image record}, "seconds": fine-tuning
+        wall time, "s_per_step": seconds a step, "losses": the loss of every step}``.
+    """
+    from metaprior.adapt import fine_tune
+    from metaprior.meta.problem import reconstruct
+
+    keep = sorted({int(s) for s in keep if s <= rule.steps} | {rule.steps})
+    t0 = time.perf_counter()
+    result = fine_tune(model, theta, next_batch, rule, keep=keep)
+    seconds = time.perf_counter() - t0
+    records = {n: evaluate_method(lambda b, phi=result.snapshots[n]: reconstruct(model, phi, b),
+                                  batches, peak) for n in keep}
+    return {"psnr": {n: mean_std(r["psnr"])[0] for n, r in records.items()},
+            "records": records, "seconds": seconds,
+            "s_per_step": seconds / rule.steps if rule.steps else 0.0,
+            "losses": result.losses}

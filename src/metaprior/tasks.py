@@ -123,6 +123,8 @@ class Task:
         target: maps clean images to the target (``None``: the images themselves).
         noise_sigma: std of the additive white Gaussian noise on :math:`y`, image units.
         params: the task's parameters, for logs and docs.
+        noise_max: when above ``noise_sigma``, the std is drawn per batch uniformly from
+            [``noise_sigma``, ``noise_max``] (a family of noise levels).
     """
 
     name: str
@@ -130,6 +132,7 @@ class Task:
     target: Callable[[Tensor], Tensor] | None = None
     noise_sigma: float = 0.0
     params: dict = field(default_factory=dict)
+    noise_max: float = 0.0
 
     def sample(self, x: Tensor, generator: torch.Generator | None = None) -> TaskBatch:
         r"""Measure a batch: :math:`y = A x + \sigma e`.
@@ -151,9 +154,12 @@ class Task:
                     f"{tuple(x.shape)} ({str(e).splitlines()[0][:200]}); an operator built for "
                     f"one image size serves that size only: give task_from_physics a factory "
                     f"(shape, generator, device) -> physics") from None
-            if self.noise_sigma > 0:
+            sigma = self.noise_sigma
+            if self.noise_max > sigma:
+                sigma += (self.noise_max - sigma) * float(torch.rand((), generator=generator))
+            if sigma > 0:
                 e = torch.randn(y.shape, generator=generator, dtype=y.dtype)
-                y = y + self.noise_sigma * e.to(y.device)
+                y = y + sigma * e.to(y.device)
             target = x if self.target is None else self.target(x)
         return TaskBatch(self.name, y, physics, target, x)
 
@@ -371,3 +377,7 @@ def available_tasks() -> list[str]:
 for _task in (denoise_task(), tv_task(), deblur_task(), inpaint_task(), sr_task(2), mri_task(4),
               fourier_task(), inpaint_mix_task(), deblur_mix_task()):
     register_task(_task)
+
+# The operator families for training across operators register themselves (they build on
+# the Task class above).
+from metaprior import families as _families  # noqa: E402, F401

@@ -31,7 +31,7 @@ from metaprior.meta.config import INNER_LR_PREFIX, MetaConfig
 from metaprior.meta.problem import inner_adapt, reconstruct
 from metaprior.meta.step import meta_gradient
 from metaprior.metrics import psnr
-from metaprior.models import PDNet, PDNetConfig
+from metaprior.models import ARCHITECTURES, HQSNetConfig, PDNetConfig, build_model
 from metaprior.outputs import (
     RunFolderError,
     RunLock,
@@ -99,16 +99,33 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    architecture: str = "pdnet"  # the network trained: pdnet (eq. 7) | hqs (FFDNet prior)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"network: architecture must be one of {sorted(ARCHITECTURES)}, "
+                             f"got {self.architecture!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: PDNetConfig = field(default_factory=PDNetConfig)
+    hqs: HQSNetConfig = field(default_factory=HQSNetConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def model_config(self):
+        """The config of the network trained (section ``model`` for PDNet, ``hqs`` for
+        HQSNet)."""
+        return self.model if self.network.architecture == "pdnet" else self.hqs
 
-SECTIONS = {"model": PDNetConfig, "meta": MetaConfig, "data": DataConfig, "optim": OptimConfig,
-            "run": RunConfig}
+
+SECTIONS = {"network": NetworkConfig, "model": PDNetConfig, "hqs": HQSNetConfig,
+            "meta": MetaConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
 
 
 class TrainingDivergedError(RuntimeError):
@@ -139,6 +156,16 @@ def image_pools(config: DataConfig) -> tuple[list, list]:
     raise ValueError(f"dataset must be 'bsds' or 'demo', got {config.dataset!r}")
 
 
+def outer_groups(model: torch.nn.Module, lr: float) -> list[dict]:
+    """The outer optimizer's parameter groups: one per relative step size the model declares
+    (``model.lr_scales()``; one group at ``lr`` for a model that declares none)."""
+    scales = model.lr_scales() if hasattr(model, "lr_scales") else {}
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        groups.setdefault(float(scales.get(name, 1.0)), []).append(p)
+    return [{"params": ps, "base_lr": lr * s} for s, ps in groups.items()]
+
+
 class MetaTrainer:
     """Holds the model, outer optimizer and all random streams of a run."""
 
@@ -147,7 +174,8 @@ class MetaTrainer:
         self.log = log
         self.device = torch.device(distributed.rank_device(config.run.device))
         seed = config.run.seed
-        self.model = PDNet.seeded(config.model, seed).to(self.device)
+        self.model = build_model(config.network.architecture, config.model_config(),
+                                 seed).to(self.device)
         if config.run.init_from:
             self._warm_start(config.run.init_from)
         # learned inner step sizes, as logs (positive, and Adam moves them multiplicatively)
@@ -161,7 +189,7 @@ class MetaTrainer:
         self.inner_sampler = PatchSampler(inner_pool, p, seed=seed + 1)
         self.outer_sampler = PatchSampler(outer_pool, p, seed=seed + 2)
         self.task_rng = torch.Generator().manual_seed(seed + 3)
-        groups = [{"params": list(self.model.parameters()), "base_lr": config.optim.lr}]
+        groups = outer_groups(self.model, config.optim.lr)
         if self.log_inner_lr:
             groups.append({"params": list(self.log_inner_lr.values()),
                            "base_lr": config.optim.inner_lr_lr})
@@ -178,9 +206,9 @@ class MetaTrainer:
 
     def _warm_start(self, source: str) -> None:
         model, _ = ckpt.load_model(source)
-        if model.config != self.model.config:
-            raise ValueError(f"--init-from {source}: its PDNet config {model.config} differs "
-                             f"from this run's {self.model.config}")
+        if type(model) is not type(self.model) or model.config != self.model.config:
+            raise ValueError(f"--init-from {source}: its {type(model).__name__} config "
+                             f"{model.config} differs from this run's {self.model.config}")
         self.model.load_state_dict(model.state_dict())
 
     def inner_lrs(self) -> dict[str, torch.Tensor]:

@@ -86,6 +86,9 @@ class Table1Config:
     patch_size: int = 64  # SR fine-tuning patch side
     mri_batch: int = 1  # MRI fine-tuning batch (whole slices)
     variants: tuple[str, ...] = ("equivariant",)  # extra ground-truth-free losses (meta inits)
+    # the fine-tuning losses of every trained init ("": supervised, unsupervised, and the
+    # variants for the meta-models); e.g. supervised,equivariant to skip measurement consistency
+    losses: tuple[str, ...] = ()  # fine-tuning losses of the trained inits (empty: the default)
     # dpir-bm3d is also available; it takes ~0.5 h on this machine, so it is run on its own.
     baselines: tuple[str, ...] = ("wavelet", "tv", "tgv", "dpir-ffdnet")
     drunet_checkpoint: str = ""  # DPIR's drunet_gray.pth, for a "dpir-drunet" baseline
@@ -128,6 +131,8 @@ class Table1Config:
                              "max_test_images >= 0")
         if not set(self.inits) <= set(INITS):
             raise ValueError(f"inits must be among {INITS}, got {self.inits}")
+        if set(self.losses) - set(LOSS_TAGS):
+            raise ValueError(f"losses must be among {tuple(LOSS_TAGS)}, got {self.losses}")
         if set(self.variants) - {"equivariant"}:
             raise ValueError(f"variants must be among ('equivariant',), got {self.variants}")
         if any(not lr > 0 for lr in (self.lr, *self.lr_grid, *self.scale_grid)):
@@ -392,11 +397,12 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
 
 
 def _random_init(model, seed: int):
-    """θ of a freshly initialised PDNet of ``model``'s configuration (seeded)."""
+    """θ of a freshly initialised network of ``model``'s architecture and configuration
+    (seeded)."""
     from metaprior.adapt import parameters_of
-    from metaprior.models import PDNet
 
-    return parameters_of(PDNet.seeded(model.config, seed).to(next(model.parameters()).device))
+    fresh = type(model).seeded(model.config, seed)
+    return parameters_of(fresh.to(next(model.parameters()).device))
 
 
 # --- baselines -----------------------------------------------------------------------------
@@ -498,8 +504,9 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
             else:
                 model, theta = inits[init][0], inits[init][1]
             rule = fine_tuning_rule(None if init == "random" else inits[init][2], config)
-            losses = ("supervised", "unsupervised",
-                      *(config.variants if init.startswith("meta") else ()))
+            losses = (("supervised", "unsupervised",
+                       *(config.variants if init.startswith("meta") else ()))
+                      if not config.losses or init == "random" else config.losses)
             for loss in losses:
                 tag = LOSS_TAGS[loss]
                 lr, chosen = config.lr, None
@@ -649,7 +656,7 @@ def _model_exists(name_or_path: str) -> bool:
 
 
 def _describe(meta: dict) -> dict:
-    keep = ("pdnet_config", "meta_config", "step")
+    keep = ("architecture", "model_config", "pdnet_config", "meta_config", "step")
     return {k: meta[k] for k in keep if k in meta}
 
 

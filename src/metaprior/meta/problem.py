@@ -104,6 +104,8 @@ def inner_step(
     new_phi = apply_updates({k: phi[k] for k in names}, updates)
     if not create_graph:
         new_phi = {k: p.detach().requires_grad_(True) for k, p in new_phi.items()}
+    # parameters held fixed (no gradient asked) stay as they are
+    new_phi = {k: new_phi.get(k, p) for k, p in phi.items()}
     return new_phi, state, loss.detach()
 
 
@@ -116,7 +118,11 @@ def inner_adapt(
     ``theta`` (and on the step sizes ``lrs``, default ``config.inner_lr``); otherwise every step
     is detached (constant memory in K). With ``share``, ``batch`` is this process's part of the
     task's inner batch and the steps are those of the whole batch (:class:`BatchShare`)."""
-    opt = make_inner_optimizer(config.inner_optimizer, config.inner_lr if lrs is None else lrs)
+    if lrs is None:  # the model's own relative step sizes, if it declares them
+        scales = model.lr_scales() if hasattr(model, "lr_scales") else None
+        lrs = config.inner_lr if scales is None else {
+            k: config.inner_lr * s for k, s in scales.items()}
+    opt = make_inner_optimizer(config.inner_optimizer, lrs)
     anchor = theta if create_graph else {k: v.detach() for k, v in theta.items()}
     phi = theta if create_graph else {k: v.detach().requires_grad_(True) for k, v in
                                       theta.items()}

