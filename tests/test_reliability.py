@@ -352,3 +352,38 @@ def test_read_only_output_folder_is_refused_before_any_work(sandbox, tmp_path):
             main([a.format(root=sandbox) for a in ADAPT[:-1]] + [str(ro / "a.safetensors")])
     finally:
         ro.chmod(0o755)
+
+
+# --- resources ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("depth", 10**9), ("width", 10**9),
+                                         ("kernel_size", 100001)])
+def test_model_sizes_are_checked_against_the_file_header_before_any_allocation(
+        tmp_path, monkeypatch, field, value):
+    import metaprior.checkpoint as ckpt
+
+    model = PDNet(PDNetConfig(depth=2))
+    path = tmp_path / "crafted.safetensors"
+    save_file({k: v.detach() for k, v in model.state_dict().items()}, str(path),
+              {"pdnet_config": json.dumps({**model.config.__dict__, field: value})})
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built from unchecked sizes")
+
+    monkeypatch.setattr(ckpt, "PDNet", never)
+    with pytest.raises(ValueError, match=f"{field} {value}"):
+        load_model(path)
+
+# --- files: deterministic bytes, ordinary permissions ---------------------------------------
+
+def test_model_files_are_byte_identical_and_mode_0644(tmp_path):
+    model = PDNet.seeded(PDNetConfig(depth=2), 0)
+    meta = {f"key{i}": {"value": i} for i in range(8)}
+    digests = set()
+    for i in range(4):
+        path = save_model(tmp_path / f"m{i}.safetensors", model, metadata=meta)
+        digests.add(path.read_bytes())
+        umask = os.umask(0)
+        os.umask(umask)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert len(digests) == 1

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 from torch import Tensor, nn
 
 from metaprior.models import PDNet, PDNetConfig
@@ -47,16 +48,30 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same ``.safetensors`` bytes with a canonical header: keys (metadata included) in
+    sorted order, compact JSON, padded with spaces to 8 bytes. The tensor data is unchanged,
+    so equal tensors and metadata always give equal files (and equal checksums)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    metadata = header.pop("__metadata__", None)
+    ordered = dict(sorted(header.items()))
+    if metadata:
+        ordered = {"__metadata__": dict(sorted(metadata.items())), **ordered}
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
+
+
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str]
                  ) -> None:
-    """Write a ``.safetensors`` file atomically (as :func:`write_bytes_atomic`)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata=metadata)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a ``.safetensors`` file atomically (as :func:`write_bytes_atomic`), with
+    deterministic bytes (:func:`canonical_safetensors`) and the permissions of any new file
+    (0666 less the umask). The file is serialised in memory: no writer but ours touches the
+    folder."""
+    blob = serialize({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                     metadata=dict(sorted(metadata.items())) or None)
+    write_bytes_atomic(path, canonical_safetensors(blob))
 
 
 def save_model(path: str | Path, model: PDNet, params: Params | None = None,
@@ -71,8 +86,8 @@ def save_model(path: str | Path, model: PDNet, params: Params | None = None,
     if bad:
         raise FloatingPointError(f"model weights {bad[:3]} are not finite (a diverged run or a "
                                  f"non-finite learning rate): {path} not written")
-    meta = {"pdnet_config": json.dumps(model.config.__dict__)}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in
+    meta = {"pdnet_config": json.dumps(model.config.__dict__, sort_keys=True)}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in
                  (metadata or {}).items()})
     save_tensors(path, dict(weights), meta)
     return path
@@ -152,6 +167,7 @@ def load_model(path: str | Path, device="cpu") -> tuple[PDNet, dict]:
         config = PDNetConfig(**{k: _typed(k, v) for k, v in dict(config).items()})
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: its 'pdnet_config' metadata is invalid ({e})") from None
+    _check_sizes_against_header(path, config.__dict__)
     model = PDNet(config)
     state = load_tensors(path)
     expected = {k: p for k, p in model.named_parameters()}
@@ -165,6 +181,26 @@ def load_model(path: str | Path, device="cpu") -> tuple[PDNet, dict]:
                              f"this config holds float32 {tuple(p.shape)}")
     model.load_state_dict(state)
     return model.to(device), meta
+
+
+def _check_sizes_against_header(path: str | Path, config: dict) -> None:
+    """Refuse a PDNet ``config`` whose sizes (depth, width, kernel size) disagree with the
+    tensors the file at ``path`` holds, reading only the file's header (names, shapes,
+    dtypes), so crafted metadata is refused before anything of its size is allocated."""
+    with _open(path) as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    layers = sum(1 for k in shapes if re.fullmatch(r"layers\.\d+\.weight", k))
+    depth, width, k = config.get("depth"), config.get("width"), config.get("kernel_size")
+    if depth != layers:
+        raise ValueError(f"{path}: its 'pdnet_config' says depth {depth}, the file holds "
+                         f"{layers} layer(s): the file is damaged or not a PDNet")
+    for name, shape in shapes.items():
+        expected = ((width, 1, k, k) if name.endswith(".weight") else ())
+        if shape != expected or dtypes[name] != "F32":
+            raise ValueError(f"{path}: tensor {name} is {dtypes[name]} {shape}, a model of "
+                             f"its 'pdnet_config' (width {width}, kernel_size {k}) holds "
+                             f"float32 {expected}")
 
 
 def _typed(name: str, value):
