@@ -39,6 +39,8 @@ def sandbox(tmp_path_factory) -> Path:
     save_model(root / "model.safetensors", model)
     batch = get_task("sr2").sample(torch.rand(2, 1, 16, 16, generator=g), g)
     save_measurements(root / "y.safetensors", batch)
+    save_measurements(root / "y_named.safetensors", batch, names=["0.png", "1.png"],
+                      images=root / "imgs")
     good = (root / "model.safetensors").read_bytes()
     (root / "empty.safetensors").write_bytes(b"")
     (root / "garbage.safetensors").write_bytes(b"not a safetensors file at all")
@@ -131,6 +133,15 @@ BAD_INPUTS = [
     (reconstruct(M, "{root}/garbage.safetensors"), "not a readable .safetensors"),
     (["reconstruct", "--model", M, "--measurements", Y, "--out", "{root}/a_file"],
      "is an existing file"),
+    # outputs never alias inputs
+    (["adapt", "--model", M, "--measurements", Y, "--out", M], "is the input --model"),
+    (["adapt", "--model", "{root}/run", "--measurements", Y, "--out",
+      "{root}/run/model.safetensors"], "is the input --model"),
+    (["adapt", "--model", M, "--measurements", Y, "--out", Y], "is the input --measurements"),
+    (["reconstruct", "--model", M, "--measurements", "{root}/y_named.safetensors", "--out",
+      IMGS], "the folder of the measured images"),
+    (["reconstruct", "--model", M, "--measurements", "{root}/y_named.safetensors", "--out",
+      "{root}/imgs/rec"], "the folder of the measured images"),
     (["measure", "--task", "sr2", "--images", "{root}/corrupt_imgs", "--out",
       "{root}/m.safetensors"], "cannot be read"),
     (["measure", "--task", "sr2", "--images", "{root}/zero_imgs", "--out",
@@ -238,7 +249,10 @@ def test_sixteen_bit_and_float_images_are_read_at_their_scale(tmp_path):
         load_image(tmp_path / "big.tif")
 
 
-def test_reconstruct_replaces_stale_images_and_warns_on_another_task(sandbox, tmp_path, capsys):
+def test_reconstruct_replaces_its_own_images_only_and_warns_on_another_task(sandbox, tmp_path,
+                                                                            capsys):
+    """A measurement file without input names gives recon_000.png, ...: those are replaced,
+    an earlier, larger batch's others and the user's files are kept."""
     out = tmp_path / "rec"
     out.mkdir()
     for i in range(5):
@@ -249,8 +263,10 @@ def test_reconstruct_replaces_stale_images_and_warns_on_another_task(sandbox, tm
     save_model(adapted, model, metadata={"adapted": {"task": "mri4"}})
     main(["reconstruct", "--model", str(adapted), "--measurements",
           str(sandbox / "y.safetensors"), "--out", str(out)])
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "recon_000.png",
-                                                     "recon_001.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", *(f"recon_{i:03d}.png"
+                                                                   for i in range(5))]
+    assert [(out / f"recon_{i:03d}.png").read_bytes() == b"old" for i in range(5)] == [
+        False, False, True, True, True]
     assert "adapted to task 'mri4'" in capsys.readouterr().err
 
 
@@ -354,6 +370,44 @@ def test_read_only_output_folder_is_refused_before_any_work(sandbox, tmp_path):
         ro.chmod(0o755)
 
 
+# --- nothing lost: outputs never delete or alias what they did not write -------------------
+
+def _named_measurements(tmp_path: Path, names=("camera", "moon")) -> tuple[Path, Path]:
+    """A folder of 16 px PNGs called ``names`` and its ``measure``d sr2 file."""
+    imgs = tmp_path / "named_imgs"
+    write_pngs(imgs, n=len(names), size=16)
+    for i, name in enumerate(names):
+        (imgs / f"{i}.png").rename(imgs / f"{name}.png")
+    y = tmp_path / "named_y.safetensors"
+    main(["measure", "--task", "sr2", "--images", str(imgs), "--out", str(y)])
+    return imgs, y
+
+
+def test_reconstruct_deletes_nothing_it_did_not_write_and_names_images_after_inputs(
+        sandbox, tmp_path):
+    _, y = _named_measurements(tmp_path)
+    out = tmp_path / "rec"
+    out.mkdir()
+    (out / "recon_final.png").write_bytes(b"mine")
+    (out / "recon_004.png").write_bytes(b"mine too")
+    main(["reconstruct", "--model", str(sandbox / "model.safetensors"), "--measurements",
+          str(y), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "recon_004.png", "recon_camera.png", "recon_final.png", "recon_moon.png"]
+    assert (out / "recon_final.png").read_bytes() == b"mine"
+    assert Image.open(out / "recon_camera.png").size == (16, 16)
+
+
+def test_reconstruct_into_the_measured_images_folder_is_refused(sandbox, tmp_path):
+    imgs, y = _named_measurements(tmp_path)
+    before = _snapshot(tmp_path)
+    for out in (imgs, imgs / "sub"):
+        with pytest.raises(SystemExit, match="--out .* the measured images"):
+            main(["reconstruct", "--model", str(sandbox / "model.safetensors"),
+                  "--measurements", str(y), "--out", str(out)])
+    assert _snapshot(tmp_path) == before and not (imgs / "sub").exists()
+
+
 # --- resources ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field,value", [("depth", 10**9), ("width", 10**9),
@@ -373,6 +427,7 @@ def test_model_sizes_are_checked_against_the_file_header_before_any_allocation(
     monkeypatch.setattr(ckpt, "PDNet", never)
     with pytest.raises(ValueError, match=f"{field} {value}"):
         load_model(path)
+
 
 # --- files: deterministic bytes, ordinary permissions ---------------------------------------
 

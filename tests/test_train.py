@@ -178,8 +178,8 @@ def test_adapt_measure_reconstruct_cli(tmp_path, capsys):
           "--json", str(tmp_path / "eval.json"), "--adapt-steps", "1"])
     rows = json.loads((tmp_path / "eval.json").read_text())
     assert [r["task"] for r in rows] == ["inpaint", "sr2"] and len(rows[0]["adapted"]) == 2
-    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recon_000.png",
-                                                                    "recon_001.png"]
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recon_0.png",
+                                                                    "recon_1.png"]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

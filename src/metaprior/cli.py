@@ -174,15 +174,24 @@ def _add_meta_train(sub) -> None:
 
 # --- measure / adapt / reconstruct ----------------------------------------------------------
 
-def _read_images(folder: str, color: bool) -> list:
-    from metaprior.data import list_images, load_image
+def _image_files(folder: str) -> list[Path]:
+    """The image files of an ``--images`` folder, sorted; one-line errors for a missing or
+    empty folder."""
+    from metaprior.data.datasets import IMAGE_SUFFIXES
 
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"--images {folder} is not a folder of images")
-    images = [load_image(p, gray=not color) for p in list_images(folder)]
-    if not images:
-        raise ValueError(f"--images {folder} holds no images (png, jpg, tif, bmp)")
-    return images
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"--images {folder} holds no images (png, jpg, tif, bmp): add some or "
+                         f"choose another folder")
+    return files
+
+
+def _read_images(folder: str, color: bool) -> list:
+    from metaprior.data import load_image
+
+    return [load_image(p, gray=not color) for p in _image_files(folder)]
 
 
 #: Each command's configuration sections: one dataclass each, one flag per field.
@@ -196,13 +205,15 @@ def cmd_measure(args) -> None:
     _resolve(args, MEASURE)
     check_output_file(args.out, "--out", ".safetensors")
     task = get_task(args.task)
+    files = _image_files(args.images)
     images = _read_images(args.images, args.color)
     if len({tuple(im.shape) for im in images}) > 1:
         raise ValueError(f"images in {args.images} differ in size: measure folders of "
                          f"equal-size images")
     x = torch.stack(images)
     batch = task.sample(x, torch.Generator().manual_seed(args.seed))
-    path = save_measurements(args.out, batch, with_ground_truth=not args.no_ground_truth)
+    path = save_measurements(args.out, batch, with_ground_truth=not args.no_ground_truth,
+                             names=[p.name for p in files], images=args.images)
     print(f"wrote {path}: y {tuple(batch.y.shape)} {batch.y.dtype}, task {args.task}")
 
 
@@ -235,9 +246,18 @@ def args_peak(batch) -> float | str:
 ADAPT = {"data": AdaptData, "run": AdaptRun}
 
 
+def check_out_is_not_an_input(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an ``--out`` file that is one of the command's input files (by flag)."""
+    target = Path(out).resolve()
+    for flag, path in inputs.items():
+        if path is not None and Path(path).resolve() == target:
+            raise RunFolderError(f"--out {out} is the input {flag}: writing it would replace "
+                                 f"the input; choose another --out")
+
+
 def cmd_adapt(args) -> None:
     from metaprior.adapt import AdaptConfig, fine_tune, fine_tune_run, parameters_of
-    from metaprior.checkpoint import load_model, save_model
+    from metaprior.checkpoint import load_model, resolve_model_path, save_model
     from metaprior.config import section_values
     from metaprior.measurements import load_measurements
     from metaprior.tasks import get_task
@@ -256,6 +276,9 @@ def cmd_adapt(args) -> None:
     if args.batch_size < 1 or args.patch_size < 0:
         raise ValueError(f"--batch-size must be >= 1 and --patch-size >= 0 (0: full images), "
                          f"got {args.batch_size} and {args.patch_size}")
+    check_out_is_not_an_input(args.out, {"--model": resolve_model_path(args.model),
+                                         "--measurements": args.measurements,
+                                         "--eval-measurements": args.eval_measurements})
     model, meta = load_model(args.model, args.device)
     config = AdaptConfig.from_model(meta, **rule)
     if args.measurements is not None:
@@ -313,11 +336,14 @@ RECONSTRUCT = {"reconstruct": ReconstructOptions}
 def cmd_reconstruct(args) -> None:
     from metaprior.adapt import parameters_of
     from metaprior.checkpoint import load_model
-    from metaprior.measurements import load_measurements
+    from metaprior.measurements import load_measurements, measurement_sources
     from metaprior.meta.problem import reconstruct
 
     _resolve(args, RECONSTRUCT)
     out = check_writable_dir(args.out, "--out")
+    names, images = measurement_sources(args.measurements) if Path(
+        args.measurements).is_file() else (None, None)
+    check_not_among_inputs(out, names, images)
     model, meta = load_model(args.model, args.device)
     batch = load_measurements(args.measurements, args.device)
     adapted_to = meta.get("adapted", {}).get("task") if isinstance(meta.get("adapted"),
@@ -332,19 +358,41 @@ def cmd_reconstruct(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
-    written = set()
-    for i, img in enumerate(x_hat.clamp(0, 1).cpu()):
+    for name, img in zip(output_names(names, len(x_hat)), x_hat.clamp(0, 1).cpu(),
+                         strict=True):
         arr = (img.permute(1, 2, 0).squeeze(-1).numpy() * 255).round().astype("uint8")
-        tmp = out / f".recon_{i:03d}.png.tmp-{os.getpid()}"
+        tmp = out / f".{name}.tmp-{os.getpid()}"
         Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, out / f"recon_{i:03d}.png")
-        written.add(f"recon_{i:03d}.png")
-    for stale in out.glob("recon_*.png"):  # an earlier, larger batch's extra images
-        if stale.name not in written:
-            stale.unlink()
+        os.replace(tmp, out / name)
     print(f"wrote {len(x_hat)} image(s) to {out}")
     if batch.target is not None:
         print(f"PSNR: {_psnr_line(model, parameters_of(model), batch)}")
+
+
+def output_names(names: list[str] | None, n: int) -> list[str]:
+    """The PNG names of ``n`` reconstructions: ``recon_<input stem>.png`` where the input
+    names are known (``recon_<input name with dots as _>.png`` where two stems clash), else
+    ``recon_000.png``, ``recon_001.png``, ..."""
+    if names is None:
+        return [f"recon_{i:03d}.png" for i in range(n)]
+    stems = [Path(a).stem for a in names]
+    if len(set(stems)) < len(stems):
+        stems = [a.replace(".", "_") for a in names]
+    return [f"recon_{s}.png" for s in stems]
+
+
+def check_not_among_inputs(out: Path, names: list[str] | None, images: Path | None) -> None:
+    """Refuse an output folder that is, or is inside, the folder the measured images were
+    read from, or that holds files of the measured images' names: reconstructions written
+    there would be taken in by the next ``measure`` of it."""
+    target = out.resolve()
+    if images is not None and (target == images or images in target.parents):
+        raise RunFolderError(f"--out {out} is inside {images}, the folder of the measured "
+                             f"images: choose another folder")
+    found = [a for a in names or () if (out / a).is_file()]
+    if found:
+        raise RunFolderError(f"--out {out} holds the measured images ({found[0]}, ...): "
+                             f"choose another folder")
 
 
 def _add_command(sub, name: str, sections: dict[str, type], func, help: str,
