@@ -398,6 +398,28 @@ def test_reconstruct_deletes_nothing_it_did_not_write_and_names_images_after_inp
     assert Image.open(out / "recon_camera.png").size == (16, 16)
 
 
+def test_two_adapt_runs_on_one_out_are_refused_by_the_run_folder_lock(sandbox, tmp_path):
+    """``adapt --ckpt-every`` locks ``OUT.run/`` with the lock meta-train uses: a second run
+    on the same ``--out`` stops at once, naming the holder, and writes nothing."""
+    folder = tmp_path / "a.run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from metaprior.outputs import RunLock\n"
+         f"with RunLock({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=r"in use by another process \(pid \d+\)"):
+            main(["adapt", "--model", str(sandbox / "model.safetensors"), "--measurements",
+                  str(sandbox / "y.safetensors"), "--steps", "2", "--ckpt-every", "1",
+                  "--no-progress", "--out", str(tmp_path / "a.safetensors")])
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+        assert not (tmp_path / "a.safetensors").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
 def test_reconstruct_into_the_measured_images_folder_is_refused(sandbox, tmp_path):
     imgs, y = _named_measurements(tmp_path)
     before = _snapshot(tmp_path)
@@ -406,6 +428,25 @@ def test_reconstruct_into_the_measured_images_folder_is_refused(sandbox, tmp_pat
             main(["reconstruct", "--model", str(sandbox / "model.safetensors"),
                   "--measurements", str(y), "--out", str(out)])
     assert _snapshot(tmp_path) == before and not (imgs / "sub").exists()
+
+
+# --- nothing silently wrong -----------------------------------------------------------------
+
+def test_resume_only_extends_a_run(tmp_path):
+    """``--resume --steps N`` below the checkpoint's step, or below the run's own total (its
+    lr schedule spans that total), is refused naming --steps; nothing in the run changes."""
+    out = tmp_path / "run"
+    base = ["meta-train", *TINY, "--no-progress", "--ckpt-every", "2", "--val-every", "0",
+            "--out", str(out)]
+    main([*base, "--steps", "4"])
+    (out / "checkpoints" / "latest").write_text("step_0000002")  # as if killed at step 3
+    before = _snapshot(out)
+    for steps in ("1", "3"):
+        with pytest.raises(SystemExit, match=r"--steps %s .*--resume only extends" % steps):
+            main([*base, "--resume", "--steps", steps])
+        assert _snapshot(out) == before
+    main([*base, "--resume", "--steps", "4"])
+    assert json.loads((out / "config.json").read_text())["optim"]["steps"] == 4
 
 
 # --- resources ------------------------------------------------------------------------------
@@ -442,3 +483,45 @@ def test_model_files_are_byte_identical_and_mode_0644(tmp_path):
         os.umask(umask)
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert len(digests) == 1
+
+
+def test_a_diverged_checkpointed_adapt_leaves_nothing_behind(sandbox, tmp_path):
+    with pytest.raises(SystemExit, match="non-finite weights after adaptation step 0"):
+        main(["adapt", "--model", str(sandbox / "model.safetensors"), "--images",
+              str(sandbox / "imgs"), "--task", "sr2", "--patch-size", "8", "--batch-size", "2",
+              "--optimizer", "sgd", "--lr", "1e300", "--steps", "3", "--ckpt-every", "1",
+              "--no-progress", "--out", str(tmp_path / "a.safetensors")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_leftover_temporary_files_are_removed_by_the_next_locked_run(sandbox, tmp_path):
+    """Temporary files of a killed writer (ours, ``.NAME.tmp-PID``, and safetensors' own
+    ``.tmpXXXXXX``) go when the next run holds the folder's lock; other files stay."""
+    run = tmp_path / "a.run"
+    (run / "checkpoints").mkdir(parents=True)
+    leftovers = [run / ".tmpAb12Cd", run / "checkpoints" / ".tmpXy98Zw",
+                 run / "checkpoints" / ".step_0000001.tmp-99999"]
+    for p in leftovers:
+        p.write_bytes(b"partial")
+    (run / "notes.txt").write_text("kept")
+    main(["adapt", "--model", str(sandbox / "model.safetensors"), "--measurements",
+          str(sandbox / "y.safetensors"), "--steps", "1", "--ckpt-every", "1", "--no-progress",
+          "--out", str(tmp_path / "a.safetensors")])
+    assert not any(p.exists() for p in leftovers) and (run / "notes.txt").exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_names_the_fix(sandbox, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "log.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="already holds a run.*--overwrite"):
+        main([*MT, "--out", str(out)])
+    with pytest.raises(SystemExit, match="before its first checkpoint.*--overwrite"):
+        main([*MT, "--out", str(out), "--resume"])
+    with pytest.raises(SystemExit, match="before its first checkpoint.*without --resume"):
+        main(["adapt", "--model", str(sandbox / "model.safetensors"), "--measurements",
+              str(sandbox / "y.safetensors"), "--resume", "--no-progress", "--out",
+              str(tmp_path / "a.safetensors")])
+    main([*MT, "--out", str(out), "--overwrite"])
+    assert (out / "model.safetensors").is_file()

@@ -154,6 +154,9 @@ def fine_tune(
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step {step}: "
                                      f"lower --lr")
+        if not all(bool(torch.isfinite(v).all()) for v in phi.values()):
+            raise FloatingPointError(f"non-finite weights after adaptation step {step}: lower "
+                                     f"--lr")
         losses.append(float(loss))
         if step + 1 in keep:
             snapshots[step + 1] = {k: v.detach().clone() for k, v in phi.items()}
@@ -179,7 +182,8 @@ def fine_tune_run(
     """:func:`fine_tune` for long runs: φ and the optimizer state are checkpointed atomically
     under ``run_dir/checkpoints`` every ``ckpt_every`` steps and at the end, and ``resume``
     continues the latest checkpoint exactly as an unbroken run would (the stream replayed to
-    where it stopped).
+    where it stopped). ``run_dir`` is locked for the whole run (:class:`metaprior.outputs.
+    RunLock`, the lock of meta-training runs): a second run on it stops at once.
 
     Args:
         recipe: what identifies the run, JSON-able (task, data, seed, lr, ...): ``resume``
@@ -188,14 +192,30 @@ def fine_tune_run(
         ckpt_every: checkpoint interval in steps (0: at the end only).
         log: one-line progress messages.
     """
-    from metaprior import checkpoint as ckpt
+    from metaprior.outputs import RunLock
 
+    with RunLock(run_dir):
+        return _fine_tune_run(model, theta, next_batch, config, run_dir, recipe, ckpt_every,
+                              resume, callback, log)
+
+
+def _fine_tune_run(model, theta, next_batch, config, run_dir, recipe, ckpt_every, resume,
+                   callback, log) -> AdaptRunResult:
+    """:func:`fine_tune_run` while holding the run folder's lock."""
+    from metaprior import checkpoint as ckpt
+    from metaprior.outputs import remove_orphans
+
+    remove_orphans(run_dir)
+    remove_orphans(ckpt.checkpoint_dir(run_dir))
     recipe = json.loads(json.dumps({**recipe, "config": _recipe_config(config)}))
     start, seconds_before = None, 0.0
     latest = ckpt.latest_checkpoint(run_dir)
     if resume:
         if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_dir(run_dir)}")
+            raise FileNotFoundError(f"--resume: no checkpoint under "
+                                    f"{ckpt.checkpoint_dir(run_dir)} (a run stopped before "
+                                    f"its first checkpoint): run without --resume to start "
+                                    f"afresh")
         weights, tensors, state = ckpt.load_checkpoint(latest)
         saved = state.get("recipe", {})
         if saved != recipe or state.get("step", config.steps + 1) > config.steps:

@@ -246,10 +246,15 @@ def save_checkpoint(
     tmp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(tmp / "model.safetensors", model, metadata=model_metadata)
-    save_tensors(tmp / "state.safetensors", tensors, {})
-    write_bytes_atomic(tmp / "state.json", json.dumps(state, indent=1).encode())
-    _fsync_dir(tmp)
+    try:
+        save_model(tmp / "model.safetensors", model, metadata=model_metadata)
+        save_tensors(tmp / "state.safetensors", tensors, {})
+        write_bytes_atomic(tmp / "state.json", json.dumps(state, indent=1, sort_keys=True
+                                                          ).encode())
+        _fsync_dir(tmp)
+    except BaseException:  # e.g. non-finite weights: no half-written checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

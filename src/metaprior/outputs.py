@@ -17,6 +17,7 @@ Promises (tested in ``tests/test_reliability.py``, stated in ``docs/reliability.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -81,20 +82,34 @@ def clear_run(out: str | Path) -> None:
             p.unlink()
 
 
+#: The temporary file name of safetensors' own file writer (``.tmp`` and 6 characters), which
+#: earlier versions used and a kill could leave behind.
+SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
 def remove_orphans(folder: str | Path) -> list[Path]:
-    """Remove the temporary files and folders (``.NAME.tmp-PID``) that a killed writer left
-    in ``folder``; call only while holding the folder's :class:`RunLock`."""
+    """Remove the temporary files and folders (``.NAME.tmp-PID``, and safetensors' own
+    ``.tmpXXXXXX``) that a killed writer left in ``folder``; call only while holding the
+    folder's :class:`RunLock`."""
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
-    for p in folder.glob(".*.tmp-*"):
+    leftovers = [*folder.glob(".*.tmp-*"),
+                 *(p for p in folder.glob(".tmp*") if SAFETENSORS_TMP.fullmatch(p.name))]
+    for p in leftovers:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def _holds_nothing(folder: Path) -> bool:
+    """Whether ``folder`` holds only its lock file and empty folders."""
+    return all(p.name == LOCK_NAME or (p.is_dir() and not p.is_symlink() and
+                                       not any(p.iterdir())) for p in folder.iterdir())
 
 
 class RunLock:
@@ -139,8 +154,10 @@ class RunLock:
         os.ftruncate(self._fd, 0)
         # A run that failed in a folder it created leaves nothing behind (the lock file is
         # removed while still held, so no other process can have locked it meanwhile).
-        if exc_type is not None and self._created and [
-                p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+        if exc_type is not None and self._created and _holds_nothing(self.folder):
+            for p in self.folder.iterdir():
+                if p.name != LOCK_NAME:
+                    p.rmdir()
             (self.folder / LOCK_NAME).unlink()
             self.folder.rmdir()
         os.close(self._fd)  # closing the descriptor releases the flock
