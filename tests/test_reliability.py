@@ -525,3 +525,109 @@ def test_a_run_stopped_before_its_first_checkpoint_names_the_fix(sandbox, tmp_pa
               str(tmp_path / "a.safetensors")])
     main([*MT, "--out", str(out), "--overwrite"])
     assert (out / "model.safetensors").is_file()
+
+
+def test_a_physics_noise_model_is_honoured_or_refused():
+    import deepinv as dinv
+
+    from metaprior.tasks import task_from_physics
+
+    x = torch.full((4, 1, 32, 32), 0.5)
+    g = torch.Generator().manual_seed(0)
+    noisy = task_from_physics("noisy-denoise", dinv.physics.Denoising(
+        dinv.physics.GaussianNoise(0.2)))
+    assert noisy.noise_sigma == 0.2
+    assert float((noisy.sample(x, g).y - x).std()) == pytest.approx(0.2, rel=0.05)
+    with pytest.raises(ValueError, match="disagrees with the physics' GaussianNoise"):
+        task_from_physics("t", dinv.physics.Denoising(dinv.physics.GaussianNoise(0.2)),
+                          noise_sigma=0.1)
+    with pytest.raises(ValueError, match="PoissonNoise is not supported"):
+        task_from_physics("t", dinv.physics.Denoising(dinv.physics.PoissonNoise()))
+    factory = task_from_physics("t", lambda shape, g, device: dinv.physics.Denoising(
+        dinv.physics.GaussianNoise(0.3)))
+    with pytest.raises(ValueError, match="give noise_sigma=0.3"):
+        factory.sample(x, g)
+
+
+def test_register_task_refuses_a_name_a_built_in_family_answers():
+    from metaprior.tasks import register_task, sr_task
+
+    with pytest.raises(ValueError, match="'sr7' is a built-in task name"):
+        register_task(replace(sr_task(2), name="sr7"))
+    with pytest.raises(ValueError, match="'inpaint-0.3' is a built-in task name"):
+        register_task(replace(sr_task(2), name="inpaint-0.3"))
+    assert get_task("sr7").params == {"factor": 7}
+
+
+CONTRADICTIONS = [
+    (["--measurements", Y, "--task", "mri4"], "--task mri4 contradicts"),
+    (["--measurements", Y, "--eval-measurements", Y], "--eval-measurements applies to --images"),
+    (["--measurements", Y, "--patch-size", "8"], "--patch-size applies to --images"),
+]
+
+
+@pytest.mark.parametrize("flags,fragment", CONTRADICTIONS)
+def test_adapt_refuses_options_its_data_would_ignore(sandbox, tmp_path, flags, fragment):
+    with pytest.raises(SystemExit, match=fragment):
+        main(["adapt", "--model", str(sandbox / "model.safetensors"),
+              *[f.format(root=sandbox) for f in flags], "--steps", "1", "--no-progress",
+              "--out", str(tmp_path / "a.safetensors")])
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_an_unwritable_file_system_is_found_before_any_work(sandbox, monkeypatch):
+    """``/proc`` passes a permission check as root but takes no file: a probe file shows it
+    before the model is even loaded."""
+    import metaprior.checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "load_model", lambda *a, **k: pytest.fail("work started"))
+    for argv in (["adapt", "--model", M, "--measurements", Y, "--out",
+                  "/proc/metaprior-a.safetensors"],
+                 ["measure", "--task", "sr2", "--images", IMGS, "--out",
+                  "/proc/metaprior-y.safetensors"],
+                 ["reconstruct", "--model", M, "--measurements", Y, "--out", "/proc/mp-rec"],
+                 [*MT, "--out", "/proc/mp-run"]):
+        with pytest.raises(SystemExit, match="/proc.*(cannot write in|not writable)"):
+            main([a.format(root=sandbox) for a in argv])
+
+
+def test_a_late_write_failure_keeps_the_result_in_a_named_file(sandbox, tmp_path, monkeypatch,
+                                                                 capsys):
+    """A write that fails after the work (a full disk): one line naming the failure and the
+    temporary file that holds the result; nothing partial beside the target."""
+    import errno
+    import re
+    import tempfile
+
+    import metaprior.checkpoint as ckpt
+    import metaprior.cli as cli
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    write, write_png = ckpt.write_bytes_atomic, cli.write_png_atomic
+
+    def full_disk(writer):
+        def wrapped(path, *args):
+            if Path(path).parent == out:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return writer(path, *args)
+        return wrapped
+
+    monkeypatch.setattr(ckpt, "write_bytes_atomic", full_disk(write))
+    monkeypatch.setattr(cli, "write_png_atomic", full_disk(write_png))
+    with pytest.raises(SystemExit) as exc:
+        main(["adapt", "--model", str(sandbox / "model.safetensors"), "--measurements",
+              str(sandbox / "y.safetensors"), "--steps", "1", "--no-progress", "--out",
+              str(out / "a.safetensors")])
+    message = str(exc.value.code)
+    kept = re.search(r"No space left on device\): kept the adapted model in (\S+);", message)
+    assert kept and "\n" not in message, message
+    assert load_model(kept.group(1))[1]["adapted"]["steps"] == 1
+    with pytest.raises(SystemExit, match=r"kept the reconstructions in (\S+);") as exc:
+        main(["reconstruct", "--model", str(sandbox / "model.safetensors"), "--measurements",
+              str(sandbox / "y.safetensors"), "--out", str(out)])
+    folder = re.search(r"reconstructions in (\S+);", str(exc.value.code)).group(1)
+    assert sorted(p.name for p in Path(folder).iterdir()) == ["recon_000.png", "recon_001.png"]
+    assert list(out.iterdir()) == []

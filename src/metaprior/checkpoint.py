@@ -41,11 +41,15 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     reader sees the old file or the new one, never a part."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an I/O error, a kill signal: no partial file stays
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def canonical_safetensors(blob: bytes) -> bytes:

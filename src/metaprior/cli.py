@@ -12,7 +12,12 @@ from pathlib import Path
 import torch
 
 from metaprior import __version__, pretrained
-from metaprior.outputs import RunFolderError, check_output_file, check_writable_dir
+from metaprior.outputs import (
+    RunFolderError,
+    check_output_file,
+    check_writable_dir,
+    write_or_keep,
+)
 
 THREADS_HELP = ("intra-op CPU threads (default 1: on small 2-core machines, OpenMP spin-waiting "
                 "next to any other busy process makes small ops 10-100x slower with 2 threads)")
@@ -212,8 +217,9 @@ def cmd_measure(args) -> None:
                          f"equal-size images")
     x = torch.stack(images)
     batch = task.sample(x, torch.Generator().manual_seed(args.seed))
-    path = save_measurements(args.out, batch, with_ground_truth=not args.no_ground_truth,
-                             names=[p.name for p in files], images=args.images)
+    path = write_or_keep(lambda out: save_measurements(
+        out, batch, with_ground_truth=not args.no_ground_truth, names=[p.name for p in files],
+        images=args.images), args.out, "--out", "measurement file")
     print(f"wrote {path}: y {tuple(batch.y.shape)} {batch.y.dtype}, task {args.task}")
 
 
@@ -246,6 +252,22 @@ def args_peak(batch) -> float | str:
 ADAPT = {"data": AdaptData, "run": AdaptRun}
 
 
+#: Options of ``adapt`` that apply to an image folder only.
+IMAGES_ONLY = ("eval_measurements", "patch_size", "batch_size", "color")
+
+
+def check_adapt_data(given: dict) -> None:
+    """Refuse ``adapt`` data options that the chosen data would ignore: the options of
+    :data:`IMAGES_ONLY` given with ``--measurements`` (or without ``--images``)."""
+    if given.get("images") is None:
+        for name in IMAGES_ONLY:
+            if name in given and given[name] not in (None, False):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} applies to --images only (with --measurements the "
+                                 f"measurement file itself is adapted on and scored): drop "
+                                 f"{flag} or give --images")
+
+
 def check_out_is_not_an_input(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
     """Refuse an ``--out`` file that is one of the command's input files (by flag)."""
     target = Path(out).resolve()
@@ -269,6 +291,7 @@ def cmd_adapt(args) -> None:
         raise ValueError(f"--ckpt-every must be >= 0 (0: no checkpoints), got {args.ckpt_every}")
     if (args.images is None) == (args.measurements is None):
         raise ValueError("give exactly one of --images DIR or --measurements FILE")
+    check_adapt_data(section_values("data", AdaptData, args.file_values, args))
     rule.setdefault("steps", 50)
     rule.setdefault("loss", "unsupervised")
     if rule["steps"] < 1:
@@ -284,6 +307,9 @@ def cmd_adapt(args) -> None:
     if args.measurements is not None:
         data = load_measurements(args.measurements, args.device)
         task_name = data.task
+        if args.task is not None and args.task != task_name:
+            raise ValueError(f"--task {args.task} contradicts {args.measurements}, which holds "
+                             f"measurements of task {task_name!r}: drop --task")
         if config.loss == "supervised" and data.target is None:
             raise ValueError(f"{args.measurements} has no ground truth: use --loss unsupervised")
 
@@ -325,8 +351,10 @@ def cmd_adapt(args) -> None:
     if evaluation is not None:
         print(f"after {config.steps} {config.loss} steps: "
               f"{_psnr_line(model, result.params, evaluation)}")
-    path = save_model(args.out, model, result.params,
-                      metadata={**meta, "adapted": {"task": task_name, **config.__dict__}})
+    path = write_or_keep(lambda out: save_model(
+        out, model, result.params, metadata={**meta, "adapted": {"task": task_name,
+                                                                 **config.__dict__}}),
+        args.out, "--out", "adapted model")
     print(f"wrote {path}")
 
 
@@ -355,18 +383,34 @@ def cmd_reconstruct(args) -> None:
         x_hat = reconstruct(model, parameters_of(model), batch)
     if not bool(torch.isfinite(x_hat).all()):
         raise FloatingPointError("reconstruction is not finite; nothing written")
-    out.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    for name, img in zip(output_names(names, len(x_hat)), x_hat.clamp(0, 1).cpu(),
-                         strict=True):
-        arr = (img.permute(1, 2, 0).squeeze(-1).numpy() * 255).round().astype("uint8")
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, out / name)
+    pngs = dict(zip(output_names(names, len(x_hat)), x_hat.clamp(0, 1).cpu(), strict=True))
+    write_or_keep(lambda folder: write_pngs(folder, pngs), out, "--out", "reconstructions")
     print(f"wrote {len(x_hat)} image(s) to {out}")
     if batch.target is not None:
         print(f"PSNR: {_psnr_line(model, parameters_of(model), batch)}")
+
+
+def write_png_atomic(path: Path, image: torch.Tensor) -> None:
+    """Write a (C, H, W) image in [0, 1] as an 8-bit PNG, through a temporary file beside
+    ``path`` and a rename."""
+    from PIL import Image
+
+    arr = (image.permute(1, 2, 0).squeeze(-1).numpy() * 255).round().astype("uint8")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        Image.fromarray(arr).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_pngs(folder: Path, images: dict[str, torch.Tensor]) -> Path:
+    """Write each ``{name: image}`` into ``folder`` (created if needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in images.items():
+        write_png_atomic(folder / name, image)
+    return folder
 
 
 def output_names(names: list[str] | None, n: int) -> list[str]:

@@ -39,6 +39,7 @@ from metaprior.outputs import (
     clear_run,
     holds_run,
     remove_orphans,
+    write_or_keep,
 )
 from metaprior.tasks import TaskBatch, get_task
 
@@ -505,7 +506,9 @@ def _train_loop(trainer: MetaTrainer, out: Path, progress: bool) -> Path:
     bar.close()
     final = out / "model.safetensors"
     if main:
-        ckpt.save_model(final, trainer.model, metadata=trainer.model_metadata())
+        write_or_keep(lambda path: ckpt.save_model(path, trainer.model,
+                                                   metadata=trainer.model_metadata()),
+                      final, "--out", "final model")
         trainer.log(f"wrote {final}")
     distributed.barrier()  # every rank returns once the model is written
     return final
