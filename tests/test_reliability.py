@@ -53,6 +53,9 @@ def sandbox(tmp_path_factory) -> Path:
               meta)
     save_file({k: v[..., :2].contiguous() if v.ndim else v for k, v in state.items()},
               str(root / "wrong_shape.safetensors"), meta)
+    for name, field, value in (("depth_1e9", "depth", 10**9), ("width_1e9", "width", 10**9)):
+        save_file(state, str(root / f"{name}.safetensors"),
+                  {"pdnet_config": json.dumps({**model.config.__dict__, field: value})})
     save_file(state, str(root / "bad_config.safetensors"),
               {"pdnet_config": json.dumps({**model.config.__dict__, "depth": "2"})})
     y = batch.y.contiguous()
@@ -67,6 +70,9 @@ def sandbox(tmp_path_factory) -> Path:
         folder.mkdir()
         (folder / "a.png").write_bytes(data)
     (root / "a_file").write_text("not a folder")
+    (root / "empty_imgs").mkdir()
+    (root / "demo_out" / "meta").mkdir(parents=True)
+    (root / "demo_out" / "meta" / "config.json").write_text("{}")
     (root / "cfg").mkdir()
     for name, values in {"bool_str": {"model": {"detach_step_sizes": "false"}},
                          "bool_depth": {"model": {"depth": True}},
@@ -149,6 +155,13 @@ BAD_INPUTS = [
     (["measure", "--task", "sr2", "--images", IMGS, "--out", "{root}/imgs"], "must end in"),
     (["measure", "--task", "nope", "--images", IMGS, "--out", "{root}/m.safetensors"],
      "unknown task"),
+    (["measure", "--task", "sr2", "--images", "{root}/empty_imgs", "--out",
+      "{root}/m.safetensors"], "holds no images (png, jpg, tif, bmp): add some or choose"),
+    (["adapt", "--model", M, "--images", "{root}/empty_imgs", "--task", "sr2", "--out",
+      "{root}/o.safetensors"], "holds no images (png, jpg, tif, bmp): add some or choose"),
+    (["demo", "--out", "{root}/demo_out"], "holds an earlier demo"),
+    (reconstruct("{root}/depth_1e9.safetensors"), "says depth 1000000000, the file holds 2"),
+    (reconstruct("{root}/width_1e9.safetensors"), "(width 1000000000, kernel_size 3)"),
     (["evaluate", "--model", M, "--images", IMGS, "--tasks", "sr2", "--adapt-steps", "-1"],
      "--adapt-steps must be >= 0"),
     (["evaluate", "--model", M, "--images", IMGS, "--tasks", "sr2", "--json", "{root}/imgs"],
@@ -424,7 +437,7 @@ def test_reconstruct_into_the_measured_images_folder_is_refused(sandbox, tmp_pat
     imgs, y = _named_measurements(tmp_path)
     before = _snapshot(tmp_path)
     for out in (imgs, imgs / "sub"):
-        with pytest.raises(SystemExit, match="--out .* the measured images"):
+        with pytest.raises(SystemExit, match=r"--out .* the measured images"):
             main(["reconstruct", "--model", str(sandbox / "model.safetensors"),
                   "--measurements", str(y), "--out", str(out)])
     assert _snapshot(tmp_path) == before and not (imgs / "sub").exists()
@@ -442,7 +455,7 @@ def test_resume_only_extends_a_run(tmp_path):
     (out / "checkpoints" / "latest").write_text("step_0000002")  # as if killed at step 3
     before = _snapshot(out)
     for steps in ("1", "3"):
-        with pytest.raises(SystemExit, match=r"--steps %s .*--resume only extends" % steps):
+        with pytest.raises(SystemExit, match=rf"--steps {steps} .*--resume only extends"):
             main([*base, "--resume", "--steps", steps])
         assert _snapshot(out) == before
     main([*base, "--resume", "--steps", "4"])
@@ -515,11 +528,11 @@ def test_a_run_stopped_before_its_first_checkpoint_names_the_fix(sandbox, tmp_pa
     out.mkdir()
     (out / "config.json").write_text("{}")
     (out / "log.jsonl").write_text("")
-    with pytest.raises(SystemExit, match="already holds a run.*--overwrite"):
+    with pytest.raises(SystemExit, match=r"already holds a run.*--overwrite"):
         main([*MT, "--out", str(out)])
-    with pytest.raises(SystemExit, match="before its first checkpoint.*--overwrite"):
+    with pytest.raises(SystemExit, match=r"before its first checkpoint.*--overwrite"):
         main([*MT, "--out", str(out), "--resume"])
-    with pytest.raises(SystemExit, match="before its first checkpoint.*without --resume"):
+    with pytest.raises(SystemExit, match=r"before its first checkpoint.*without --resume"):
         main(["adapt", "--model", str(sandbox / "model.safetensors"), "--measurements",
               str(sandbox / "y.safetensors"), "--resume", "--no-progress", "--out",
               str(tmp_path / "a.safetensors")])
@@ -545,7 +558,7 @@ def test_a_physics_noise_model_is_honoured_or_refused():
         task_from_physics("t", dinv.physics.Denoising(dinv.physics.PoissonNoise()))
     factory = task_from_physics("t", lambda shape, g, device: dinv.physics.Denoising(
         dinv.physics.GaussianNoise(0.3)))
-    with pytest.raises(ValueError, match="give noise_sigma=0.3"):
+    with pytest.raises(ValueError, match=r"give noise_sigma=0.3"):
         factory.sample(x, g)
 
 
@@ -554,7 +567,7 @@ def test_register_task_refuses_a_name_a_built_in_family_answers():
 
     with pytest.raises(ValueError, match="'sr7' is a built-in task name"):
         register_task(replace(sr_task(2), name="sr7"))
-    with pytest.raises(ValueError, match="'inpaint-0.3' is a built-in task name"):
+    with pytest.raises(ValueError, match=r"'inpaint-0.3' is a built-in task name"):
         register_task(replace(sr_task(2), name="inpaint-0.3"))
     assert get_task("sr7").params == {"factor": 7}
 
@@ -588,7 +601,7 @@ def test_an_unwritable_file_system_is_found_before_any_work(sandbox, monkeypatch
                   "/proc/metaprior-y.safetensors"],
                  ["reconstruct", "--model", M, "--measurements", Y, "--out", "/proc/mp-rec"],
                  [*MT, "--out", "/proc/mp-run"]):
-        with pytest.raises(SystemExit, match="/proc.*(cannot write in|not writable)"):
+        with pytest.raises(SystemExit, match=r"/proc.*(cannot write in|not writable)"):
             main([a.format(root=sandbox) for a in argv])
 
 
@@ -631,3 +644,78 @@ def test_a_late_write_failure_keeps_the_result_in_a_named_file(sandbox, tmp_path
     folder = re.search(r"reconstructions in (\S+);", str(exc.value.code)).group(1)
     assert sorted(p.name for p in Path(folder).iterdir()) == ["recon_000.png", "recon_001.png"]
     assert list(out.iterdir()) == []
+
+
+def test_boolean_options_are_switches_and_old_true_false_values_still_read():
+    import re
+
+    from metaprior.cli import _switches, build_parser, legacy_bool_values
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if hasattr(a, "choices") and a.choices)
+    for name, sub in commands.choices.items():
+        text = sub.format_help()
+        assert not re.search(r"\[--[\w-]+ \[[A-Z_]+\]\]", text), name
+    argv = ["meta-train", "--learn-inner-lr", "true", "--detach-step-sizes", "false"]
+    args = parser.parse_args(legacy_bool_values(argv, _switches(parser)))
+    assert getattr(args, "meta.learn_inner_lr") is True
+    assert getattr(args, "model.detach_step_sizes") is False
+    args = parser.parse_args(["meta-train", "--no-detach-step-sizes", "--resume"])
+    assert getattr(args, "model.detach_step_sizes") is False and args.resume
+
+
+def test_an_example_without_its_data_root_ends_in_one_line(tmp_path):
+    example = Path(__file__).resolve().parents[1] / "examples" / "reproduce_table1_row.py"
+    env = {k: v for k, v in os.environ.items() if k != "METAPRIOR_DATA"}
+    proc = subprocess.run([sys.executable, str(example), "--quick", "--data-root",
+                           str(tmp_path / "absent")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, lines
+    assert lines[0].startswith("error: ") and "absent" in lines[0]
+
+
+def test_api_mistakes_are_one_line_value_errors_naming_the_argument():
+    import metaprior as mp
+
+    model = PDNet(PDNetConfig(depth=2))
+    theta = mp.parameters_of(model)
+    batch = get_task("sr2").sample(torch.rand(1, 1, 16, 16))
+    rule = mp.AdaptConfig(steps=1)
+    cases = [
+        (lambda: mp.AdaptConfig(steps="5"), "adapt: steps must be int"),
+        (lambda: mp.AdaptConfig(lr="1e-3"), "adapt: lr must be a number"),
+        (lambda: mp.AdaptConfig(lr_scales=[1.0]), "adapt: lr_scales must be"),
+        (lambda: mp.get_task(3), "get_task: name must be"),
+        (lambda: mp.register_task("sr2"), "register_task: task must be a Task"),
+        (lambda: mp.task_from_physics("t", 3), "physics must be a deepinv LinearPhysics"),
+        (lambda: mp.fine_tune(model, [1], lambda s: batch, rule), "fine_tune: theta must be"),
+        (lambda: mp.fine_tune(model, {"w": torch.zeros(1)}, lambda s: batch, rule),
+         "fine_tune: theta's names"),
+        (lambda: mp.fine_tune(model, theta, batch, rule), "fine_tune: next_batch must be"),
+        (lambda: mp.fine_tune(model, theta, lambda s: batch, {"steps": 1}),
+         "fine_tune: config must be an AdaptConfig"),
+        (lambda: mp.fine_tune(model, theta, lambda s: torch.zeros(1), rule),
+         r"fine_tune: next_batch\(0\) must return a TaskBatch"),
+        (lambda: mp.fine_tune("model", theta, lambda s: batch, rule),
+         "fine_tune: model must be a torch.nn.Module"),
+    ]
+    for call, fragment in cases:
+        with pytest.raises(ValueError, match=fragment) as exc:
+            call()
+        assert "\n" not in str(exc.value)
+
+
+def test_the_demo_replaces_an_earlier_demo_only_with_overwrite(tmp_path):
+    out = tmp_path / "demo"
+    argv = ["demo", "--depth", "2", "--meta-steps", "1", "--patch-size", "32", "--batch", "2",
+            "--adapt-steps", "1", "--adapt-patch-size", "16", "--out", str(out)]
+    main(argv)
+    (out / "notes.txt").write_text("kept")
+    before = _snapshot(out)
+    with pytest.raises(SystemExit, match=r"holds an earlier demo.*--overwrite"):
+        main(argv)
+    assert _snapshot(out) == before
+    main([*argv, "--overwrite"])
+    assert (out / "notes.txt").read_text() == "kept"
+    assert (out / "adapted_sr2.safetensors").is_file()

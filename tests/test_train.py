@@ -39,8 +39,8 @@ def test_config_layering(tmp_path):
     file = tmp_path / "c.json"
     file.write_text(json.dumps({"model": {"depth": 7, "width": 8}, "meta": {"tasks": ["tv"]}}))
     args = build_parser().parse_args(["meta-train", "--config", str(file), "--depth", "3",
-                                      "--hypergradient", "implicit", "--detach-step-sizes",
-                                      "false"])
+                                      "--hypergradient", "implicit",
+                                      "--no-detach-step-sizes"])
     cfg = build_config(train.TrainConfig, load_config_file(args.config), args)
     assert cfg.model.depth == 3 and cfg.model.width == 8 and not cfg.model.detach_step_sizes
     assert cfg.meta.tasks == ("tv",) and cfg.meta.hypergradient == "implicit"

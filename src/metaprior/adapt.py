@@ -37,6 +37,16 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         from metaprior.losses import LOSSES
 
+        _check_type("steps", self.steps, int)
+        _check_type("lr", self.lr, float)
+        _check_type("prox_lambda", self.prox_lambda, float)
+        _check_type("loss", self.loss, str)
+        _check_type("optimizer", self.optimizer, str)
+        if self.lr_scales is not None and not (isinstance(self.lr_scales, Mapping) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in self.lr_scales.values())):
+            raise ValueError(f"adapt: lr_scales must be None or a mapping of parameter names to "
+                             f"numbers, got {type(self.lr_scales).__name__}")
         if self.steps < 0:
             raise ValueError(f"adapt: steps must be >= 0 (0: the model as it is), got "
                              f"{self.steps}")
@@ -75,6 +85,39 @@ class AdaptConfig:
         if self.lr_scales is None:
             return self.lr
         return {k: self.lr * s for k, s in self.lr_scales.items()}
+
+
+def _check_type(name: str, value, kind: type) -> None:
+    """A one-line ``ValueError`` naming ``name`` unless ``value`` is a ``kind`` (an int is a
+    float; a bool is neither)."""
+    kinds = (int, float) if kind is float else (kind,)
+    if not isinstance(value, kinds) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(f"adapt: {name} must be {'a number' if kind is float else kind.__name__},"
+                         f" got {type(value).__name__} {value!r}")
+
+
+def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:
+    """One-line ``ValueError`` naming the argument of :func:`fine_tune` of the wrong kind."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"fine_tune: model must be a torch.nn.Module (e.g. from load_model), "
+                         f"got {type(model).__name__}")
+    if not (isinstance(theta, Mapping) and all(isinstance(v, torch.Tensor)
+                                               for v in theta.values())):
+        raise ValueError(f"fine_tune: theta must be a dict of tensors (parameters_of(model)), "
+                         f"got {type(theta).__name__}")
+    names = {k for k, _ in model.named_parameters()}
+    if set(theta) != names:
+        raise ValueError(f"fine_tune: theta's names {sorted(set(theta) ^ names)[:3]} do not match "
+                         f"the model's parameters: use parameters_of(model)")
+    if not callable(next_batch):
+        raise ValueError(f"fine_tune: next_batch must be a function step -> TaskBatch, got "
+                         f"{type(next_batch).__name__}")
+    if not isinstance(config, AdaptConfig):
+        raise ValueError(f"fine_tune: config must be an AdaptConfig, got "
+                         f"{type(config).__name__}")
+    if start is not None and not isinstance(start, AdaptState):
+        raise ValueError(f"fine_tune: start must be an AdaptState or None, got "
+                         f"{type(start).__name__}")
 
 
 @dataclass
@@ -138,6 +181,7 @@ def fine_tune(
         the adapted parameters, the loss of every step and the kept snapshots (with ``start``:
         of the steps after it).
     """
+    _check_fine_tune_args(model, theta, next_batch, config, start)
     opt = make_inner_optimizer(config.optimizer, config.step_sizes())
     anchor = {k: v.detach() for k, v in theta.items()}
     first = start.step if start is not None else 0
@@ -149,7 +193,11 @@ def fine_tune(
     losses = []
     snapshots = {0: dict(anchor)} if 0 in keep else {}
     for step in range(first, config.steps):
-        phi, state, loss = inner_step(model, phi, anchor, state, next_batch(step), opt,
+        batch = next_batch(step)
+        if not isinstance(batch, TaskBatch):
+            raise ValueError(f"fine_tune: next_batch({step}) must return a TaskBatch (e.g. "
+                             f"task.sample(x)), got {type(batch).__name__}")
+        phi, state, loss = inner_step(model, phi, anchor, state, batch, opt,
                                       config.loss, config.prox_lambda)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step {step}: "

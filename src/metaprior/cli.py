@@ -679,17 +679,56 @@ def load_plugin(path: str) -> None:
         raise RuntimeError(f"--plugin {path} failed: {type(e).__name__}: {e}") from None
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def _switches(parser: argparse.ArgumentParser) -> set[str]:
+    """The ``--flag`` strings of every ``--flag/--no-flag`` switch of the commands."""
+    found = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _switches(sub)
+        elif isinstance(action, argparse.BooleanOptionalAction):
+            found.add(action.option_strings[0])
+    return found
+
+
+def legacy_bool_values(argv: list[str], switches: set[str]) -> list[str]:
+    """Command lines of earlier versions, where a bool option took a value
+    (``--learn-inner-lr true``), as switches (``--learn-inner-lr``, ``--no-learn-inner-lr``)."""
+    out: list[str] = []
+    for token in argv:
+        value = token.lower()
+        if out and out[-1] in switches and value in ("true", "false"):
+            if value == "false":
+                out[-1] = "--no-" + out[-1][2:]
+            continue
+        out.append(token)
+    return out
+
+
+def one_line_errors(func, *args):
+    """``func(*args)``, with a bad input (``ValueError``, ``OSError``, a failed run) reported as
+    ``error: <one line>`` and exit status 1 instead of a traceback: what every command and the
+    example scripts do."""
     try:
-        for path in args.plugin:
-            load_plugin(path)
-        _setup(args)
-        args.func(args)
+        return func(*args)
     except (ValueError, OSError, FloatingPointError, RuntimeError, RunFolderError) as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         message = lines[0][:500] if lines else type(e).__name__  # one line, whatever e holds
         raise SystemExit(f"error: {message}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(legacy_bool_values(argv, _switches(parser)))
+
+    def run() -> None:
+        for path in args.plugin:
+            load_plugin(path)
+        _setup(args)
+        args.func(args)
+
+    one_line_errors(run)
 
 
 if __name__ == "__main__":
