@@ -382,12 +382,12 @@ def register_task(task: Task, overwrite: bool = False) -> Task:
     if not isinstance(task, Task):
         raise ValueError(f"register_task: task must be a Task (e.g. from task_from_physics), "
                          f"got {type(task).__name__}")
-    if task.name in _REGISTRY and not overwrite:
-        raise ValueError(f"task {task.name!r} is already registered: choose another name or "
-                         f"pass overwrite=True")
     if not overwrite and any(p.fullmatch(task.name) for p, _ in FAMILIES):
         raise ValueError(f"task name {task.name!r} is a built-in task name (the families "
                          f"{FAMILY_HELP}): choose another name or pass overwrite=True")
+    if task.name in _REGISTRY and not overwrite:
+        raise ValueError(f"task {task.name!r} is already registered: choose another name or "
+                         f"pass overwrite=True")
     _REGISTRY[task.name] = task
     return task
 
