@@ -20,8 +20,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# --overwrite: `make demo` may be run again; it replaces its own earlier output only.
 demo: $(VENV)/.installed
-	$(BIN)/metaprior demo
+	$(BIN)/metaprior demo --overwrite
 
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest -m "not slow" -q

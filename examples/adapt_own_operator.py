@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 import metaprior as mp
 from metaprior import baselines as bl
+from metaprior.cli import one_line_errors
 from metaprior.data import demo_images
 
 
@@ -109,4 +110,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

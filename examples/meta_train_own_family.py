@@ -8,6 +8,7 @@ inpainting) on scikit-image's pictures, no data download. It is then adapted wit
 truth to a blur of length 9, which is outside the training family.
 
     python examples/meta_train_own_family.py [--steps 200] [--depth 8] [--out runs/family]
+        [--overwrite]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import deepinv as dinv
 import torch
 
 import metaprior as mp
+from metaprior.cli import one_line_errors
 from metaprior.data import demo_images
 
 
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--adapt-steps", type=int, default=20)
     ap.add_argument("--size", type=int, default=128, help="test picture side")
     ap.add_argument("--out", default="runs/family")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier run in --out (refused without it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                            val_batch=4),
         optim=mp.OptimConfig(steps=args.steps),
         run=mp.RunConfig(out=args.out, val_every=0, ckpt_every=max(1, args.steps // 4)))
-    path = mp.meta_train(config, progress=False, log=lambda *_: None, overwrite=True)
+    path = mp.meta_train(config, progress=False, log=lambda *_: None, overwrite=args.overwrite)
     model, meta = mp.load_model(path)
 
     x = torch.stack(demo_images("test", size=args.size))
@@ -85,4 +89,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from metaprior.cli import one_line_errors
 from metaprior.experiments.table1 import PAPER_TABLE1, Table1Config, quick_config, run_table1
 
 
@@ -49,4 +50,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -88,6 +88,10 @@ def test_meta_train_own_family_example_runs(tmp_path):
                          "--out", str(tmp_path / "run")])
     assert all(math.isfinite(v) for v in rows.values())
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    from metaprior.outputs import RunFolderError
+
+    with pytest.raises(RunFolderError, match=r"already holds a run.*--overwrite"):
+        example.main(["--steps", "2", "--depth", "2", "--out", str(tmp_path / "run")])
     g = torch.Generator().manual_seed(0)
     lengths = {example.blur_family((1, 1, 32, 32), g, "cpu").filter.shape[-1]
                for _ in range(30)}

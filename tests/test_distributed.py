@@ -166,7 +166,7 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_on_one(tmp_path):
     lost peer; ``--resume`` then finishes the run in one process from the last checkpoint."""
     port = _free_port()
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "metaprior", "meta-train", *TINY, "--steps", "400",
+    args = [sys.executable, "-m", "metaprior", "meta-train", *TINY, "--steps", "60",
             "--ckpt-every", "2", "--val-every", "0", "--dist-timeout", "60", "--out", str(out)]
     procs = []
     for rank in range(2):
@@ -195,10 +195,10 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes_on_one(tmp_path):
     from metaprior.checkpoint import latest_checkpoint
     from metaprior.cli import main
 
-    step = int(latest_checkpoint(out).name.split("_")[1])
-    main(["meta-train", *TINY, "--resume", "--steps", str(step + 2), "--out", str(out)])
+    assert int(latest_checkpoint(out).name.split("_")[1]) < 60
+    main(["meta-train", *TINY, "--resume", "--no-progress", "--out", str(out)])
     steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
-    assert steps == list(range(step + 2))
+    assert steps == list(range(60))
 
 
 def test_a_meta_batch_may_repeat_a_task_family(tmp_path):

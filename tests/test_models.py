@@ -202,3 +202,14 @@ def test_noise_is_drawn_per_batch_in_a_family():
     x = torch.full((1, 1, 32, 32), 0.5)
     stds = [float((task.sample(x, g).y - x).std()) for _ in range(6)]
     assert 0.005 < min(stds) and max(stds) < 0.12 and max(stds) - min(stds) > 0.01
+
+
+def test_a_model_recommends_its_adaptation_rule(tmp_path):
+    """A model file's ``adapt`` metadata sets the defaults of adaptation; flags still win."""
+    model = _tiny_hqs()
+    path = save_model(tmp_path / "m.safetensors", model,
+                      metadata={"adapt": {"lr": 0.03, "loss": "equivariant", "steps": 20}})
+    _, meta = load_model(path)
+    rule = mp.AdaptConfig.from_model(meta)
+    assert (rule.lr, rule.loss, rule.steps) == (0.03, "equivariant", 20)
+    assert mp.AdaptConfig.from_model(meta, lr=0.1).lr == 0.1

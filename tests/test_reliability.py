@@ -39,6 +39,8 @@ def sandbox(tmp_path_factory) -> Path:
     save_model(root / "model.safetensors", model)
     batch = get_task("sr2").sample(torch.rand(2, 1, 16, 16, generator=g), g)
     save_measurements(root / "y.safetensors", batch)
+    save_measurements(root / "y_named.safetensors", batch, names=["0.png", "1.png"],
+                      images=root / "imgs")
     good = (root / "model.safetensors").read_bytes()
     (root / "empty.safetensors").write_bytes(b"")
     (root / "garbage.safetensors").write_bytes(b"not a safetensors file at all")
@@ -51,6 +53,9 @@ def sandbox(tmp_path_factory) -> Path:
               meta)
     save_file({k: v[..., :2].contiguous() if v.ndim else v for k, v in state.items()},
               str(root / "wrong_shape.safetensors"), meta)
+    for name, field, value in (("depth_1e9", "depth", 10**9), ("width_1e9", "width", 10**9)):
+        save_file(state, str(root / f"{name}.safetensors"),
+                  {"pdnet_config": json.dumps({**model.config.__dict__, field: value})})
     save_file(state, str(root / "bad_config.safetensors"),
               {"pdnet_config": json.dumps({**model.config.__dict__, "depth": "2"})})
     y = batch.y.contiguous()
@@ -65,6 +70,9 @@ def sandbox(tmp_path_factory) -> Path:
         folder.mkdir()
         (folder / "a.png").write_bytes(data)
     (root / "a_file").write_text("not a folder")
+    (root / "empty_imgs").mkdir()
+    (root / "demo_out" / "meta").mkdir(parents=True)
+    (root / "demo_out" / "meta" / "config.json").write_text("{}")
     (root / "cfg").mkdir()
     for name, values in {"bool_str": {"model": {"detach_step_sizes": "false"}},
                          "bool_depth": {"model": {"depth": True}},
@@ -131,6 +139,15 @@ BAD_INPUTS = [
     (reconstruct(M, "{root}/garbage.safetensors"), "not a readable .safetensors"),
     (["reconstruct", "--model", M, "--measurements", Y, "--out", "{root}/a_file"],
      "is an existing file"),
+    # outputs never alias inputs
+    (["adapt", "--model", M, "--measurements", Y, "--out", M], "is the input --model"),
+    (["adapt", "--model", "{root}/run", "--measurements", Y, "--out",
+      "{root}/run/model.safetensors"], "is the input --model"),
+    (["adapt", "--model", M, "--measurements", Y, "--out", Y], "is the input --measurements"),
+    (["reconstruct", "--model", M, "--measurements", "{root}/y_named.safetensors", "--out",
+      IMGS], "the folder of the measured images"),
+    (["reconstruct", "--model", M, "--measurements", "{root}/y_named.safetensors", "--out",
+      "{root}/imgs/rec"], "the folder of the measured images"),
     (["measure", "--task", "sr2", "--images", "{root}/corrupt_imgs", "--out",
       "{root}/m.safetensors"], "cannot be read"),
     (["measure", "--task", "sr2", "--images", "{root}/zero_imgs", "--out",
@@ -138,6 +155,13 @@ BAD_INPUTS = [
     (["measure", "--task", "sr2", "--images", IMGS, "--out", "{root}/imgs"], "must end in"),
     (["measure", "--task", "nope", "--images", IMGS, "--out", "{root}/m.safetensors"],
      "unknown task"),
+    (["measure", "--task", "sr2", "--images", "{root}/empty_imgs", "--out",
+      "{root}/m.safetensors"], "holds no images (png, jpg, tif, bmp): add some or choose"),
+    (["adapt", "--model", M, "--images", "{root}/empty_imgs", "--task", "sr2", "--out",
+      "{root}/o.safetensors"], "holds no images (png, jpg, tif, bmp): add some or choose"),
+    (["demo", "--out", "{root}/demo_out"], "holds an earlier demo"),
+    (reconstruct("{root}/depth_1e9.safetensors"), "says depth 1000000000, the file holds 2"),
+    (reconstruct("{root}/width_1e9.safetensors"), "(width 1000000000, kernel_size 3)"),
     (["evaluate", "--model", M, "--images", IMGS, "--tasks", "sr2", "--adapt-steps", "-1"],
      "--adapt-steps must be >= 0"),
     (["evaluate", "--model", M, "--images", IMGS, "--tasks", "sr2", "--json", "{root}/imgs"],
@@ -238,7 +262,10 @@ def test_sixteen_bit_and_float_images_are_read_at_their_scale(tmp_path):
         load_image(tmp_path / "big.tif")
 
 
-def test_reconstruct_replaces_stale_images_and_warns_on_another_task(sandbox, tmp_path, capsys):
+def test_reconstruct_replaces_its_own_images_only_and_warns_on_another_task(sandbox, tmp_path,
+                                                                            capsys):
+    """A measurement file without input names gives recon_000.png, ...: those are replaced,
+    an earlier, larger batch's others and the user's files are kept."""
     out = tmp_path / "rec"
     out.mkdir()
     for i in range(5):
@@ -249,8 +276,10 @@ def test_reconstruct_replaces_stale_images_and_warns_on_another_task(sandbox, tm
     save_model(adapted, model, metadata={"adapted": {"task": "mri4"}})
     main(["reconstruct", "--model", str(adapted), "--measurements",
           str(sandbox / "y.safetensors"), "--out", str(out)])
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "recon_000.png",
-                                                     "recon_001.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", *(f"recon_{i:03d}.png"
+                                                                   for i in range(5))]
+    assert [(out / f"recon_{i:03d}.png").read_bytes() == b"old" for i in range(5)] == [
+        False, False, True, True, True]
     assert "adapted to task 'mri4'" in capsys.readouterr().err
 
 
@@ -352,3 +381,341 @@ def test_read_only_output_folder_is_refused_before_any_work(sandbox, tmp_path):
             main([a.format(root=sandbox) for a in ADAPT[:-1]] + [str(ro / "a.safetensors")])
     finally:
         ro.chmod(0o755)
+
+
+# --- nothing lost: outputs never delete or alias what they did not write -------------------
+
+def _named_measurements(tmp_path: Path, names=("camera", "moon")) -> tuple[Path, Path]:
+    """A folder of 16 px PNGs called ``names`` and its ``measure``d sr2 file."""
+    imgs = tmp_path / "named_imgs"
+    write_pngs(imgs, n=len(names), size=16)
+    for i, name in enumerate(names):
+        (imgs / f"{i}.png").rename(imgs / f"{name}.png")
+    y = tmp_path / "named_y.safetensors"
+    main(["measure", "--task", "sr2", "--images", str(imgs), "--out", str(y)])
+    return imgs, y
+
+
+def test_reconstruct_deletes_nothing_it_did_not_write_and_names_images_after_inputs(
+        sandbox, tmp_path):
+    _, y = _named_measurements(tmp_path)
+    out = tmp_path / "rec"
+    out.mkdir()
+    (out / "recon_final.png").write_bytes(b"mine")
+    (out / "recon_004.png").write_bytes(b"mine too")
+    main(["reconstruct", "--model", str(sandbox / "model.safetensors"), "--measurements",
+          str(y), "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "recon_004.png", "recon_camera.png", "recon_final.png", "recon_moon.png"]
+    assert (out / "recon_final.png").read_bytes() == b"mine"
+    assert Image.open(out / "recon_camera.png").size == (16, 16)
+
+
+def test_two_adapt_runs_on_one_out_are_refused_by_the_run_folder_lock(sandbox, tmp_path):
+    """``adapt --ckpt-every`` locks ``OUT.run/`` with the lock meta-train uses: a second run
+    on the same ``--out`` stops at once, naming the holder, and writes nothing."""
+    folder = tmp_path / "a.run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from metaprior.outputs import RunLock\n"
+         f"with RunLock({str(folder)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=r"in use by another process \(pid \d+\)"):
+            main(["adapt", "--model", str(sandbox / "model.safetensors"), "--measurements",
+                  str(sandbox / "y.safetensors"), "--steps", "2", "--ckpt-every", "1",
+                  "--no-progress", "--out", str(tmp_path / "a.safetensors")])
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+        assert not (tmp_path / "a.safetensors").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_reconstruct_into_the_measured_images_folder_is_refused(sandbox, tmp_path):
+    imgs, y = _named_measurements(tmp_path)
+    before = _snapshot(tmp_path)
+    for out in (imgs, imgs / "sub"):
+        with pytest.raises(SystemExit, match=r"--out .* the measured images"):
+            main(["reconstruct", "--model", str(sandbox / "model.safetensors"),
+                  "--measurements", str(y), "--out", str(out)])
+    assert _snapshot(tmp_path) == before and not (imgs / "sub").exists()
+
+
+# --- nothing silently wrong -----------------------------------------------------------------
+
+def test_resume_only_extends_a_run(tmp_path):
+    """``--resume --steps N`` below the checkpoint's step, or below the run's own total (its
+    lr schedule spans that total), is refused naming --steps; nothing in the run changes."""
+    out = tmp_path / "run"
+    base = ["meta-train", *TINY, "--no-progress", "--ckpt-every", "2", "--val-every", "0",
+            "--out", str(out)]
+    main([*base, "--steps", "4"])
+    (out / "checkpoints" / "latest").write_text("step_0000002")  # as if killed at step 3
+    before = _snapshot(out)
+    for steps in ("1", "3"):
+        with pytest.raises(SystemExit, match=rf"--steps {steps} .*--resume only extends"):
+            main([*base, "--resume", "--steps", steps])
+        assert _snapshot(out) == before
+    main([*base, "--resume", "--steps", "4"])
+    assert json.loads((out / "config.json").read_text())["optim"]["steps"] == 4
+
+
+# --- resources ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("depth", 10**9), ("width", 10**9),
+                                         ("kernel_size", 100001)])
+def test_model_sizes_are_checked_against_the_file_header_before_any_allocation(
+        tmp_path, monkeypatch, field, value):
+    import metaprior.checkpoint as ckpt
+
+    model = PDNet(PDNetConfig(depth=2))
+    path = tmp_path / "crafted.safetensors"
+    save_file({k: v.detach() for k, v in model.state_dict().items()}, str(path),
+              {"pdnet_config": json.dumps({**model.config.__dict__, field: value})})
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built from unchecked sizes")
+
+    monkeypatch.setattr(ckpt, "build_model", never)
+    with pytest.raises(ValueError, match=f"{field} {value}"):
+        load_model(path)
+
+
+# --- files: deterministic bytes, ordinary permissions ---------------------------------------
+
+def test_model_files_are_byte_identical_and_mode_0644(tmp_path):
+    model = PDNet.seeded(PDNetConfig(depth=2), 0)
+    meta = {f"key{i}": {"value": i} for i in range(8)}
+    digests = set()
+    for i in range(4):
+        path = save_model(tmp_path / f"m{i}.safetensors", model, metadata=meta)
+        digests.add(path.read_bytes())
+        umask = os.umask(0)
+        os.umask(umask)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert len(digests) == 1
+
+
+def test_a_diverged_checkpointed_adapt_leaves_nothing_behind(sandbox, tmp_path):
+    with pytest.raises(SystemExit, match="non-finite weights after adaptation step 0"):
+        main(["adapt", "--model", str(sandbox / "model.safetensors"), "--images",
+              str(sandbox / "imgs"), "--task", "sr2", "--patch-size", "8", "--batch-size", "2",
+              "--optimizer", "sgd", "--lr", "1e300", "--steps", "3", "--ckpt-every", "1",
+              "--no-progress", "--out", str(tmp_path / "a.safetensors")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_leftover_temporary_files_are_removed_by_the_next_locked_run(sandbox, tmp_path):
+    """Temporary files of a killed writer (ours, ``.NAME.tmp-PID``, and safetensors' own
+    ``.tmpXXXXXX``) go when the next run holds the folder's lock; other files stay."""
+    run = tmp_path / "a.run"
+    (run / "checkpoints").mkdir(parents=True)
+    leftovers = [run / ".tmpAb12Cd", run / "checkpoints" / ".tmpXy98Zw",
+                 run / "checkpoints" / ".step_0000001.tmp-99999"]
+    for p in leftovers:
+        p.write_bytes(b"partial")
+    (run / "notes.txt").write_text("kept")
+    main(["adapt", "--model", str(sandbox / "model.safetensors"), "--measurements",
+          str(sandbox / "y.safetensors"), "--steps", "1", "--ckpt-every", "1", "--no-progress",
+          "--out", str(tmp_path / "a.safetensors")])
+    assert not any(p.exists() for p in leftovers) and (run / "notes.txt").exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_names_the_fix(sandbox, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "log.jsonl").write_text("")
+    with pytest.raises(SystemExit, match=r"already holds a run.*--overwrite"):
+        main([*MT, "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"before its first checkpoint.*--overwrite"):
+        main([*MT, "--out", str(out), "--resume"])
+    with pytest.raises(SystemExit, match=r"before its first checkpoint.*without --resume"):
+        main(["adapt", "--model", str(sandbox / "model.safetensors"), "--measurements",
+              str(sandbox / "y.safetensors"), "--resume", "--no-progress", "--out",
+              str(tmp_path / "a.safetensors")])
+    main([*MT, "--out", str(out), "--overwrite"])
+    assert (out / "model.safetensors").is_file()
+
+
+def test_a_physics_noise_model_is_honoured_or_refused():
+    import deepinv as dinv
+
+    from metaprior.tasks import task_from_physics
+
+    x = torch.full((4, 1, 32, 32), 0.5)
+    g = torch.Generator().manual_seed(0)
+    noisy = task_from_physics("noisy-denoise", dinv.physics.Denoising(
+        dinv.physics.GaussianNoise(0.2)))
+    assert noisy.noise_sigma == 0.2
+    assert float((noisy.sample(x, g).y - x).std()) == pytest.approx(0.2, rel=0.05)
+    with pytest.raises(ValueError, match="disagrees with the physics' GaussianNoise"):
+        task_from_physics("t", dinv.physics.Denoising(dinv.physics.GaussianNoise(0.2)),
+                          noise_sigma=0.1)
+    with pytest.raises(ValueError, match="PoissonNoise is not supported"):
+        task_from_physics("t", dinv.physics.Denoising(dinv.physics.PoissonNoise()))
+    factory = task_from_physics("t", lambda shape, g, device: dinv.physics.Denoising(
+        dinv.physics.GaussianNoise(0.3)))
+    with pytest.raises(ValueError, match=r"give noise_sigma=0.3"):
+        factory.sample(x, g)
+
+
+def test_register_task_refuses_a_name_a_built_in_family_answers():
+    from metaprior.tasks import register_task, sr_task
+
+    with pytest.raises(ValueError, match="'sr7' is a built-in task name"):
+        register_task(replace(sr_task(2), name="sr7"))
+    with pytest.raises(ValueError, match=r"'inpaint-0.3' is a built-in task name"):
+        register_task(replace(sr_task(2), name="inpaint-0.3"))
+    assert get_task("sr7").params == {"factor": 7}
+
+
+CONTRADICTIONS = [
+    (["--measurements", Y, "--task", "mri4"], "--task mri4 contradicts"),
+    (["--measurements", Y, "--eval-measurements", Y], "--eval-measurements applies to --images"),
+    (["--measurements", Y, "--patch-size", "8"], "--patch-size applies to --images"),
+]
+
+
+@pytest.mark.parametrize("flags,fragment", CONTRADICTIONS)
+def test_adapt_refuses_options_its_data_would_ignore(sandbox, tmp_path, flags, fragment):
+    with pytest.raises(SystemExit, match=fragment):
+        main(["adapt", "--model", str(sandbox / "model.safetensors"),
+              *[f.format(root=sandbox) for f in flags], "--steps", "1", "--no-progress",
+              "--out", str(tmp_path / "a.safetensors")])
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_an_unwritable_file_system_is_found_before_any_work(sandbox, monkeypatch):
+    """``/proc`` passes a permission check as root but takes no file: a probe file shows it
+    before the model is even loaded."""
+    import metaprior.checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "load_model", lambda *a, **k: pytest.fail("work started"))
+    for argv in (["adapt", "--model", M, "--measurements", Y, "--out",
+                  "/proc/metaprior-a.safetensors"],
+                 ["measure", "--task", "sr2", "--images", IMGS, "--out",
+                  "/proc/metaprior-y.safetensors"],
+                 ["reconstruct", "--model", M, "--measurements", Y, "--out", "/proc/mp-rec"],
+                 [*MT, "--out", "/proc/mp-run"]):
+        with pytest.raises(SystemExit, match=r"/proc.*(cannot write in|not writable)"):
+            main([a.format(root=sandbox) for a in argv])
+
+
+def test_a_late_write_failure_keeps_the_result_in_a_named_file(sandbox, tmp_path, monkeypatch,
+                                                                 capsys):
+    """A write that fails after the work (a full disk): one line naming the failure and the
+    temporary file that holds the result; nothing partial beside the target."""
+    import errno
+    import re
+    import tempfile
+
+    import metaprior.checkpoint as ckpt
+    import metaprior.cli as cli
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    write, write_png = ckpt.write_bytes_atomic, cli.write_png_atomic
+
+    def full_disk(writer):
+        def wrapped(path, *args):
+            if Path(path).parent == out:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return writer(path, *args)
+        return wrapped
+
+    monkeypatch.setattr(ckpt, "write_bytes_atomic", full_disk(write))
+    monkeypatch.setattr(cli, "write_png_atomic", full_disk(write_png))
+    with pytest.raises(SystemExit) as exc:
+        main(["adapt", "--model", str(sandbox / "model.safetensors"), "--measurements",
+              str(sandbox / "y.safetensors"), "--steps", "1", "--no-progress", "--out",
+              str(out / "a.safetensors")])
+    message = str(exc.value.code)
+    kept = re.search(r"No space left on device\): kept the adapted model in (\S+);", message)
+    assert kept and "\n" not in message, message
+    assert load_model(kept.group(1))[1]["adapted"]["steps"] == 1
+    with pytest.raises(SystemExit, match=r"kept the reconstructions in (\S+);") as exc:
+        main(["reconstruct", "--model", str(sandbox / "model.safetensors"), "--measurements",
+              str(sandbox / "y.safetensors"), "--out", str(out)])
+    folder = re.search(r"reconstructions in (\S+);", str(exc.value.code)).group(1)
+    assert sorted(p.name for p in Path(folder).iterdir()) == ["recon_000.png", "recon_001.png"]
+    assert list(out.iterdir()) == []
+
+
+def test_boolean_options_are_switches_and_old_true_false_values_still_read():
+    import re
+
+    from metaprior.cli import _switches, build_parser, legacy_bool_values
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if hasattr(a, "choices") and a.choices)
+    for name, sub in commands.choices.items():
+        text = sub.format_help()
+        assert not re.search(r"\[--[\w-]+ \[[A-Z_]+\]\]", text), name
+    argv = ["meta-train", "--learn-inner-lr", "true", "--detach-step-sizes", "false"]
+    args = parser.parse_args(legacy_bool_values(argv, _switches(parser)))
+    assert getattr(args, "meta.learn_inner_lr") is True
+    assert getattr(args, "model.detach_step_sizes") is False
+    args = parser.parse_args(["meta-train", "--no-detach-step-sizes", "--resume"])
+    assert getattr(args, "model.detach_step_sizes") is False and args.resume
+
+
+def test_an_example_without_its_data_root_ends_in_one_line(tmp_path):
+    example = Path(__file__).resolve().parents[1] / "examples" / "reproduce_table1_row.py"
+    env = {k: v for k, v in os.environ.items() if k != "METAPRIOR_DATA"}
+    proc = subprocess.run([sys.executable, str(example), "--quick", "--data-root",
+                           str(tmp_path / "absent")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, lines
+    assert lines[0].startswith("error: ") and "absent" in lines[0]
+
+
+def test_api_mistakes_are_one_line_value_errors_naming_the_argument():
+    import metaprior as mp
+
+    model = PDNet(PDNetConfig(depth=2))
+    theta = mp.parameters_of(model)
+    batch = get_task("sr2").sample(torch.rand(1, 1, 16, 16))
+    rule = mp.AdaptConfig(steps=1)
+    cases = [
+        (lambda: mp.AdaptConfig(steps="5"), "adapt: steps must be int"),
+        (lambda: mp.AdaptConfig(lr="1e-3"), "adapt: lr must be a number"),
+        (lambda: mp.AdaptConfig(lr_scales=[1.0]), "adapt: lr_scales must be"),
+        (lambda: mp.get_task(3), "get_task: name must be"),
+        (lambda: mp.register_task("sr2"), "register_task: task must be a Task"),
+        (lambda: mp.task_from_physics("t", 3), "physics must be a deepinv LinearPhysics"),
+        (lambda: mp.fine_tune(model, [1], lambda s: batch, rule), "fine_tune: theta must be"),
+        (lambda: mp.fine_tune(model, {"w": torch.zeros(1)}, lambda s: batch, rule),
+         "fine_tune: theta's names"),
+        (lambda: mp.fine_tune(model, theta, batch, rule), "fine_tune: next_batch must be"),
+        (lambda: mp.fine_tune(model, theta, lambda s: batch, {"steps": 1}),
+         "fine_tune: config must be an AdaptConfig"),
+        (lambda: mp.fine_tune(model, theta, lambda s: torch.zeros(1), rule),
+         r"fine_tune: next_batch\(0\) must return a TaskBatch"),
+        (lambda: mp.fine_tune("model", theta, lambda s: batch, rule),
+         "fine_tune: model must be a torch.nn.Module"),
+    ]
+    for call, fragment in cases:
+        with pytest.raises(ValueError, match=fragment) as exc:
+            call()
+        assert "\n" not in str(exc.value)
+
+
+def test_the_demo_replaces_an_earlier_demo_only_with_overwrite(tmp_path):
+    out = tmp_path / "demo"
+    argv = ["demo", "--depth", "2", "--meta-steps", "1", "--patch-size", "32", "--batch", "2",
+            "--adapt-steps", "1", "--adapt-patch-size", "16", "--out", str(out)]
+    main(argv)
+    (out / "notes.txt").write_text("kept")
+    before = _snapshot(out)
+    with pytest.raises(SystemExit, match=r"holds an earlier demo.*--overwrite"):
+        main(argv)
+    assert _snapshot(out) == before
+    main([*argv, "--overwrite"])
+    assert (out / "notes.txt").read_text() == "kept"
+    assert (out / "adapted_sr2.safetensors").is_file()

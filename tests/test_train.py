@@ -39,8 +39,8 @@ def test_config_layering(tmp_path):
     file = tmp_path / "c.json"
     file.write_text(json.dumps({"model": {"depth": 7, "width": 8}, "meta": {"tasks": ["tv"]}}))
     args = build_parser().parse_args(["meta-train", "--config", str(file), "--depth", "3",
-                                      "--hypergradient", "implicit", "--detach-step-sizes",
-                                      "false"])
+                                      "--hypergradient", "implicit",
+                                      "--no-detach-step-sizes"])
     cfg = build_config(train.TrainConfig, load_config_file(args.config), args)
     assert cfg.model.depth == 3 and cfg.model.width == 8 and not cfg.model.detach_step_sizes
     assert cfg.meta.tasks == ("tv",) and cfg.meta.hypergradient == "implicit"
@@ -178,8 +178,8 @@ def test_adapt_measure_reconstruct_cli(tmp_path, capsys):
           "--json", str(tmp_path / "eval.json"), "--adapt-steps", "1"])
     rows = json.loads((tmp_path / "eval.json").read_text())
     assert [r["task"] for r in rows] == ["inpaint", "sr2"] and len(rows[0]["adapted"]) == 2
-    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recon_000.png",
-                                                                    "recon_001.png"]
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["recon_0.png",
+                                                                    "recon_1.png"]
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -40,6 +40,16 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         from metaprior.losses import LOSSES
 
+        _check_type("steps", self.steps, int)
+        _check_type("lr", self.lr, float)
+        _check_type("prox_lambda", self.prox_lambda, float)
+        _check_type("loss", self.loss, str)
+        _check_type("optimizer", self.optimizer, str)
+        if self.lr_scales is not None and not (isinstance(self.lr_scales, Mapping) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                for v in self.lr_scales.values())):
+            raise ValueError(f"adapt: lr_scales must be None or a mapping of parameter names to "
+                             f"numbers, got {type(self.lr_scales).__name__}")
         if self.steps < 0:
             raise ValueError(f"adapt: steps must be >= 0 (0: the model as it is), got "
                              f"{self.steps}")
@@ -56,7 +66,9 @@ class AdaptConfig:
     @classmethod
     def from_model(cls, meta: dict, **overrides) -> AdaptConfig:
         r"""The inner step rule a model was meta-trained with, read from its metadata
-        (optimizer, lr, λ, inner loss, learned per-tensor step sizes), then ``overrides``.
+        (optimizer, lr, λ, inner loss, learned per-tensor step sizes), then the step rule the
+        model recommends for adaptation (metadata ``adapt``: e.g. a shipped model's lr and
+        label-free loss, chosen on validation operators), then ``overrides``.
 
         With learned step sizes :math:`\eta_k`, ``lr_scales`` is :math:`\eta_k/\eta_0`
         (:math:`\eta_0` = the model's ``inner_lr``), so ``lr = inner_lr`` applies exactly the
@@ -70,6 +82,12 @@ class AdaptConfig:
                   "optimizer": inner.get("inner_optimizer", cls.optimizer),
                   "lr_scales": {k: float(v) / lr for k, v in learned.items()} if learned
                   else None}
+        recommended = meta.get("adapt", {})
+        if not isinstance(recommended, dict):
+            raise ValueError(f"the model's 'adapt' metadata must be an object, got "
+                             f"{recommended!r}")
+        known = {f.name for f in fields(cls)} - {"lr_scales"}
+        values.update({k: v for k, v in recommended.items() if k in known})
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -83,6 +101,39 @@ class AdaptConfig:
         if scales is None:
             return self.lr
         return {k: self.lr * s for k, s in scales.items()}
+
+
+def _check_type(name: str, value, kind: type) -> None:
+    """A one-line ``ValueError`` naming ``name`` unless ``value`` is a ``kind`` (an int is a
+    float; a bool is neither)."""
+    kinds = (int, float) if kind is float else (kind,)
+    if not isinstance(value, kinds) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(f"adapt: {name} must be {'a number' if kind is float else kind.__name__},"
+                         f" got {type(value).__name__} {value!r}")
+
+
+def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:
+    """One-line ``ValueError`` naming the argument of :func:`fine_tune` of the wrong kind."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"fine_tune: model must be a torch.nn.Module (e.g. from load_model), "
+                         f"got {type(model).__name__}")
+    if not (isinstance(theta, Mapping) and all(isinstance(v, torch.Tensor)
+                                               for v in theta.values())):
+        raise ValueError(f"fine_tune: theta must be a dict of tensors (parameters_of(model)), "
+                         f"got {type(theta).__name__}")
+    names = {k for k, _ in model.named_parameters()}
+    if set(theta) != names:
+        raise ValueError(f"fine_tune: theta's names {sorted(set(theta) ^ names)[:3]} do not match "
+                         f"the model's parameters: use parameters_of(model)")
+    if not callable(next_batch):
+        raise ValueError(f"fine_tune: next_batch must be a function step -> TaskBatch, got "
+                         f"{type(next_batch).__name__}")
+    if not isinstance(config, AdaptConfig):
+        raise ValueError(f"fine_tune: config must be an AdaptConfig, got "
+                         f"{type(config).__name__}")
+    if start is not None and not isinstance(start, AdaptState):
+        raise ValueError(f"fine_tune: start must be an AdaptState or None, got "
+                         f"{type(start).__name__}")
 
 
 @dataclass
@@ -146,6 +197,7 @@ def fine_tune(
         the adapted parameters, the loss of every step and the kept snapshots (with ``start``:
         of the steps after it).
     """
+    _check_fine_tune_args(model, theta, next_batch, config, start)
     opt = make_inner_optimizer(config.optimizer, config.step_sizes(model))
     anchor = {k: v.detach() for k, v in theta.items()}
     first = start.step if start is not None else 0
@@ -160,11 +212,18 @@ def fine_tune(
     losses = []
     snapshots = {0: dict(anchor)} if 0 in keep else {}
     for step in range(first, config.steps):
-        phi, state, loss = inner_step(model, phi, anchor, state, next_batch(step), opt,
+        batch = next_batch(step)
+        if not isinstance(batch, TaskBatch):
+            raise ValueError(f"fine_tune: next_batch({step}) must return a TaskBatch (e.g. "
+                             f"task.sample(x)), got {type(batch).__name__}")
+        phi, state, loss = inner_step(model, phi, anchor, state, batch, opt,
                                       config.loss, config.prox_lambda)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step {step}: "
                                      f"lower --lr")
+        if not all(bool(torch.isfinite(v).all()) for v in phi.values()):
+            raise FloatingPointError(f"non-finite weights after adaptation step {step}: lower "
+                                     f"--lr")
         losses.append(float(loss))
         if step + 1 in keep:
             snapshots[step + 1] = {k: v.detach().clone() for k, v in phi.items()}
@@ -190,7 +249,8 @@ def fine_tune_run(
     """:func:`fine_tune` for long runs: φ and the optimizer state are checkpointed atomically
     under ``run_dir/checkpoints`` every ``ckpt_every`` steps and at the end, and ``resume``
     continues the latest checkpoint exactly as an unbroken run would (the stream replayed to
-    where it stopped).
+    where it stopped). ``run_dir`` is locked for the whole run (:class:`metaprior.outputs.
+    RunLock`, the lock of meta-training runs): a second run on it stops at once.
 
     Args:
         recipe: what identifies the run, JSON-able (task, data, seed, lr, ...): ``resume``
@@ -199,14 +259,30 @@ def fine_tune_run(
         ckpt_every: checkpoint interval in steps (0: at the end only).
         log: one-line progress messages.
     """
-    from metaprior import checkpoint as ckpt
+    from metaprior.outputs import RunLock
 
+    with RunLock(run_dir):
+        return _fine_tune_run(model, theta, next_batch, config, run_dir, recipe, ckpt_every,
+                              resume, callback, log)
+
+
+def _fine_tune_run(model, theta, next_batch, config, run_dir, recipe, ckpt_every, resume,
+                   callback, log) -> AdaptRunResult:
+    """:func:`fine_tune_run` while holding the run folder's lock."""
+    from metaprior import checkpoint as ckpt
+    from metaprior.outputs import remove_orphans
+
+    remove_orphans(run_dir)
+    remove_orphans(ckpt.checkpoint_dir(run_dir))
     recipe = json.loads(json.dumps({**recipe, "config": _recipe_config(config)}))
     start, seconds_before = None, 0.0
     latest = ckpt.latest_checkpoint(run_dir)
     if resume:
         if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt.checkpoint_dir(run_dir)}")
+            raise FileNotFoundError(f"--resume: no checkpoint under "
+                                    f"{ckpt.checkpoint_dir(run_dir)} (a run stopped before "
+                                    f"its first checkpoint): run without --resume to start "
+                                    f"afresh")
         weights, tensors, state = ckpt.load_checkpoint(latest)
         saved = state.get("recipe", {})
         if saved != recipe or state.get("step", config.steps + 1) > config.steps:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 from torch import Tensor, nn
 
 from metaprior.models import architecture_of, build_model, config_from_dict
@@ -42,23 +43,41 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     reader sees the old file or the new one, never a part."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an I/O error, a kill signal: no partial file stays
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same ``.safetensors`` bytes with a canonical header: keys (metadata included) in
+    sorted order, compact JSON, padded with spaces to 8 bytes. The tensor data is unchanged,
+    so equal tensors and metadata always give equal files (and equal checksums)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    metadata = header.pop("__metadata__", None)
+    ordered = dict(sorted(header.items()))
+    if metadata:
+        ordered = {"__metadata__": dict(sorted(metadata.items())), **ordered}
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, str]
                  ) -> None:
-    """Write a ``.safetensors`` file atomically (as :func:`write_bytes_atomic`)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata=metadata)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a ``.safetensors`` file atomically (as :func:`write_bytes_atomic`), with
+    deterministic bytes (:func:`canonical_safetensors`) and the permissions of any new file
+    (0666 less the umask). The file is serialised in memory: no writer but ours touches the
+    folder."""
+    blob = serialize({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                     metadata=dict(sorted(metadata.items())) or None)
+    write_bytes_atomic(path, canonical_safetensors(blob))
 
 
 def save_model(path: str | Path, model: nn.Module, params: Params | None = None,
@@ -74,8 +93,8 @@ def save_model(path: str | Path, model: nn.Module, params: Params | None = None,
         raise FloatingPointError(f"model weights {bad[:3]} are not finite (a diverged run or a "
                                  f"non-finite learning rate): {path} not written")
     meta = {"architecture": architecture_of(model),
-            "model_config": json.dumps(model.config.__dict__)}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in
+            "model_config": json.dumps(model.config.__dict__, sort_keys=True)}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in
                  (metadata or {}).items()})
     save_tensors(path, dict(weights), meta)
     return path
@@ -164,9 +183,11 @@ def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
     meta = read_metadata(path)
     name, config = model_spec(meta, path)
     try:
+        _check_sizes_against_header(path, name, config)
         model = build_model(name, config)
     except ValueError as e:
-        raise ValueError(f"{path}: its model config is invalid ({e})") from None
+        raise ValueError(str(e) if str(e).startswith(str(path)) else
+                         f"{path}: its model config is invalid ({e})") from None
     state = load_tensors(path)
     expected = dict(model.named_parameters())
     missing = set(expected) ^ set(state)
@@ -180,6 +201,37 @@ def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
                              f"this config holds float32 {tuple(p.shape)}")
     model.load_state_dict(state)
     return model.to(device), meta
+
+
+def _check_sizes_against_header(path: str | Path, name: str, config) -> None:
+    """Refuse a ``config`` whose sizes disagree with the tensors the file at ``path`` holds,
+    reading only the file's header (names, shapes, dtypes), so crafted metadata is refused
+    before anything of its size is allocated. PDNet: depth, width and kernel size; HQSNet:
+    its iteration count (its other sizes are fixed by the published FFDNet)."""
+    with _open(path) as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    key = "'model_config'" if "model_config" in read_metadata(path) else "'pdnet_config'"
+    if name == "hqs":
+        k = config.iterations
+        for tensor in ("log_sigma", "log_gamma"):
+            if shapes.get(tensor) != (k,):
+                raise ValueError(f"{path}: its {key} says {k} iterations, tensor {tensor} is "
+                                 f"{shapes.get(tensor)}: the file is damaged or not an HQSNet")
+        return
+    if name != "pdnet":
+        return
+    layers = sum(1 for k in shapes if re.fullmatch(r"layers\.\d+\.weight", k))
+    depth, width, k = config.depth, config.width, config.kernel_size
+    if depth != layers:
+        raise ValueError(f"{path}: its {key} says depth {depth}, the file holds "
+                         f"{layers} layer(s): the file is damaged or not a PDNet")
+    for tensor, shape in shapes.items():
+        expected = ((width, 1, k, k) if tensor.endswith(".weight") else ())
+        if shape != expected or dtypes[tensor] != "F32":
+            raise ValueError(f"{path}: tensor {tensor} is {dtypes[tensor]} {shape}, a model of "
+                             f"its {key} (width {width}, kernel_size {k}) holds "
+                             f"float32 {expected}")
 
 
 # --- training checkpoints -------------------------------------------------------------------
@@ -208,10 +260,15 @@ def save_checkpoint(
     tmp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(tmp / "model.safetensors", model, metadata=model_metadata)
-    save_tensors(tmp / "state.safetensors", tensors, {})
-    write_bytes_atomic(tmp / "state.json", json.dumps(state, indent=1).encode())
-    _fsync_dir(tmp)
+    try:
+        save_model(tmp / "model.safetensors", model, metadata=model_metadata)
+        save_tensors(tmp / "state.safetensors", tensors, {})
+        write_bytes_atomic(tmp / "state.json", json.dumps(state, indent=1, sort_keys=True
+                                                          ).encode())
+        _fsync_dir(tmp)
+    except BaseException:  # e.g. non-finite weights: no half-written checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -12,7 +12,12 @@ from pathlib import Path
 import torch
 
 from metaprior import __version__, pretrained
-from metaprior.outputs import RunFolderError, check_output_file, check_writable_dir
+from metaprior.outputs import (
+    RunFolderError,
+    check_output_file,
+    check_writable_dir,
+    write_or_keep,
+)
 
 THREADS_HELP = ("intra-op CPU threads (default 1: on small 2-core machines, OpenMP spin-waiting "
                 "next to any other busy process makes small ops 10-100x slower with 2 threads)")
@@ -174,15 +179,24 @@ def _add_meta_train(sub) -> None:
 
 # --- measure / adapt / reconstruct ----------------------------------------------------------
 
-def _read_images(folder: str, color: bool) -> list:
-    from metaprior.data import list_images, load_image
+def _image_files(folder: str) -> list[Path]:
+    """The image files of an ``--images`` folder, sorted; one-line errors for a missing or
+    empty folder."""
+    from metaprior.data.datasets import IMAGE_SUFFIXES
 
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"--images {folder} is not a folder of images")
-    images = [load_image(p, gray=not color) for p in list_images(folder)]
-    if not images:
-        raise ValueError(f"--images {folder} holds no images (png, jpg, tif, bmp)")
-    return images
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"--images {folder} holds no images (png, jpg, tif, bmp): add some or "
+                         f"choose another folder")
+    return files
+
+
+def _read_images(folder: str, color: bool) -> list:
+    from metaprior.data import load_image
+
+    return [load_image(p, gray=not color) for p in _image_files(folder)]
 
 
 #: Each command's configuration sections: one dataclass each, one flag per field.
@@ -196,13 +210,16 @@ def cmd_measure(args) -> None:
     _resolve(args, MEASURE)
     check_output_file(args.out, "--out", ".safetensors")
     task = get_task(args.task)
+    files = _image_files(args.images)
     images = _read_images(args.images, args.color)
     if len({tuple(im.shape) for im in images}) > 1:
         raise ValueError(f"images in {args.images} differ in size: measure folders of "
                          f"equal-size images")
     x = torch.stack(images)
     batch = task.sample(x, torch.Generator().manual_seed(args.seed))
-    path = save_measurements(args.out, batch, with_ground_truth=not args.no_ground_truth)
+    path = write_or_keep(lambda out: save_measurements(
+        out, batch, with_ground_truth=not args.no_ground_truth, names=[p.name for p in files],
+        images=args.images), args.out, "--out", "measurement file")
     print(f"wrote {path}: y {tuple(batch.y.shape)} {batch.y.dtype}, task {args.task}")
 
 
@@ -235,9 +252,34 @@ def args_peak(batch) -> float | str:
 ADAPT = {"data": AdaptData, "run": AdaptRun}
 
 
+#: Options of ``adapt`` that apply to an image folder only.
+IMAGES_ONLY = ("eval_measurements", "patch_size", "batch_size", "color")
+
+
+def check_adapt_data(given: dict) -> None:
+    """Refuse ``adapt`` data options that the chosen data would ignore: the options of
+    :data:`IMAGES_ONLY` given with ``--measurements`` (or without ``--images``)."""
+    if given.get("images") is None:
+        for name in IMAGES_ONLY:
+            if name in given and given[name] not in (None, False):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} applies to --images only (with --measurements the "
+                                 f"measurement file itself is adapted on and scored): drop "
+                                 f"{flag} or give --images")
+
+
+def check_out_is_not_an_input(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an ``--out`` file that is one of the command's input files (by flag)."""
+    target = Path(out).resolve()
+    for flag, path in inputs.items():
+        if path is not None and Path(path).resolve() == target:
+            raise RunFolderError(f"--out {out} is the input {flag}: writing it would replace "
+                                 f"the input; choose another --out")
+
+
 def cmd_adapt(args) -> None:
     from metaprior.adapt import AdaptConfig, fine_tune, fine_tune_run, parameters_of
-    from metaprior.checkpoint import load_model, save_model
+    from metaprior.checkpoint import load_model, resolve_model_path, save_model
     from metaprior.config import section_values
     from metaprior.measurements import load_measurements
     from metaprior.tasks import get_task
@@ -249,6 +291,7 @@ def cmd_adapt(args) -> None:
         raise ValueError(f"--ckpt-every must be >= 0 (0: no checkpoints), got {args.ckpt_every}")
     if (args.images is None) == (args.measurements is None):
         raise ValueError("give exactly one of --images DIR or --measurements FILE")
+    check_adapt_data(section_values("data", AdaptData, args.file_values, args))
     rule.setdefault("steps", 50)
     rule.setdefault("loss", "unsupervised")
     if rule["steps"] < 1:
@@ -256,11 +299,17 @@ def cmd_adapt(args) -> None:
     if args.batch_size < 1 or args.patch_size < 0:
         raise ValueError(f"--batch-size must be >= 1 and --patch-size >= 0 (0: full images), "
                          f"got {args.batch_size} and {args.patch_size}")
+    check_out_is_not_an_input(args.out, {"--model": resolve_model_path(args.model),
+                                         "--measurements": args.measurements,
+                                         "--eval-measurements": args.eval_measurements})
     model, meta = load_model(args.model, args.device)
     config = AdaptConfig.from_model(meta, **rule)
     if args.measurements is not None:
         data = load_measurements(args.measurements, args.device)
         task_name = data.task
+        if args.task is not None and args.task != task_name:
+            raise ValueError(f"--task {args.task} contradicts {args.measurements}, which holds "
+                             f"measurements of task {task_name!r}: drop --task")
         if config.loss == "supervised" and data.target is None:
             raise ValueError(f"{args.measurements} has no ground truth: use --loss unsupervised")
 
@@ -302,8 +351,10 @@ def cmd_adapt(args) -> None:
     if evaluation is not None:
         print(f"after {config.steps} {config.loss} steps: "
               f"{_psnr_line(model, result.params, evaluation)}")
-    path = save_model(args.out, model, result.params,
-                      metadata={**meta, "adapted": {"task": task_name, **config.__dict__}})
+    path = write_or_keep(lambda out: save_model(
+        out, model, result.params, metadata={**meta, "adapted": {"task": task_name,
+                                                                 **config.__dict__}}),
+        args.out, "--out", "adapted model")
     print(f"wrote {path}")
 
 
@@ -313,11 +364,14 @@ RECONSTRUCT = {"reconstruct": ReconstructOptions}
 def cmd_reconstruct(args) -> None:
     from metaprior.adapt import parameters_of
     from metaprior.checkpoint import load_model
-    from metaprior.measurements import load_measurements
+    from metaprior.measurements import load_measurements, measurement_sources
     from metaprior.meta.problem import reconstruct
 
     _resolve(args, RECONSTRUCT)
     out = check_writable_dir(args.out, "--out")
+    names, images = measurement_sources(args.measurements) if Path(
+        args.measurements).is_file() else (None, None)
+    check_not_among_inputs(out, names, images)
     model, meta = load_model(args.model, args.device)
     batch = load_measurements(args.measurements, args.device)
     adapted_to = meta.get("adapted", {}).get("task") if isinstance(meta.get("adapted"),
@@ -329,22 +383,60 @@ def cmd_reconstruct(args) -> None:
         x_hat = reconstruct(model, parameters_of(model), batch)
     if not bool(torch.isfinite(x_hat).all()):
         raise FloatingPointError("reconstruction is not finite; nothing written")
-    out.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    written = set()
-    for i, img in enumerate(x_hat.clamp(0, 1).cpu()):
-        arr = (img.permute(1, 2, 0).squeeze(-1).numpy() * 255).round().astype("uint8")
-        tmp = out / f".recon_{i:03d}.png.tmp-{os.getpid()}"
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, out / f"recon_{i:03d}.png")
-        written.add(f"recon_{i:03d}.png")
-    for stale in out.glob("recon_*.png"):  # an earlier, larger batch's extra images
-        if stale.name not in written:
-            stale.unlink()
+    pngs = dict(zip(output_names(names, len(x_hat)), x_hat.clamp(0, 1).cpu(), strict=True))
+    write_or_keep(lambda folder: write_pngs(folder, pngs), out, "--out", "reconstructions")
     print(f"wrote {len(x_hat)} image(s) to {out}")
     if batch.target is not None:
         print(f"PSNR: {_psnr_line(model, parameters_of(model), batch)}")
+
+
+def write_png_atomic(path: Path, image: torch.Tensor) -> None:
+    """Write a (C, H, W) image in [0, 1] as an 8-bit PNG, through a temporary file beside
+    ``path`` and a rename."""
+    from PIL import Image
+
+    arr = (image.permute(1, 2, 0).squeeze(-1).numpy() * 255).round().astype("uint8")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        Image.fromarray(arr).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_pngs(folder: Path, images: dict[str, torch.Tensor]) -> Path:
+    """Write each ``{name: image}`` into ``folder`` (created if needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, image in images.items():
+        write_png_atomic(folder / name, image)
+    return folder
+
+
+def output_names(names: list[str] | None, n: int) -> list[str]:
+    """The PNG names of ``n`` reconstructions: ``recon_<input stem>.png`` where the input
+    names are known (``recon_<input name with dots as _>.png`` where two stems clash), else
+    ``recon_000.png``, ``recon_001.png``, ..."""
+    if names is None:
+        return [f"recon_{i:03d}.png" for i in range(n)]
+    stems = [Path(a).stem for a in names]
+    if len(set(stems)) < len(stems):
+        stems = [a.replace(".", "_") for a in names]
+    return [f"recon_{s}.png" for s in stems]
+
+
+def check_not_among_inputs(out: Path, names: list[str] | None, images: Path | None) -> None:
+    """Refuse an output folder that is, or is inside, the folder the measured images were
+    read from, or that holds files of the measured images' names: reconstructions written
+    there would be taken in by the next ``measure`` of it."""
+    target = out.resolve()
+    if images is not None and (target == images or images in target.parents):
+        raise RunFolderError(f"--out {out} is inside {images}, the folder of the measured "
+                             f"images: choose another folder")
+    found = [a for a in names or () if (out / a).is_file()]
+    if found:
+        raise RunFolderError(f"--out {out} holds the measured images ({found[0]}, ...): "
+                             f"choose another folder")
 
 
 def _add_command(sub, name: str, sections: dict[str, type], func, help: str,
@@ -587,17 +679,56 @@ def load_plugin(path: str) -> None:
         raise RuntimeError(f"--plugin {path} failed: {type(e).__name__}: {e}") from None
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def _switches(parser: argparse.ArgumentParser) -> set[str]:
+    """The ``--flag`` strings of every ``--flag/--no-flag`` switch of the commands."""
+    found = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _switches(sub)
+        elif isinstance(action, argparse.BooleanOptionalAction):
+            found.add(action.option_strings[0])
+    return found
+
+
+def legacy_bool_values(argv: list[str], switches: set[str]) -> list[str]:
+    """Command lines of earlier versions, where a bool option took a value
+    (``--learn-inner-lr true``), as switches (``--learn-inner-lr``, ``--no-learn-inner-lr``)."""
+    out: list[str] = []
+    for token in argv:
+        value = token.lower()
+        if out and out[-1] in switches and value in ("true", "false"):
+            if value == "false":
+                out[-1] = "--no-" + out[-1][2:]
+            continue
+        out.append(token)
+    return out
+
+
+def one_line_errors(func, *args):
+    """``func(*args)``, with a bad input (``ValueError``, ``OSError``, a failed run) reported as
+    ``error: <one line>`` and exit status 1 instead of a traceback: what every command and the
+    example scripts do."""
     try:
-        for path in args.plugin:
-            load_plugin(path)
-        _setup(args)
-        args.func(args)
+        return func(*args)
     except (ValueError, OSError, FloatingPointError, RuntimeError, RunFolderError) as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         message = lines[0][:500] if lines else type(e).__name__  # one line, whatever e holds
         raise SystemExit(f"error: {message}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(legacy_bool_values(argv, _switches(parser)))
+
+    def run() -> None:
+        for path in args.plugin:
+            load_plugin(path)
+        _setup(args)
+        args.func(args)
+
+    one_line_errors(run)
 
 
 if __name__ == "__main__":

@@ -75,8 +75,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str,
         defaults_text: the ``(default: ...)`` shown for ``"section.field"`` keys, where the
             value comes from elsewhere (e.g. the model being adapted).
 
-    A ``bool`` field's flag alone means true (``--resume``), or takes true/false. A field
-    without a default is required: from the flag or the config file.
+    A ``bool`` field is a switch: ``--resume`` sets it, ``--no-resume`` clears it (a field
+    named ``no_*`` has the one switch ``--no-*``); the config file takes ``true``/``false``. A
+    field without a default is required: from the flag or the config file.
     """
     prefixes, exclude, defaults_text = prefixes or {}, exclude or {}, defaults_text or {}
     for section, cls in sections.items():
@@ -90,11 +91,22 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str,
             shown = defaults_text.get(f"{section}.{f.name}", (
                 "required" if default is dataclasses.MISSING else
                 ",".join(map(str, default)) if isinstance(default, tuple) else default))
-            extra = {"nargs": "?", "const": True} if tp is bool else {}
-            group.add_argument(f"--{prefixes.get(section, '')}{f.name.replace('_', '-')}",
-                               dest=f"{section}.{f.name}", type=_converter(tp), default=None,
-                               metavar=f.name.upper(), **extra,
-                               help=f"{comments.get(f.name, '')} (default: {shown})")
+            flag = f"--{prefixes.get(section, '')}{f.name.replace('_', '-')}"
+            text = f"{comments.get(f.name, '')} (default: {shown})"
+            if tp is bool:
+                group.add_argument(flag, dest=f"{section}.{f.name}", default=None, help=text,
+                                   **bool_switch(f.name))
+                continue
+            group.add_argument(flag, dest=f"{section}.{f.name}", type=_converter(tp),
+                               default=None, metavar=f.name.upper(), help=text)
+
+
+def bool_switch(name: str) -> dict:
+    """argparse options of a bool field's switch: ``--name``/``--no-name``, or for a field
+    named ``no_*`` (already a negation) the plain ``--no-*`` switch."""
+    if name.startswith("no_"):
+        return {"action": "store_const", "const": True}
+    return {"action": argparse.BooleanOptionalAction}
 
 
 def section_values(section: str, cls, file_values: dict | None,

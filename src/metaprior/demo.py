@@ -26,6 +26,7 @@ from metaprior.evaluate import score, summarize, task_batches
 from metaprior.meta.config import MetaConfig
 from metaprior.meta.problem import reconstruct
 from metaprior.models import PDNetConfig
+from metaprior.outputs import RunFolderError, holds_run
 from metaprior.tasks import get_task
 from metaprior.train import DataConfig, OptimConfig, RunConfig, TrainConfig, meta_train
 
@@ -45,6 +46,7 @@ class DemoConfig:
     prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² during adaptation
     seed: int = 0  # random seed
     out: str = "runs/demo"  # output folder
+    overwrite: bool = False  # replace an earlier demo's output in --out (refused without it)
 
 
 def train_config(config: DemoConfig, device: str) -> TrainConfig:
@@ -60,13 +62,27 @@ def train_config(config: DemoConfig, device: str) -> TrainConfig:
     )
 
 
+def earlier_demo(out: str | Path) -> list[Path]:
+    """The files of an earlier demo in ``out`` (its meta-training run, its adapted models)."""
+    out = Path(out)
+    run = out / "meta"
+    found = [run] if holds_run(run) else []
+    return found + sorted(out.glob("adapted_*.safetensors"))
+
+
 def run_demo(config: DemoConfig, device: str = "cpu", log=print, progress: bool = True) -> dict:
+    """Run the demo into ``config.out``. An earlier demo there is replaced only with
+    ``config.overwrite``; other files in the folder are never touched."""
     t0 = time.perf_counter()
+    earlier = earlier_demo(config.out)
+    if earlier and not config.overwrite:
+        raise RunFolderError(f"--out {config.out} holds an earlier demo ({earlier[0]}): replace "
+                             f"it with --overwrite or choose another --out")
     cfg = train_config(config, device)
     log(f"1/3 meta-training a depth-{config.depth} PDNet on {', '.join(cfg.meta.tasks)} "
         f"({config.meta_steps} outer steps, second-order MAML, 1 {cfg.meta.inner_loss} inner "
         f"Adam step) ...")
-    # the demo is re-runnable: each run replaces the previous one in its folder
+    # with --overwrite, this run replaces the previous one in its folder
     model_path = meta_train(cfg, log=lambda *_: None, progress=progress, overwrite=True)
     model, _ = load_model(model_path, device)
     theta = parameters_of(model)

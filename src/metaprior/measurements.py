@@ -3,12 +3,16 @@ produced them, in one ``.safetensors``.
 
 Layout: tensor ``y`` (N, C, h, w) (complex allowed), optional ``x`` (N, C, H, W), and the
 operator's buffers as ``physics.<name>`` (masks, kernels: enough to rebuild it exactly);
-metadata ``task`` (a registered task name) and ``image_shape`` ([N, C, H, W]).
+metadata ``task`` (a registered task name) and ``image_shape`` ([N, C, H, W]); files written by
+``metaprior measure`` also record ``names`` (the image file names, in order) and ``images`` (the
+folder they were read from), so reconstructions are named after their inputs and never
+written among them. Files without these keys stay readable.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -18,7 +22,16 @@ from metaprior.checkpoint import load_tensors, read_metadata, save_tensors
 from metaprior.tasks import Task, TaskBatch, get_task
 
 
-def save_measurements(path: str | Path, batch: TaskBatch, with_ground_truth: bool = True) -> Path:
+def save_measurements(path: str | Path, batch: TaskBatch, with_ground_truth: bool = True,
+                      names: Sequence[str] | None = None, images: str | Path | None = None
+                      ) -> Path:
+    """Write ``batch`` to ``path`` (see the module docstring).
+
+    Args:
+        with_ground_truth: also store ``x`` (and ``target`` where it differs).
+        names: the file name of each image of the batch, in order (plain names, no folder).
+        images: the folder the images were read from.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"measurement files end in .safetensors, got {path}")
@@ -31,8 +44,39 @@ def save_measurements(path: str | Path, batch: TaskBatch, with_ground_truth: boo
     for name, buf in batch.physics.named_buffers():
         tensors[f"physics.{name}"] = buf
     meta = {"task": batch.task, "image_shape": json.dumps(list(batch.x.shape))}
+    if names is not None:
+        meta["names"] = json.dumps(_checked_names(list(names), len(batch.y), path))
+    if images is not None:
+        meta["images"] = str(Path(images).resolve())
     save_tensors(path, tensors, meta)
     return path
+
+
+def _checked_names(names, n: int, path) -> list[str]:
+    """``names`` if it is ``n`` plain file names (no folder part, not hidden), else a one-line
+    ``ValueError``."""
+    ok = isinstance(names, list) and len(names) == n and all(
+        isinstance(a, str) and a and a == Path(a).name and not a.startswith(".")
+        and "\\" not in a and len(a) <= 255 for a in names)
+    if not ok:
+        raise ValueError(f"{path}: 'names' metadata must be {n} plain file names, got "
+                         f"{str(names)[:200]}")
+    return names
+
+
+def measurement_sources(path: str | Path) -> tuple[list[str] | None, Path | None]:
+    """(image file names, images folder) recorded in a measurement file, each ``None`` when
+    the file does not record it (files written before they were recorded)."""
+    meta = read_metadata(path)
+    names = meta.get("names")
+    if names is not None:
+        shape = meta.get("image_shape")
+        n = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) else -1
+        names = _checked_names(names, n, path)
+    folder = meta.get("images")
+    if folder is not None and not isinstance(folder, str):
+        raise ValueError(f"{path}: 'images' metadata must be a folder path, got {folder!r}")
+    return names, Path(folder) if folder else None
 
 
 def load_measurements(path: str | Path, device="cpu", task: Task | None = None) -> TaskBatch:

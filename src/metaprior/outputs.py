@@ -2,8 +2,10 @@
 
 Promises (tested in ``tests/test_reliability.py``, stated in ``docs/reliability.md``):
 
-* an output path is checked (parent writable, not a folder where a file is wanted, the right
-  suffix) *before* a command computes anything, so a long adaptation never fails at the end;
+* an output path is checked (parent writable, proven by writing and removing a probe file,
+  not a folder where a file is wanted, the right suffix) *before* a command computes
+  anything; a write that still fails at the end keeps the result in a named temporary file
+  (:func:`write_or_keep`);
 * a run folder that already holds a run is never reused silently: meta-training refuses it
   unless told to ``resume`` it or to ``overwrite`` it, and an overwrite removes the earlier
   run's files only once the new run's configuration and data have been validated;
@@ -17,7 +19,10 @@ Promises (tested in ``tests/test_reliability.py``, stated in ``docs/reliability.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 #: Files and folders of a meta-training run (what ``overwrite`` removes; nothing else is).
@@ -48,7 +53,45 @@ def check_writable_dir(path: str | Path, flag: str) -> Path:
         raise RunFolderError(f"{flag} {path}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise RunFolderError(f"{flag} {path}: {base} is not writable: choose another path")
+    probe_writable(base, f"{flag} {path}")
     return path
+
+
+def probe_writable(folder: Path, label: str) -> None:
+    """Create, write and remove a probe file in ``folder``: permissions alone do not show that
+    a file system takes files (``/proc``, a read-only mount, a full disk); a one-line error
+    starting with ``label`` if it does not."""
+    probe = folder / f".metaprior-probe.tmp-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"{label}: cannot write in {folder} ({e.strerror or e}): choose "
+                             f"another path") from None
+
+
+def write_or_keep(write: Callable[[Path], object], path: str | Path, flag: str, what: str):
+    """``write(path)``; if that fails with an ``OSError`` (a full disk, an I/O error), the
+    result is written into a new temporary folder instead and a one-line ``OSError`` names
+    the failure and where the result is kept, so a late failure loses no work."""
+    path = Path(path)
+    try:
+        return write(path)
+    except OSError as e:
+        reason = e.strerror or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+        keep = Path(tempfile.mkdtemp(prefix="metaprior-kept-")) / path.name
+        try:
+            write(keep)
+        except OSError:
+            raise OSError(f"{flag} {path} could not be written ({reason}), nor a copy in "
+                          f"{keep.parent}: free space or choose another {flag}") from None
+        raise OSError(f"{flag} {path} could not be written ({reason}): kept the {what} in "
+                      f"{keep}; move it into place") from None
 
 
 def check_output_file(path: str | Path, flag: str, suffix: str | None = None) -> Path:
@@ -81,20 +124,34 @@ def clear_run(out: str | Path) -> None:
             p.unlink()
 
 
+#: The temporary file name of safetensors' own file writer (``.tmp`` and 6 characters), which
+#: earlier versions used and a kill could leave behind.
+SAFETENSORS_TMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
 def remove_orphans(folder: str | Path) -> list[Path]:
-    """Remove the temporary files and folders (``.NAME.tmp-PID``) that a killed writer left
-    in ``folder``; call only while holding the folder's :class:`RunLock`."""
+    """Remove the temporary files and folders (``.NAME.tmp-PID``, and safetensors' own
+    ``.tmpXXXXXX``) that a killed writer left in ``folder``; call only while holding the
+    folder's :class:`RunLock`."""
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
-    for p in folder.glob(".*.tmp-*"):
+    leftovers = [*folder.glob(".*.tmp-*"),
+                 *(p for p in folder.glob(".tmp*") if SAFETENSORS_TMP.fullmatch(p.name))]
+    for p in leftovers:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def _holds_nothing(folder: Path) -> bool:
+    """Whether ``folder`` holds only its lock file and empty folders."""
+    return all(p.name == LOCK_NAME or (p.is_dir() and not p.is_symlink() and
+                                       not any(p.iterdir())) for p in folder.iterdir())
 
 
 class RunLock:
@@ -139,8 +196,10 @@ class RunLock:
         os.ftruncate(self._fd, 0)
         # A run that failed in a folder it created leaves nothing behind (the lock file is
         # removed while still held, so no other process can have locked it meanwhile).
-        if exc_type is not None and self._created and [
-                p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+        if exc_type is not None and self._created and _holds_nothing(self.folder):
+            for p in self.folder.iterdir():
+                if p.name != LOCK_NAME:
+                    p.rmdir()
             (self.folder / LOCK_NAME).unlink()
             self.folder.rmdir()
         os.close(self._fd)  # closing the descriptor releases the flock

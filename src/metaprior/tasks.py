@@ -35,6 +35,7 @@ fourier``). Its mask and acceleration are redrawn for every batch, so it never s
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -294,11 +295,36 @@ def fourier_task(accelerations: tuple[int, ...] = (2, 4, 8), center_fraction: fl
                 params={"accelerations": list(accelerations), "center_fraction": center_fraction})
 
 
+def physics_noise_sigma(physics: LinearPhysics, owner: str = "task_from_physics") -> float:
+    """The std of a deepinv physics' own noise model: 0 for none (``ZeroNoise``), the
+    ``sigma`` of a scalar ``GaussianNoise``; any other noise model is a one-line
+    ``ValueError`` (metaprior samples Gaussian noise only, from its own generator)."""
+    from deepinv.physics import GaussianNoise
+    from deepinv.physics.noise import ZeroNoise
+
+    noise = getattr(physics, "noise_model", None)
+    if noise is None or isinstance(noise, ZeroNoise):
+        return 0.0
+    sigma = getattr(noise, "sigma", None)
+    if isinstance(noise, GaussianNoise) and torch.as_tensor(sigma).numel() == 1:
+        return float(f"{float(sigma):.7g}")  # the value given, not its float32 rounding
+    raise ValueError(f"{owner}: the physics' noise model {type(noise).__name__} is not "
+                     f"supported (Gaussian noise of one std only): give a noiseless physics and "
+                     f"noise_sigma")
+
+
 def task_from_physics(
     name: str, physics: LinearPhysics | PhysicsFactory, noise_sigma: float = 0.0,
     target: Callable[[Tensor], Tensor] | None = None,
 ) -> Task:
     """A task with a user operator: any deepinv ``LinearPhysics``.
+
+    The measurements are :math:`y = A x + \\sigma e`, with :math:`A` the physics' ``A`` and the
+    noise drawn from the task's generator. A physics' own noise model is honoured: a fixed
+    physics built with ``GaussianNoise(sigma)`` gives that ``sigma`` (``noise_sigma`` may be
+    left at 0 or must agree); a factory's physics must carry no noise model, or one that
+    agrees with ``noise_sigma``. Other noise models (Poisson, per-sample stds, ...) are
+    refused with a one-line ``ValueError``.
 
     Args:
         name: the task's name (register it with :func:`register_task` to use it by name, e.g.
@@ -310,20 +336,44 @@ def task_from_physics(
         noise_sigma: std of the white Gaussian noise added to :math:`y`.
         target: what the network must output (default: the clean image).
     """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"task_from_physics: name must be a non-empty string, got {name!r}")
+    if not (isinstance(noise_sigma, (int, float)) and not isinstance(noise_sigma, bool)
+            and math.isfinite(noise_sigma) and noise_sigma >= 0):
+        raise ValueError(f"task_from_physics: noise_sigma must be a number >= 0, got "
+                         f"{noise_sigma!r}")
     if isinstance(physics, LinearPhysics):
         fixed = physics
+        own = physics_noise_sigma(physics)
+        if own and noise_sigma and not math.isclose(own, noise_sigma):
+            raise ValueError(f"task_from_physics: noise_sigma {noise_sigma} disagrees with the "
+                             f"physics' GaussianNoise({own:g}): give one of them")
+        noise_sigma = own or noise_sigma
 
         def factory(shape, generator, device):
             return fixed.to(device)
         kind = type(physics).__name__
     elif callable(physics):
-        factory, kind = physics, getattr(physics, "__name__", type(physics).__name__)
+        kind = getattr(physics, "__name__", type(physics).__name__)
+        factory = partial(_noiseless_factory, physics, float(noise_sigma))
     else:
-        raise TypeError(f"task_from_physics: physics must be a deepinv LinearPhysics or a "
-                        f"factory (shape, generator, device) -> LinearPhysics, got "
-                        f"{type(physics).__name__}")
+        raise ValueError(f"task_from_physics: physics must be a deepinv LinearPhysics or a "
+                         f"factory (shape, generator, device) -> LinearPhysics, got "
+                         f"{type(physics).__name__}")
     return Task(name, factory, target=target, noise_sigma=noise_sigma,
                 params={"physics": kind, "fixed": isinstance(physics, LinearPhysics)})
+
+
+def _noiseless_factory(build: PhysicsFactory, noise_sigma: float, shape, generator, device):
+    """``build(shape, generator, device)``, refused if its physics carries a noise model that
+    the task would not apply (one that disagrees with the task's ``noise_sigma``)."""
+    physics = build(shape, generator, device)
+    own = physics_noise_sigma(physics)
+    if own and not math.isclose(own, noise_sigma):
+        raise ValueError(f"task_from_physics: the factory's physics carries "
+                         f"GaussianNoise({own:g}) but the task's noise_sigma is {noise_sigma:g}: "
+                         f"give noise_sigma={own:g}, or build the physics without noise")
+    return physics
 
 
 # --- registry -----------------------------------------------------------------------------
@@ -332,9 +382,18 @@ _REGISTRY: dict[str, Task] = {}
 
 
 def register_task(task: Task, overwrite: bool = False) -> Task:
-    """Add a task to the registry (``overwrite=True`` to replace one of the same name)."""
+    """Add a task to the registry. A name already registered, or one that a built-in family
+    answers (``sr3``, ``mri8``, ``inpaint-0.7``, ...: see :func:`get_task`), is refused unless
+    ``overwrite=True``, which replaces it."""
+    if not isinstance(task, Task):
+        raise ValueError(f"register_task: task must be a Task (e.g. from task_from_physics), "
+                         f"got {type(task).__name__}")
+    if not overwrite and any(p.fullmatch(task.name) for p, _ in FAMILIES):
+        raise ValueError(f"task name {task.name!r} is a built-in task name (the families "
+                         f"{FAMILY_HELP}): choose another name or pass overwrite=True")
     if task.name in _REGISTRY and not overwrite:
-        raise ValueError(f"task {task.name!r} is already registered: pass overwrite=True")
+        raise ValueError(f"task {task.name!r} is already registered: choose another name or "
+                         f"pass overwrite=True")
     _REGISTRY[task.name] = task
     return task
 
@@ -357,6 +416,9 @@ def get_task(name: str) -> Task:
     """The task called ``name``: a registered one, or a parametrised name of a family (e.g.
     ``sr3``, ``mri8``, ``inpaint-0.7``, ``denoise-0.05``, ``deblur-2.5``), built and registered
     on first use."""
+    if not isinstance(name, str):
+        raise ValueError(f"get_task: name must be a task name (str), got "
+                         f"{type(name).__name__} {name!r}")
     if name in _REGISTRY:
         return _REGISTRY[name]
     for pattern, build in FAMILIES:
@@ -365,7 +427,7 @@ def get_task(name: str) -> Task:
             task = build(*match.groups())
             if task.name != name:  # e.g. "inpaint-0.50" is the canonical "inpaint"
                 return get_task(task.name)
-            return register_task(task)
+            return register_task(task, overwrite=True)
     raise ValueError(f"unknown task {name!r}: choose among {', '.join(available_tasks())}, or "
                      f"a parametrised name: {FAMILY_HELP}")
 
@@ -376,7 +438,7 @@ def available_tasks() -> list[str]:
 
 for _task in (denoise_task(), tv_task(), deblur_task(), inpaint_task(), sr_task(2), mri_task(4),
               fourier_task(), inpaint_mix_task(), deblur_mix_task()):
-    register_task(_task)
+    register_task(_task, overwrite=True)
 
 # The operator families for training across operators register themselves (they build on
 # the Task class above).

@@ -39,6 +39,7 @@ from metaprior.outputs import (
     clear_run,
     holds_run,
     remove_orphans,
+    write_or_keep,
 )
 from metaprior.tasks import TaskBatch, get_task
 
@@ -393,14 +394,28 @@ def _truncate_log(path: Path, step: int) -> None:
 RESUMABLE = ("optim.steps", "run.out", "run.device", "run.dist_timeout")
 
 
+def check_extends(steps: int | None, total: int, done: int) -> None:
+    """``--resume --steps`` may only extend a run: refuse ``steps`` below the run's own total
+    (the lr schedule spans that total, so a shorter one would not be the run it resumes) or
+    below the steps its checkpoint has done."""
+    if steps is not None and steps < max(total, done):
+        raise ValueError(f"--steps {steps} is below the run's {total} steps (its checkpoint is "
+                         f"at step {done}): --resume only extends a run; give --steps "
+                         f"{max(total, done)} or more, or drop --steps")
+
+
 def _resume_config(out: Path, given: dict, steps: int | None) -> tuple[TrainConfig, Path]:
     """The saved configuration of the run in ``out`` and its latest checkpoint; an explicitly
     ``given`` value that differs from the saved one is an error (only :data:`RESUMABLE`
     values may change)."""
     latest = ckpt.latest_checkpoint(out)
     if latest is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'}")
-    saved = json.loads((latest / "state.json").read_text())["config"]
+        raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'} (a run "
+                                f"stopped before its first checkpoint): start it again with "
+                                f"--overwrite instead of --resume")
+    state = json.loads((latest / "state.json").read_text())
+    saved = state["config"]
+    check_extends(steps, saved["optim"]["steps"], state["step"])
     for key, value in given.items():
         section, name = key.split(".")
         old = saved.get(section, {}).get(name)
@@ -519,7 +534,9 @@ def _train_loop(trainer: MetaTrainer, out: Path, progress: bool) -> Path:
     bar.close()
     final = out / "model.safetensors"
     if main:
-        ckpt.save_model(final, trainer.model, metadata=trainer.model_metadata())
+        write_or_keep(lambda path: ckpt.save_model(path, trainer.model,
+                                                   metadata=trainer.model_metadata()),
+                      final, "--out", "final model")
         trainer.log(f"wrote {final}")
     distributed.barrier()  # every rank returns once the model is written
     return final
