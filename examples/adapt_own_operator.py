@@ -1,4 +1,4 @@
-"""Adapt a shipped meta-model to an operator of your own, from its measurements alone.
+"""Adapt a shipped model to an operator of your own, from its measurements alone.
 
 The operator below, a 3×3 box blur followed by keeping every second pixel, is not among the
 registered tasks and was never seen in meta-training. It is written as a
@@ -9,19 +9,20 @@ compares, by PSNR against the ground truth (used only for scoring):
 * the zero-filled adjoint A^T y and deepinv's least-squares pseudo-inverse A^† y;
 * total-variation reconstruction, its weight grid-searched on two *other* pictures (the only
   ground truth used, as a user with a few clean images of their own would);
-* the shipped meta-model θ, before and after N unsupervised Adam steps on y alone, using the
-  step rule it was meta-trained with;
-* the jointly pre-trained model, with the same steps and step rule.
+* the recommended shipped model (``hqs-families``) θ, before and after N steps on y alone
+  with the label-free loss and step size it recommends (the equivariant loss);
+* for comparison, the paper's network (``joint-d20``, a PDNet), adapted with measurement
+  consistency.
 
-    python examples/adapt_own_operator.py [--steps 30] [--size 128]
+    python examples/adapt_own_operator.py [--steps 20] [--size 128] [--model NAME]
 
 The file also registers its operator as the task ``boxblur-decimate2``, so the command line can
 use it too::
 
     metaprior --plugin examples/adapt_own_operator.py measure --task boxblur-decimate2 \
         --images DIR --no-ground-truth --out y.safetensors
-    metaprior --plugin examples/adapt_own_operator.py adapt --model meta-unsup-d20 \
-        --measurements y.safetensors --steps 30 --out adapted.safetensors
+    metaprior --plugin examples/adapt_own_operator.py adapt --model hqs-families \
+        --measurements y.safetensors --steps 20 --out adapted.safetensors
 """
 
 from __future__ import annotations
@@ -71,9 +72,13 @@ TASK = mp.register_task(mp.task_from_physics("boxblur-decimate2", BoxBlurDecimat
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30, help="unsupervised Adam steps")
+    ap.add_argument("--steps", type=int, default=20, help="adaptation steps, no ground truth")
     ap.add_argument("--size", type=int, default=128, help="picture side")
-    ap.add_argument("--model", default="meta-unsup-d20", help="shipped meta-model")
+    ap.add_argument("--model", default="hqs-families", help="shipped model (or model file)")
+    ap.add_argument("--compare", default="joint-d20",
+                    help="comma-separated models adapted the same way ('' for none)")
+    ap.add_argument("--loss", default="", help="equivariant | unsupervised (default: each "
+                    "model's own recommendation; unsupervised for a model without one)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -91,17 +96,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tuning = [task.sample(im.unsqueeze(0), g) for im in demo_images("train", size=args.size)[:2]]
     weight, _ = bl.grid_search(lambda w: bl.method("tv", w), bl.GRIDS["tv"], tuning)
     rows[f"TV (weight {weight:g})"] = score(bl.method("tv", weight)(batch))
-    # the meta-model's own step rule (optimizer, step size, proximal weight), for both models:
-    # joint pre-training has no inner step of its own
-    rule = mp.AdaptConfig.from_model(mp.load_model(args.model)[1], steps=args.steps,
-                                     loss="unsupervised")
-    for name in (args.model, "joint-d20"):
-        model, _ = mp.load_model(name)
+    for name in [args.model, *filter(None, args.compare.split(","))]:
+        model, meta = mp.load_model(name)
+        # each model's own step rule (optimizer, step size, the loss it recommends); a model
+        # trained with a supervised inner loss (or none) adapts with measurement consistency
+        rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss=args.loss or None)
+        if rule.loss == "supervised":
+            rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss="unsupervised")
         theta = mp.parameters_of(model)
         result = mp.fine_tune(model, theta, lambda step: measured, rule)
         with torch.no_grad():
             rows[f"{name}: θ"] = score(mp.reconstruct(model, theta, batch))
-            rows[f"{name}: {args.steps} unsupervised steps"] = score(
+            rows[f"{name}: {args.steps} {rule.loss} steps"] = score(
                 mp.reconstruct(model, result.params, batch))
     print(f"{task.name} on {len(x)} held-out pictures ({args.size}x{args.size}), PSNR (dB):")
     for label, value in rows.items():

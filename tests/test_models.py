@@ -213,3 +213,19 @@ def test_a_model_recommends_its_adaptation_rule(tmp_path):
     rule = mp.AdaptConfig.from_model(meta)
     assert (rule.lr, rule.loss, rule.steps) == (0.03, "equivariant", 20)
     assert mp.AdaptConfig.from_model(meta, lr=0.1).lr == 0.1
+
+
+def test_the_demo_adapts_the_shipped_model_without_ground_truth_and_writes_a_figure(tmp_path):
+    """``metaprior demo`` (small): the recommended model adapted to sr2 from measurements
+    alone; the PSNR table, the adapted model and the figure are written."""
+    from PIL import Image
+
+    from metaprior.cli import main
+
+    main(["demo", "--size", "32", "--adapt-steps", "1", "--out", str(tmp_path / "d")])
+    figure = tmp_path / "d" / "demo_sr2.png"
+    assert figure.is_file() and (tmp_path / "d" / "adapted_sr2.safetensors").is_file()
+    width, height = Image.open(figure).size
+    assert width == 6 * 160 and height > 3 * 160  # six columns, three pictures
+    _, meta = load_model(tmp_path / "d" / "adapted_sr2.safetensors")
+    assert meta["adapted_to"] == "sr2" and meta["adapt_config"]["loss"] == "equivariant"

@@ -7,6 +7,7 @@ import torch
 
 from metaprior import pretrained
 from metaprior.checkpoint import load_model, resolve_model_path
+from metaprior.models import HQSNet, PDNet
 
 
 def test_every_shipped_model_loads_by_name_with_its_provenance():
@@ -19,13 +20,16 @@ def test_every_shipped_model_loads_by_name_with_its_provenance():
             init = info["init_command"].split("--out ")[1].split()[0]
             assert info["init_command"].count("metaprior ") == 1 and init in info["command"]
         path = resolve_model_path(name)
-        assert path == pretrained.path(name) and path.stat().st_size < 100_000
         with open(path, "rb") as f:  # safetensors: 8-byte header length then a JSON header
             header = int.from_bytes(f.read(8), "little")
             assert f.read(1) == b"{" and header < path.stat().st_size
         model, meta = load_model(name)
-        depth = model.config.depth
-        assert sum(p.numel() for p in model.parameters()) == 361 * depth
+        n = sum(p.numel() for p in model.parameters())
+        assert path == pretrained.path(name) and path.stat().st_size < 4 * n + 50_000
+        if isinstance(model, PDNet):
+            assert n == 361 * model.config.depth and path.stat().st_size < 100_000
+        else:  # HQSNet: two schedule numbers per iteration and the FFDNet
+            assert isinstance(model, HQSNet) and n == 2 * model.config.iterations + 485_248
         assert all(torch.isfinite(p).all() for p in model.parameters())
         assert meta["meta_config"]["inner_steps"] >= 0
 

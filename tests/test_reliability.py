@@ -708,8 +708,8 @@ def test_api_mistakes_are_one_line_value_errors_naming_the_argument():
 
 def test_the_demo_replaces_an_earlier_demo_only_with_overwrite(tmp_path):
     out = tmp_path / "demo"
-    argv = ["demo", "--depth", "2", "--meta-steps", "1", "--patch-size", "32", "--batch", "2",
-            "--adapt-steps", "1", "--adapt-patch-size", "16", "--out", str(out)]
+    argv = ["demo", "--meta-train", "--depth", "2", "--meta-steps", "1", "--patch-size", "32",
+            "--batch", "2", "--adapt-steps", "1", "--adapt-patch-size", "16", "--out", str(out)]
     main(argv)
     (out / "notes.txt").write_text("kept")
     before = _snapshot(out)
