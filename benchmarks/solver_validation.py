@@ -36,9 +36,9 @@ from metaprior import baselines as bl
 from metaprior.checkpoint import write_bytes_atomic
 from metaprior.data import PatchSampler, bsds500
 from metaprior.evaluate import finetune_and_score, score
-from metaprior.experiments.table1 import Table1Config, centre_crop, load_task_data, spread
 from metaprior.metrics import mean_std
 from metaprior.physics import RealMRI
+from reproductions.table1 import Table1Config, centre_crop, load_task_data, spread
 
 
 def _diffraction(shape, generator, device):

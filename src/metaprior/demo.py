@@ -19,12 +19,11 @@ from pathlib import Path
 
 import torch
 
-from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
+from metaprior.adapt import AdaptConfig, parameters_of
 from metaprior.checkpoint import load_model, save_model
 from metaprior.data import PatchSampler, demo_images
-from metaprior.evaluate import score, summarize, task_batches
+from metaprior.evaluate import finetune_and_score, score, summarize, task_batches
 from metaprior.meta.config import MetaConfig
-from metaprior.meta.problem import reconstruct
 from metaprior.models import PDNetConfig
 from metaprior.outputs import RunFolderError, holds_run
 from metaprior.tasks import get_task
@@ -100,19 +99,18 @@ def run_demo(config: DemoConfig, device: str = "cpu", log=print, progress: bool 
     adapt = AdaptConfig(steps=config.adapt_steps, lr=config.inner_lr, loss="unsupervised",
                         prox_lambda=config.prox_lambda)
     log(f"2/3 adapting to '{task.name}' without ground truth ({adapt.steps} Adam steps) ...")
-    result = fine_tune(model, theta, batches(), adapt)
-    save_model(Path(config.out) / f"adapted_{task.name}.safetensors", model, result.params)
-    supervised = fine_tune(model, theta, batches(), replace(adapt, loss="supervised"))
-
     test = [im.to(device) for im in demo_images("test")]
-    batches = task_batches(task, test, seed=config.seed)
+    batches_test = task_batches(task, test, seed=config.seed)
+    result = finetune_and_score(model, theta, batches(), adapt, batches_test, keep=(0,))
+    save_model(Path(config.out) / f"adapted_{task.name}.safetensors", model, result["params"])
+    supervised = finetune_and_score(model, theta, batches(), replace(adapt, loss="supervised"),
+                                    batches_test, keep=())
     rows = {
-        "zero filling (A^T y)": score(lambda b: b.physics.A_adjoint(b.y), batches),
-        "meta-model": score(lambda b: reconstruct(model, theta, b), batches),
-        f"adapted, {adapt.steps} unsupervised steps": score(
-            lambda b: reconstruct(model, result.params, b), batches),
-        f"(with ground truth: {adapt.steps} supervised)": score(
-            lambda b: reconstruct(model, supervised.params, b), batches),
+        "zero filling (A^T y)": score(lambda b: b.physics.A_adjoint(b.y), batches_test),
+        "meta-model": result["records"][0]["psnr"],
+        f"adapted, {adapt.steps} unsupervised steps": result["records"][adapt.steps]["psnr"],
+        f"(with ground truth: {adapt.steps} supervised)":
+            supervised["records"][adapt.steps]["psnr"],
     }
     log(f"3/3 {task.name} on {len(test)} held-out pictures (camera, moon, clock; 128x128), "
         f"PSNR (dB, peak 1):")

@@ -1,5 +1,5 @@
 r"""Figures and the markdown table of Table 1, rebuilt from the suite's JSON
-(:mod:`metaprior.experiments.table1`) without re-running anything.
+(:mod:`reproductions.table1`) without re-running anything.
 
 * ``finetune_curves_<task>.png``: PSNR vs fine-tuning steps for the meta-models, joint
   pre-training and random initialisation, supervised and unsupervised (the paper's Fig. B.2),
@@ -7,11 +7,11 @@ r"""Figures and the markdown table of Table 1, rebuilt from the suite's JSON
   lines.
 * ``visual_<task>.png``: the first test image for every method (Fig. 4 for SR, Fig. B.3 for MRI).
 * the markdown table (ours beside the paper's numbers) between the markers
-  ``<!-- table1:begin -->`` / ``<!-- table1:end -->`` of ``RESULTS.md``.
+  ``<!-- table1:begin -->`` / ``<!-- table1:end -->`` of ``reproductions/table1.md``.
 
-From the JSON of ``--suite depth`` instead: ``training_tasks_depth.png`` (the paper's Fig. 3, PSNR
-on T1–T4 against depth for θ and the inner model, one row per inner loss) and its table between
-``<!-- depth:begin -->`` / ``<!-- depth:end -->``.
+From the JSON of ``python -m reproductions depth`` instead: ``training_tasks_depth.png`` (the
+paper's Fig. 3, PSNR on T1–T4 against depth for θ and the inner model, one row per inner
+loss) and its table between ``<!-- depth:begin -->`` / ``<!-- depth:end -->``.
 """
 
 from __future__ import annotations
@@ -263,8 +263,8 @@ def markdown_table(results: dict) -> str:
 
 def write_report(results_path: str | Path, figures: str | Path, markdown: str | Path | None
                  ) -> list[Path]:
-    """Rebuild every figure (and the RESULTS.md table) from ``results_path``: a Table 1
-    suite's JSON or a ``--suite depth`` one."""
+    """Rebuild every figure (and the results page's table) from ``results_path``: a Table 1
+    suite's JSON or a ``depth`` one."""
     results_path = Path(results_path)
     try:
         results = json.loads(results_path.read_text())
@@ -273,8 +273,8 @@ def write_report(results_path: str | Path, figures: str | Path, markdown: str | 
                          ) from None
     if not isinstance(results, dict) or not (results.get("suite") == "depth" or isinstance(
             results.get("tasks"), dict)):
-        raise ValueError(f"--results {results_path} is not the JSON of `metaprior evaluate "
-                         f"--suite table1` or `--suite depth`")
+        raise ValueError(f"--results {results_path} is not the JSON of `python -m "
+                         f"reproductions table1` or `depth`")
     figures = Path(figures)
     staging = figures.with_name(f".{figures.name}.tmp-{os.getpid()}")
     try:
