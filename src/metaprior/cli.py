@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from metaprior import __version__, pretrained
+from metaprior.extras import MissingExtraError
 from metaprior.outputs import RunFolderError, check_writable_dir
 
 THREADS_HELP = ("intra-op CPU threads (default 1: on small 2-core machines, OpenMP spin-waiting "
@@ -179,7 +180,8 @@ def one_line_errors(func, *args):
     example scripts do."""
     try:
         return func(*args)
-    except (ValueError, OSError, FloatingPointError, RuntimeError, RunFolderError) as e:
+    except (ValueError, OSError, FloatingPointError, RuntimeError, RunFolderError,
+            MissingExtraError) as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         message = lines[0][:500] if lines else type(e).__name__  # one line, whatever e holds
         raise SystemExit(f"error: {message}") from None
