@@ -276,8 +276,8 @@ def geometric_search(evaluate: Callable[[float], float | None], grid: Sequence[f
         side = "low" if best == ordered[0] else "high" if best == ordered[-1] else None
         if side is None or added[side] >= extend or len(ordered) < 2:
             break
-        # one more geometric step outwards (x·x, not x**2: the same values, to the bit, as the
-        # grids of earlier runs, whose scores the caches hold by value)
+        # one more geometric step outwards (x·x, not x**2: the caches hold scores by the
+        # value's string, so the arithmetic that makes it is part of the key)
         new = (ordered[0] * ordered[0] / ordered[1] if side == "low"
                else ordered[-1] * ordered[-1] / ordered[-2])
         scores[new] = evaluate(new)

@@ -161,8 +161,8 @@ def _switches(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def legacy_bool_values(argv: list[str], switches: set[str]) -> list[str]:
-    """Command lines of earlier versions, where a bool option took a value
-    (``--learn-inner-lr true``), as switches (``--learn-inner-lr``, ``--no-learn-inner-lr``)."""
+    """Command lines where a bool option takes a value (``--learn-inner-lr true``), as
+    switches (``--learn-inner-lr``, ``--no-learn-inner-lr``)."""
     out: list[str] = []
     for token in argv:
         value = token.lower()
