@@ -1,4 +1,5 @@
-# The two set-up commands of the README on a fresh machine: `make demo` and `make test`.
+# The two set-up commands of the README on a fresh machine: `make demo` (the core install)
+# and `make test` (the core, the baselines and plots extras, pytest and ruff).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -31,10 +32,10 @@ test-all: $(VENV)/.installed-dev
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples reproductions
 
 format: $(VENV)/.installed-dev
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks examples reproductions
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_operators.py

@@ -13,6 +13,7 @@ import metaprior as mp
 from conftest import write_pngs
 from metaprior import physics as ops
 from metaprior.cli import main
+from reproductions.__main__ import main as rmain
 
 PLUGIN = '''
 import torch
@@ -112,8 +113,9 @@ def test_a_broken_plugin_is_one_line(tmp_path):
 
 def test_the_table1_protocol_accepts_any_task():
     """The suite's configuration takes any task the registry resolves (its data protocol: the
-    fastMRI knees for mri*, BSDS500 / Set3C otherwise); an unknown name is refused."""
-    from metaprior.experiments.table1 import Table1Config
+    fastMRI knees for MRI tasks (peak "max"), BSDS500 / Set3C otherwise); an unknown name is
+    refused."""
+    from reproductions.table1 import Table1Config
 
     assert Table1Config(tasks=("sr3", "inpaint-0.7", "mri8")).tasks[0] == "sr3"
     with pytest.raises(ValueError, match="unknown task 'nope'"):
@@ -129,13 +131,12 @@ def test_the_table1_suite_end_to_end_on_a_users_operator(workspace, data_root):
     cfg.write_text(json.dumps({"inits": ["random"], "baselines": ["tv"],
                                "training_tasks": False}))
     out = w / "suite_out.json"
-    main(["--plugin", str(w / "plugin.py"), "evaluate", "--suite", "table1", "--quick",
-          "--suite-tasks", "my-blur", "--suite-config", str(cfg), "--data-root", str(data_root),
-          "--out", str(out)])
+    rmain(["--plugin", str(w / "plugin.py"), "table1", "--quick", "--tasks", "my-blur",
+           "--config", str(cfg), "--data-root", str(data_root), "--out", str(out)])
     results = json.loads(out.read_text())
     row = results["tasks"]["my-blur"]
     tv = row["baselines"]["tv"]
     assert float(tv["hyper"]) in [float(v) for v in tv["grid"]] and "at_grid_edge" in tv
     assert {"random_ft_sup", "random_ft_unsup"} <= set(row["pdnet"])
-    main(["report", "--results", str(out), "--figures", str(w / "fig"), "--markdown", ""])
+    rmain(["report", "--results", str(out), "--figures", str(w / "fig"), "--markdown", ""])
     assert (w / "fig" / "finetune_curves_my-blur.png").is_file()

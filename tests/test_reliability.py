@@ -82,7 +82,7 @@ def sandbox(tmp_path_factory) -> Path:
                          "adapt_section": {"nope": {}},
                          "adapt_lr_str": {"adapt": {"lr": "1e-3"}},
                          "adapt_key": {"data": {"patch": 3}},
-                         "suite_steps": {"suite": {"steps": 0}}}.items():
+                         "suite_steps": {"steps": 0}}.items():
         (root / "cfg" / f"{name}.json").write_text(json.dumps(values))
     (root / "report.json").write_text(json.dumps({"tasks": {"sr2": {"pdnet": 1}}}))
     (root / "not_suite.json").write_text(json.dumps([1, 2]))
@@ -200,11 +200,10 @@ BAD_INPUTS = [
     ([*ADAPT, "--config", "{root}/cfg/adapt_key.json"], "unknown key(s) ['patch']"),
     ([*ADAPT, "--loss", "sup"], "loss must be one of"),
     (["measure", "--images", IMGS, "--out", "{root}/m.safetensors"], "--task is required"),
-    (["evaluate", "--suite", "nope"], "--suite must be one of"),
-    (["evaluate", "--suite", "table1", "--config", "{root}/cfg/suite_steps.json", "--out",
-      "{root}/t.json"], "steps must be >= 1"),
-    (["evaluate", "--suite", "table1", "--suite-steps", "0", "--out", "{root}/t.json"],
+    (["table1", "--config", "{root}/cfg/suite_steps.json", "--out", "{root}/t.json"],
      "steps must be >= 1"),
+    (["table1", "--steps", "0", "--out", "{root}/t.json"], "steps must be >= 1"),
+    (["evaluate", "--images", IMGS], "--model is required"),
     (["linear", "--preset", "closed", "--out", "{root}/lin"], "--preset must be paper or exact"),
 ]
 
@@ -212,9 +211,14 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("argv,fragment", BAD_INPUTS,
                          ids=[f"{i:02d}-{a[0]}" for i, (a, _) in enumerate(BAD_INPUTS)])
 def test_bad_input_gives_one_line_and_changes_nothing(sandbox, argv, fragment):
+    from reproductions.__main__ import build_parser as reproduction_parser
+    from reproductions.__main__ import main as reproduce
+
     before = _snapshot(sandbox)
+    commands = reproduction_parser()._subparsers._group_actions[0].choices
+    run = reproduce if argv[0] in commands else main  # the paper's commands, or the product's
     with pytest.raises(SystemExit) as exc:
-        main([a.format(root=sandbox) for a in argv])
+        run([a.format(root=sandbox) for a in argv])
     message = str(exc.value.code)
     assert message.startswith("error: ") and "\n" not in message, message
     assert fragment in message, message
@@ -614,7 +618,7 @@ def test_a_late_write_failure_keeps_the_result_in_a_named_file(sandbox, tmp_path
     import tempfile
 
     import metaprior.checkpoint as ckpt
-    import metaprior.cli as cli
+    import metaprior.commands.io as cli
 
     out = tmp_path / "out"
     out.mkdir()
@@ -665,11 +669,11 @@ def test_boolean_options_are_switches_and_old_true_false_values_still_read():
 
 
 def test_an_example_without_its_data_root_ends_in_one_line(tmp_path):
-    example = Path(__file__).resolve().parents[1] / "examples" / "reproduce_table1_row.py"
+    root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "METAPRIOR_DATA"}
-    proc = subprocess.run([sys.executable, str(example), "--quick", "--data-root",
-                           str(tmp_path / "absent")], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "reproductions.table1_row", "--quick",
+                           "--data-root", str(tmp_path / "absent")], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=root)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, lines
     assert lines[0].startswith("error: ") and "absent" in lines[0]

@@ -1,7 +1,7 @@
 """Table 1 suite: the smoke-sized protocol on the real data sets has the full structure and
-only finite numbers, and ``report`` rebuilds every figure from its JSON; docs/RESULTS.md holds
-what the report renders from the committed JSON. (The committed JSON themselves are checked
-by ``benchmarks/check_results.py``, run by CI.)"""
+only finite numbers, and ``report`` rebuilds every figure from its JSON; the results pages
+hold what the report renders from the committed JSON. (The committed JSON themselves are checked
+by ``python -m reproductions check``, run by CI.)"""
 
 from __future__ import annotations
 
@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from metaprior.experiments.table1 import check_depth_results, check_results
+from reproductions.table1 import check_depth_results, check_results
 
-COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "table1.json"
+COMMITTED = Path(__file__).resolve().parents[1] / "reproductions" / "results" / "table1.json"
 
 
 @pytest.mark.data
 @pytest.mark.slow
 def test_quick_suite_structure_and_report(tmp_path):
-    from metaprior.cli import main
+    from reproductions.__main__ import main as rmain
 
     out = tmp_path / "table1.json"
-    main(["evaluate", "--suite", "table1", "--quick", "--out", str(out),
+    rmain(["table1", "--quick", "--out", str(out),
           "--grid-cache", str(tmp_path / "grid.json")])
     results = json.loads(out.read_text())
     check_results(results)
@@ -29,7 +29,7 @@ def test_quick_suite_structure_and_report(tmp_path):
             for name in results["tasks"][t]["pdnet"] if name != "scratch"}
     assert set(json.loads((tmp_path / "grid.json").read_text())) == runs | {
         f"{t}/{b}" for t in results["config"]["tasks"] for b in results["config"]["baselines"]}
-    main(["report", "--results", str(out), "--figures", str(tmp_path / "fig"),
+    rmain(["report", "--results", str(out), "--figures", str(tmp_path / "fig"),
           "--markdown", str(tmp_path / "RESULTS.md")])
     for task in results["config"]["tasks"]:
         assert (tmp_path / "fig" / f"finetune_curves_{task}.png").stat().st_size > 10_000
@@ -37,29 +37,28 @@ def test_quick_suite_structure_and_report(tmp_path):
     assert "| dpir-ffdnet |" in (tmp_path / "RESULTS.md").read_text()
 
 
-@pytest.mark.parametrize("json_name,begin,end,render", [
-    ("table1.json", "BEGIN", "END", "markdown_table"),
-    ("training_tasks_depth.json", "DEPTH_BEGIN", "DEPTH_END", "depth_table")])
-def test_results_page_is_what_the_report_renders_from_the_committed_json(json_name, begin, end,
-                                                                         render):
-    """docs/RESULTS.md's generated tables equal what ``metaprior report`` renders now from
-    the committed JSON: a change to the report code or a hand edit of the page fails here
-    until ``metaprior report`` is rerun."""
-    from metaprior.experiments import report
+@pytest.mark.parametrize("json_name,page_name,begin,end,render", [
+    ("table1.json", "table1.md", "BEGIN", "END", "markdown_table"),
+    ("training_tasks_depth.json", "depth.md", "DEPTH_BEGIN", "DEPTH_END", "depth_table")])
+def test_results_page_is_what_the_report_renders_from_the_committed_json(json_name, page_name,
+                                                                         begin, end, render):
+    """The results pages' generated tables equal what ``python -m reproductions report``
+    renders now from the committed JSON: a change to the report code or a hand edit of the
+    page fails here until ``python -m reproductions report`` is rerun."""
+    from reproductions import report
 
     results = json.loads((COMMITTED.parent / json_name).read_text())
-    page = (Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md").read_text()
+    page = (COMMITTED.parents[1] / page_name).read_text()
     start = page.index(getattr(report, begin)) + len(getattr(report, begin))
     block = page[start: page.index(getattr(report, end))]
     assert block.strip() == getattr(report, render)(results).strip()
 
 
 def test_suite_config_errors_are_one_line(tmp_path):
-    from metaprior.cli import main
+    from reproductions.__main__ import main as rmain
 
     bad = tmp_path / "bad.json"
     for content, match in (('{"steps": "50"}', "steps must be of type int"),
-                           ('{"seed": 3}', "give the seed with --seed"),
                            ('{"baselines": ["tgv2"]}', "unknown baseline 'tgv2'"),
                            ('{"inits": ["meta"]}', "inits must be among"),
                            ('{"lr": 0.001}', "lr is used only with"),
@@ -67,7 +66,7 @@ def test_suite_config_errors_are_one_line(tmp_path):
                            ('{"nope": 1}', "unknown field")):
         bad.write_text(content)
         with pytest.raises(SystemExit, match=match):
-            main(["evaluate", "--suite", "table1", "--suite-config", str(bad), "--out",
+            rmain(["table1", "--config", str(bad), "--out",
                   str(tmp_path / "t.json")])
 
 
@@ -78,8 +77,8 @@ def test_depth_suite_and_report(tmp_path):
     import torch
 
     from metaprior.checkpoint import save_model
-    from metaprior.cli import main
     from metaprior.models import PDNet, PDNetConfig
+    from reproductions.__main__ import main as rmain
 
     entries = []
     for depth, loss in ((3, "supervised"), (2, "supervised"), (2, "unsupervised")):
@@ -91,7 +90,7 @@ def test_depth_suite_and_report(tmp_path):
     cfg = tmp_path / "depth.json"
     cfg.write_text(json.dumps({"depth_models": entries}))
     out = tmp_path / "depth_results.json"
-    main(["evaluate", "--suite", "depth", "--quick", "--suite-config", str(cfg), "--out",
+    rmain(["depth", "--quick", "--config", str(cfg), "--out",
           str(out)])
     results = json.loads(out.read_text())
     check_depth_results(results, n_images=1)
@@ -102,39 +101,39 @@ def test_depth_suite_and_report(tmp_path):
     assert abs(row["model"][0] - row["pseudo_inverse"][0]) < 1.0
     md = tmp_path / "RESULTS.md"
     md.write_text("# R\n\n<!-- depth:begin -->\nold\n<!-- depth:end -->\n\ntail\n")
-    main(["report", "--results", str(out), "--figures", str(tmp_path / "fig"), "--markdown",
+    rmain(["report", "--results", str(out), "--figures", str(tmp_path / "fig"), "--markdown",
           str(md)])
     assert (tmp_path / "fig" / "training_tasks_depth.png").stat().st_size > 10_000
     text = md.read_text()
     assert "old" not in text and text.endswith("tail\n") and "| 3 | " in text
     md.write_text("# R\n\n<!-- depth:begin -->\nno end marker\n")
     with pytest.raises(SystemExit, match="only one of the markers"):
-        main(["report", "--results", str(out), "--figures", str(tmp_path / "fig"),
+        rmain(["report", "--results", str(out), "--figures", str(tmp_path / "fig"),
               "--markdown", str(md)])
 
 
 def test_depth_suite_errors_are_one_line(tmp_path):
-    from metaprior.cli import main
+    from reproductions.__main__ import main as rmain
 
     bad = tmp_path / "bad.json"
     for content, match in (('{"depth_models": ["joint=x.safetensors"]}', "depth_models entries"),
                            ('{}', "needs depth_models")):
         bad.write_text(content)
         with pytest.raises(SystemExit, match=match):
-            main(["evaluate", "--suite", "depth", "--suite-config", str(bad), "--out",
+            rmain(["depth", "--config", str(bad), "--out",
                   str(tmp_path / "t.json")])
 
 
 @pytest.mark.data
 def test_scratch_training_resumes_bitwise(tmp_path):
-    """``--suite scratch`` checkpoints φ and the Adam state; a 2-step run extended to 4 with
-    ``--resume`` ends bitwise where an unbroken 4-step run ends, and ``--resume`` without a
-    checkpoint, or with another recipe, is a one-line error."""
+    """``python -m reproductions scratch`` checkpoints φ and the Adam state; a 2-step run
+    extended to 4 with ``--resume`` ends bitwise where an unbroken 4-step run ends, and
+    ``--resume`` without a checkpoint, or with another recipe, is a one-line error."""
     import torch
 
     from metaprior.checkpoint import load_tensors
-    from metaprior.cli import main
-    from metaprior.experiments.table1 import quick_config, train_scratch
+    from reproductions.__main__ import main as rmain
+    from reproductions.table1 import quick_config, train_scratch
 
     config = quick_config(tasks=("sr2",))
     quiet = {"depth": 2, "ckpt_every": 2, "log": lambda *_: None}
@@ -145,10 +144,10 @@ def test_scratch_training_resumes_bitwise(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "cut.run" / "checkpoints" / "step_0000004").is_dir()
     with pytest.raises(SystemExit, match="--resume: no checkpoint under"):
-        main(["evaluate", "--suite", "scratch", "--suite-tasks", "sr2", "--scratch-steps", "2",
+        rmain(["scratch", "--tasks", "sr2", "--scratch-steps", "2",
               "--resume", "--out", str(tmp_path / "none.safetensors")])
-    with pytest.raises(SystemExit, match="--resume continues a --suite scratch run only"):
-        main(["evaluate", "--suite", "table1", "--resume", "--out", str(tmp_path / "t.json")])
+    with pytest.raises(SystemExit, match="--resume and --scratch-steps apply to `scratch`"):
+        rmain(["table1", "--resume", "--out", str(tmp_path / "t.json")])
     with pytest.raises(ValueError, match=r"--resume: .* is step 4 of"):
         train_scratch("sr2", config, 3, tmp_path / "cut.safetensors", resume=True, **quiet)
 
@@ -163,9 +162,9 @@ def test_fine_tuning_lr_is_chosen_on_held_out_images_and_cached(monkeypatch):
 
     from metaprior import adapt
     from metaprior.adapt import parameters_of
-    from metaprior.experiments import table1
     from metaprior.models import PDNet, PDNetConfig
     from metaprior.tasks import get_task
+    from reproductions import table1
 
     torch.manual_seed(0)
     model = PDNet(PDNetConfig(depth=2))
@@ -187,10 +186,6 @@ def test_fine_tuning_lr_is_chosen_on_held_out_images_and_cached(monkeypatch):
     assert set(chosen["grid"]) == {"0.0001", "0.001", "0.01"}
     assert chosen["grid"][str(chosen["best"])] == max(chosen["grid"].values())
 
-    first_version = {**cache["k"], "fingerprint": {
-        **{k: v for k, v in cache["k"]["fingerprint"].items() if k != "version"},
-        "lr_grid": list(config.lr_grid)}}  # as written before the version field
-    cache = {"k": first_version}
     calls = []
     real = adapt.fine_tune
     monkeypatch.setattr(adapt, "fine_tune", lambda *a, **k: calls.append(a[3].lr) or real(*a, **k))
@@ -208,7 +203,7 @@ def test_fine_tuning_rule_is_the_init_s_own_unless_the_config_names_one():
     """Each initialisation is fine-tuned with the rule its metadata records (optimizer and
     learned per-layer step sizes; random init: Adam); ``optimizer`` replaces the optimizer for
     all of them and keeps the learned step sizes."""
-    from metaprior.experiments import table1
+    from reproductions import table1
 
     meta = {"meta_config": {"inner_optimizer": "sgd", "inner_lr": 1e-2, "inner_loss":
                             "unsupervised"}, "inner_lrs": {"layers.0.weight": 2e-2}}
@@ -227,24 +222,21 @@ def test_fine_tuning_lr_grid_extends_past_an_edge_choice(monkeypatch, extend, be
     geometrically (ratio 1e-3 / 3e-4) until the choice is interior, by at most ``lr_extend``
     values; an lr that diverges is never chosen; a rerun reuses every cached value."""
     import math
-    from types import SimpleNamespace
 
     import torch
 
-    from metaprior import adapt, evaluate
-    from metaprior.experiments import table1
+    from metaprior import evaluate
+    from reproductions import table1
 
     calls = []
 
-    def fake_fine_tune(model, theta, stream, cfg):
+    def fake_finetune_and_score(model, theta, stream, cfg, batches, keep, peak):
         calls.append(cfg.lr)
         if cfg.lr >= 3e-3:
             raise FloatingPointError("diverged")
-        return SimpleNamespace(params={"lr": cfg.lr})
+        return {"psnr": {cfg.steps: 30.0 - math.log10(cfg.lr / 3e-5) ** 2}}
 
-    monkeypatch.setattr(adapt, "fine_tune", fake_fine_tune)
-    monkeypatch.setattr(evaluate, "score", lambda method, batches, peak: [
-        30.0 - math.log10(calls[-1] / 3e-5) ** 2])
+    monkeypatch.setattr(evaluate, "finetune_and_score", fake_finetune_and_score)
     data = table1.TaskData("x", 1.0, lambda: None, lambda: None, [None], [], [], [],
                            {"lr_selection": "synthetic"})
     config = table1.quick_config(lr_grid=(3e-4, 1e-3, 3e-3, 1e-2), lr_extend=extend)
@@ -266,7 +258,7 @@ def test_mri_lr_selection_never_sees_held_out_or_test_slices():
     the held-out slices are not test slices; the protocol's own stream uses all 10."""
     import torch
 
-    from metaprior.experiments.table1 import load_task_data, quick_config
+    from reproductions.table1 import load_task_data, quick_config
 
     data = load_task_data("mri4", quick_config(grid_images=4, max_test_images=0))
     val = [b.target for b in data.val]
@@ -279,7 +271,7 @@ def test_mri_lr_selection_never_sees_held_out_or_test_slices():
 
 
 def test_the_result_checks_find_gaps_and_non_finite_numbers():
-    """``check_results`` (used by benchmarks/check_results.py on the committed files) names a
+    """``check_results`` (used by reproductions/check_results.py on the committed files) names a
     missing run, a non-finite score and an lr that is not the held-out best."""
     import copy
 
@@ -306,7 +298,7 @@ def test_result_checks_take_a_learned_step_size_models_grid_from_its_inner_lr():
     inner lr, not ``lr_grid``; ``check_results`` holds each run to the grid it started from."""
     import copy
 
-    from metaprior.experiments.table1 import search_grid
+    from reproductions.table1 import search_grid
 
     assert search_grid((3e-4, 1e-3), (0.3, 1.0, 3.0), None) == (3e-4, 1e-3)
     assert search_grid((3e-4, 1e-3), (0.5, 2.0), 1e-2) == (5e-3, 2e-2)

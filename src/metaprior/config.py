@@ -70,7 +70,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str,
     not given, so the file or the dataclass default applies).
 
     Args:
-        prefixes: a flag prefix per section (``{"suite": "suite-"}``: ``--suite-tasks``).
+        prefixes: a flag prefix per section (``{"data": "data-"}``: ``--data-root`` for the
+            field ``root``).
         exclude: fields of a section that get no flag (still settable in the config file).
         defaults_text: the ``(default: ...)`` shown for ``"section.field"`` keys, where the
             value comes from elsewhere (e.g. the model being adapted).
@@ -242,6 +243,35 @@ def explicit_values(cls, file_values: dict | None = None,
         given |= {k for k, v in vars(cli).items() if "." in k and v is not None}
     return {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
             for key in sorted(given)}
+
+
+def resolve(args: argparse.Namespace, sections: dict[str, type],
+            extra: typing.Iterable[str] = ()) -> dict:
+    """Every section of a command from its dataclass defaults, the ``--config`` JSON file
+    (``args.config``) and the flags, in that order of precedence: the one way every command
+    resolves its options. Each field is also set on ``args`` by name, and the file's values
+    are kept as ``args.file_values``; sections in ``extra`` may appear in the file and are
+    resolved by the command itself (:func:`section_values`)."""
+    file_values = load_config_file(getattr(args, "config", None))
+    check_sections(file_values, (*sections, *extra))
+    resolved = {name: build_section(name, cls, file_values, args)
+                for name, cls in sections.items()}
+    for section in resolved.values():
+        for f in dataclasses.fields(section):
+            setattr(args, f.name, getattr(section, f.name))
+            if f.name == "device":
+                check_device(getattr(section, f.name))
+    args.file_values = file_values
+    return resolved
+
+
+def check_device(device: str) -> None:
+    """A one-line error for a CUDA device on a machine without one."""
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA device is available: use "
+                         "--device cpu")
 
 
 def check_positive(owner: str, **values: float) -> None:

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
+from metaprior.adapt import AdaptConfig, parameters_of
 from metaprior.checkpoint import load_model, save_model, write_bytes_atomic
 from metaprior.data import PatchSampler, demo_images
-from metaprior.evaluate import score, summarize, task_batches
+from metaprior.evaluate import finetune_and_score, score, summarize, task_batches
 from metaprior.meta.config import MetaConfig
 from metaprior.meta.problem import reconstruct
 from metaprior.models import PDNetConfig
@@ -153,19 +153,18 @@ def _adapt_demo(config: DemoConfig, device: str, log) -> dict:
                      config.seed)
     log(f"2/3 adapting to their measurements alone, no ground truth ({rule.steps} {rule.loss} "
         f"{rule.optimizer} steps, lr {rule.lr:g}) ...")
-    t1 = time.perf_counter()
-    result = fine_tune(model, theta, lambda step: measured, rule)
-    t_adapt = time.perf_counter() - t1
+    run = finetune_and_score(model, theta, lambda step: measured, rule, [batch])
+    t_adapt, adapted = run["seconds"], run["params"]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_model(out / f"adapted_{task.name}.safetensors", model, result.params,
+    save_model(out / f"adapted_{task.name}.safetensors", model, adapted,
                metadata={"adapted_to": task.name, "adapt_config": rule.__dict__})
     with torch.no_grad():
         outputs = {
             "A^T y": batch.physics.A_adjoint(batch.y),
             f"TV ({weight:g})": tv(batch),
             "model, before": reconstruct(model, theta, batch),
-            f"after {rule.steps} steps": reconstruct(model, result.params, batch),
+            f"after {rule.steps} steps": reconstruct(model, adapted, batch),
         }
     truth = torch.stack(test)
     rows = {name: [float(v) for v in _psnr(x_hat, truth)] for name, x_hat in outputs.items()}
@@ -212,19 +211,16 @@ def _meta_train_demo(config: DemoConfig, device: str, log, progress: bool) -> di
     adapt = AdaptConfig(steps=config.adapt_steps, lr=config.inner_lr, loss="unsupervised",
                         prox_lambda=config.prox_lambda)
     log(f"2/3 adapting to '{task.name}' without ground truth ({adapt.steps} Adam steps) ...")
-    result = fine_tune(model, theta, batches(), adapt)
-    save_model(Path(config.out) / f"adapted_{task.name}.safetensors", model, result.params)
-    supervised = fine_tune(model, theta, batches(), replace(adapt, loss="supervised"))
-
     test = [im.to(device) for im in demo_images("test")]
     tests = task_batches(task, test, seed=config.seed)
+    unsup = finetune_and_score(model, theta, batches(), adapt, tests)
+    save_model(Path(config.out) / f"adapted_{task.name}.safetensors", model, unsup["params"])
+    sup = finetune_and_score(model, theta, batches(), replace(adapt, loss="supervised"), tests)
     rows = {
         "zero filling (A^T y)": score(lambda b: b.physics.A_adjoint(b.y), tests),
-        "meta-model": score(lambda b: reconstruct(model, theta, b), tests),
-        f"adapted, {adapt.steps} unsupervised steps": score(
-            lambda b: reconstruct(model, result.params, b), tests),
-        f"(with ground truth: {adapt.steps} supervised)": score(
-            lambda b: reconstruct(model, supervised.params, b), tests),
+        "meta-model": unsup["records"][0]["psnr"],
+        f"adapted, {adapt.steps} unsupervised steps": unsup["records"][adapt.steps]["psnr"],
+        f"(with ground truth: {adapt.steps} supervised)": sup["records"][adapt.steps]["psnr"],
     }
     log(f"3/3 {task.name} on {len(test)} held-out pictures (camera, moon, clock; 128x128), "
         f"PSNR (dB, peak 1):")

@@ -135,11 +135,6 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def shard(n: int) -> list[int]:
-    """Indices of the ``n`` tasks of a meta-batch that this rank computes (round robin)."""
-    return [i for i, _, _ in shares(n)]
-
-
 def shares(n: int) -> list[tuple[int, int, int]]:
     r"""This rank's work in a meta-batch of ``n`` tasks, as ``(task, part, parts)``.
 

@@ -80,41 +80,47 @@ def load_eval_images(name: str, data_root: str | None = None) -> list[Tensor]:
 
 
 def task_table(model, params, task_names, images, seed: int = 0, adapt=None) -> list[dict]:
-    """PSNR (dB) of the pseudo-inverse and of ``model`` with ``params`` for each task.
+    """PSNR (dB, at each task's :attr:`~metaprior.tasks.Task.peak`) of the pseudo-inverse and of
+    ``model`` with ``params`` for each task.
 
     With ``adapt`` (an :class:`metaprior.adapt.AdaptConfig`), also the PSNR after solving the
     inner problem on each test image's own batch (the "inner" model of the paper's Fig. 3; with a
     supervised loss this uses the image's ground truth).
     """
-    from metaprior.adapt import fine_tune
     from metaprior.meta.problem import reconstruct
     from metaprior.tasks import get_task
 
     rows = []
     for name in task_names:
-        batches = task_batches(get_task(name), images, seed=seed)
-        row = {"task": name, "pseudo_inverse": score(pseudo_inverse, batches),
-               "model": score(lambda b: reconstruct(model, params, b), batches)}
+        task = get_task(name)
+        batches = task_batches(task, images, seed=seed)
+        row = {"task": name, "pseudo_inverse": score(pseudo_inverse, batches, task.peak),
+               "model": score(lambda b: reconstruct(model, params, b), batches, task.peak)}
         if adapt is not None:
-            adapted = []
-            for b in batches:
-                phi = fine_tune(model, params, lambda step, b=b: b, adapt).params
-                adapted += score(lambda bb, phi=phi: reconstruct(model, phi, bb), [b])
-            row["adapted"] = adapted
+            row["adapted"] = [v for b in batches for v in finetune_and_score(
+                model, params, lambda step, b=b: b, adapt, [b], keep=(),
+                peak=task.peak)["records"][adapt.steps]["psnr"]]
         rows.append(row)
     return rows
 
 
 def finetune_and_score(model, theta, next_batch: Callable[[int], TaskBatch], rule,
                        batches: Sequence[TaskBatch], keep: Sequence[int] = (0,),
-                       peak: float | str = 1.0) -> dict:
+                       peak: float | str = 1.0, keep_first: Sequence[int] = ()) -> dict:
     """Fine-tune from θ with the step rule ``rule`` (an :class:`metaprior.adapt.AdaptConfig`)
     on ``next_batch(step)`` and score ``batches`` after each number of steps in ``keep`` (and
-    after ``rule.steps``): the one fine-tune-then-score loop of every benchmark.
+    after ``rule.steps``): the one fine-tune-then-score loop of every benchmark and
+    reproduction.
+
+    Args:
+        peak: the metrics' data range (a task's :attr:`~metaprior.tasks.Task.peak`).
+        keep_first: steps after which the first batch's output is also kept (``"first"`` in
+            that step's record; e.g. for figures).
 
     Returns:
         ``{"psnr": {n: mean PSNR}, "records": {n: per-image record}, "seconds": fine-tuning
-        wall time, "s_per_step": seconds a step, "losses": the loss of every step}``.
+        wall time, "s_per_step": seconds a step, "losses": the loss of every step, "params":
+        the parameters after ``rule.steps``}``.
     """
     from metaprior.adapt import fine_tune
     from metaprior.meta.problem import reconstruct
@@ -124,8 +130,8 @@ def finetune_and_score(model, theta, next_batch: Callable[[int], TaskBatch], rul
     result = fine_tune(model, theta, next_batch, rule, keep=keep)
     seconds = time.perf_counter() - t0
     records = {n: evaluate_method(lambda b, phi=result.snapshots[n]: reconstruct(model, phi, b),
-                                  batches, peak) for n in keep}
+                                  batches, peak, keep_first=n in keep_first) for n in keep}
     return {"psnr": {n: mean_std(r["psnr"])[0] for n, r in records.items()},
             "records": records, "seconds": seconds,
             "s_per_step": seconds / rule.steps if rule.steps else 0.0,
-            "losses": result.losses}
+            "losses": result.losses, "params": result.params}

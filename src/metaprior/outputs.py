@@ -204,3 +204,24 @@ class RunLock:
             self.folder.rmdir()
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None
+
+
+def machine_info() -> dict:
+    """The machine a result was measured on (CPU model, cores, threads, torch, CUDA device,
+    Python), recorded beside benchmark and study results."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "python": platform.python_version()}

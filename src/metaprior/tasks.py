@@ -126,6 +126,8 @@ class Task:
         params: the task's parameters, for logs and docs.
         noise_max: when above ``noise_sigma``, the std is drawn per batch uniformly from
             [``noise_sigma``, ``noise_max``] (a family of noise levels).
+        peak: the data range its PSNR and SSIM are scored with: ``1.0`` for images in
+            [0, 1], ``"max"`` for each target's maximum (MRI magnitude images).
     """
 
     name: str
@@ -134,6 +136,7 @@ class Task:
     noise_sigma: float = 0.0
     params: dict = field(default_factory=dict)
     noise_max: float = 0.0
+    peak: float | str = 1.0
 
     def sample(self, x: Tensor, generator: torch.Generator | None = None) -> TaskBatch:
         r"""Measure a batch: :math:`y = A x + \sigma e`.
@@ -283,7 +286,7 @@ def mri_task(acceleration: int = 4, center_fraction: float = 0.08, seed: int = 0
                 partial(_mri, acceleration=acceleration, center_fraction=center_fraction,
                         seed=seed),
                 params={"acceleration": acceleration, "center_fraction": center_fraction,
-                        "seed": seed})
+                        "seed": seed}, peak="max")
 
 
 def fourier_task(accelerations: tuple[int, ...] = (2, 4, 8), center_fraction: float = 0.08

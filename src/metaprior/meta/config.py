@@ -41,7 +41,7 @@ class MetaConfig:
     workers: int = 0  # threads over a meta-batch's tasks (0: one per core free of intra-op threads)
 
     def __post_init__(self) -> None:
-        if self.hypergradient == "joint":  # the earlier spelling of objective="joint"
+        if self.hypergradient == "joint":  # model files may spell objective="joint" so
             object.__setattr__(self, "objective", "joint")
             object.__setattr__(self, "hypergradient", "maml")
         if self.objective not in OBJECTIVES:

@@ -15,9 +15,9 @@ outside the training families of :mod:`metaprior.families`:
 * ``val-sr3``: ×3 bilinear-filtered downsampling, noise std 0.01;
 * ``val-radial``: 2-D variable-density random k-space points (25 %), no noise.
 
-    python benchmarks/solver_validation.py --models hqs-dpir,runs/hqs-joint \
+    python -m reproductions.solver_validation --models hqs-dpir,hqs-families \
         --operators val-diffraction,val-blocks,val-sr3,val-radial --losses equivariant \
-        --lr 3e-2 --out benchmarks/results/solver_validation.json
+        --lr 1e-2 --out reproductions/results/solver_validation.json
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from metaprior import baselines as bl
 from metaprior.checkpoint import write_bytes_atomic
 from metaprior.data import PatchSampler, bsds500
 from metaprior.evaluate import finetune_and_score, score
-from metaprior.experiments.table1 import Table1Config, centre_crop, load_task_data, spread
 from metaprior.metrics import mean_std
 from metaprior.physics import RealMRI
+from reproductions.table1 import Table1Config, centre_crop, load_task_data, spread
 
 
 def _diffraction(shape, generator, device):
@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {"operators": {}}
-    results["command"] = "python benchmarks/solver_validation.py " + " ".join(argv or [])
+    results["command"] = "python -m reproductions.solver_validation " + " ".join(argv or [])
     denoiser = None
     for op in args.operators.split(","):
         t0 = time.perf_counter()

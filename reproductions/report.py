@@ -1,5 +1,5 @@
 r"""Figures and the markdown table of Table 1, rebuilt from the suite's JSON
-(:mod:`metaprior.experiments.table1`) without re-running anything.
+(:mod:`reproductions.table1`) without re-running anything.
 
 * ``finetune_curves_<task>.png``: PSNR vs fine-tuning steps for the meta-models, joint
   pre-training and random initialisation, supervised and unsupervised (the paper's Fig. B.2),
@@ -7,11 +7,11 @@ r"""Figures and the markdown table of Table 1, rebuilt from the suite's JSON
   lines.
 * ``visual_<task>.png``: the first test image for every method (Fig. 4 for SR, Fig. B.3 for MRI).
 * the markdown table (ours beside the paper's numbers) between the markers
-  ``<!-- table1:begin -->`` / ``<!-- table1:end -->`` of ``RESULTS.md``.
+  ``<!-- table1:begin -->`` / ``<!-- table1:end -->`` of ``reproductions/table1.md``.
 
-From the JSON of ``--suite depth`` instead: ``training_tasks_depth.png`` (the paper's Fig. 3, PSNR
-on T1–T4 against depth for θ and the inner model, one row per inner loss) and its table between
-``<!-- depth:begin -->`` / ``<!-- depth:end -->``.
+From the JSON of ``python -m reproductions depth`` instead: ``training_tasks_depth.png`` (the
+paper's Fig. 3, PSNR on T1–T4 against depth for θ and the inner model, one row per inner
+loss) and its table between ``<!-- depth:begin -->`` / ``<!-- depth:end -->``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend
-
+from metaprior.extras import require
 from metaprior.metrics import mean_std
 
 INIT_LABELS = {"meta_sup": "meta-model (sup. inner)", "meta_unsup": "meta-model (unsup. inner)",
@@ -30,6 +29,15 @@ INIT_LABELS = {"meta_sup": "meta-model (sup. inner)", "meta_unsup": "meta-model 
 TASK_TITLES = {"sr2": "SR ×2 (Set3C)", "mri4": "MRI ×4 (fastMRI knee)"}
 BEGIN, END = "<!-- table1:begin -->", "<!-- table1:end -->"
 DEPTH_BEGIN, DEPTH_END = "<!-- depth:begin -->", "<!-- depth:end -->"
+
+
+def _figure_class():
+    """matplotlib's ``Figure`` (the object API: no pyplot state, no global backend), or a
+    one-line error naming the ``plots`` extra."""
+    require("matplotlib", "the reproductions' figures")
+    from matplotlib.figure import Figure
+
+    return Figure
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -64,6 +72,7 @@ def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
     if not tags:
         return None
     titles = {"sup": "supervised", "unsup": "unsupervised", "ei": "equivariant (no GT)"}
+    Figure = _figure_class()
     fig = Figure(figsize=(5 * len(tags), 3.8))
     axes = fig.subplots(1, len(tags), sharey=True, squeeze=False)
     axes = axes[0]
@@ -115,6 +124,7 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
         panels.append(("scratch", f"scratch {last} st.", run["steps"][str(last)]["psnr"][0]))
     cols = 4
     rows = (len(panels) + cols - 1) // cols
+    Figure = _figure_class()
     fig = Figure(figsize=(3 * cols, 3.2 * rows))
     axes = fig.subplots(rows, cols)
     for ax in axes.flat:
@@ -134,6 +144,7 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
 def training_tasks(results: dict, path: Path) -> Path:
     """The paper's Fig. 3 at the shipped depth: meta-model vs inner model on T1–T4 (Set3C)."""
     tt = results["training_tasks"]
+    Figure = _figure_class()
     fig = Figure(figsize=(5.5 * len(tt), 3.6))
     axes = fig.subplots(1, len(tt), sharey=True, squeeze=False)
     axes = axes[0]
@@ -159,6 +170,7 @@ def training_tasks_vs_depth(results: dict, path: Path) -> Path:
     each training task (columns) and inner loss (rows); A⁺y as a dotted line."""
     sweep = results["depth_sweep"]
     tasks = [r["task"] for r in next(iter(sweep.values()))[0]["rows"]]
+    Figure = _figure_class()
     fig = Figure(figsize=(3.6 * len(tasks), 3.0 * len(sweep)))
     axes = fig.subplots(len(sweep), len(tasks), squeeze=False)
     for row, (name, entries) in zip(axes, sweep.items(), strict=True):
@@ -263,8 +275,8 @@ def markdown_table(results: dict) -> str:
 
 def write_report(results_path: str | Path, figures: str | Path, markdown: str | Path | None
                  ) -> list[Path]:
-    """Rebuild every figure (and the RESULTS.md table) from ``results_path``: a Table 1
-    suite's JSON or a ``--suite depth`` one."""
+    """Rebuild every figure (and the results page's table) from ``results_path``: a Table 1
+    suite's JSON or a ``depth`` one."""
     results_path = Path(results_path)
     try:
         results = json.loads(results_path.read_text())
@@ -273,8 +285,8 @@ def write_report(results_path: str | Path, figures: str | Path, markdown: str | 
                          ) from None
     if not isinstance(results, dict) or not (results.get("suite") == "depth" or isinstance(
             results.get("tasks"), dict)):
-        raise ValueError(f"--results {results_path} is not the JSON of `metaprior evaluate "
-                         f"--suite table1` or `--suite depth`")
+        raise ValueError(f"--results {results_path} is not the JSON of `python -m "
+                         f"reproductions table1` or `depth`")
     figures = Path(figures)
     staging = figures.with_name(f".{figures.name}.tmp-{os.getpid()}")
     try:

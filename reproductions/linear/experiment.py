@@ -27,14 +27,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from metaprior.linear.bayes import bayes_mask_block
-from metaprior.linear.bilevel import (
+from metaprior.meta.inner import adam
+from reproductions.linear.bayes import bayes_mask_block
+from reproductions.linear.bilevel import (
     LinearTasks,
     inner_solve,
     mask_inner_solution,
     supervised_loss,
 )
-from metaprior.linear.gaussian import (
+from reproductions.linear.gaussian import (
     Placement,
     area_a_placements,
     corner_placement,
@@ -46,7 +47,6 @@ from metaprior.linear.gaussian import (
     squared_exponential_covariance,
     subsample_pool,
 )
-from metaprior.meta.inner import adam
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def task_weights(
 
     ``cfg.inner_solver == "adam"``: ``steps`` Adam steps of rate ``lr`` (defaults
     ``cfg.inner_steps``, ``cfg.inner_lr``), the paper's setting. ``"exact"``: the minimizer
-    itself, :func:`~metaprior.linear.bilevel.mask_inner_solution` (eq. 2 as written).
+    itself, :func:`~reproductions.linear.bilevel.mask_inner_solution` (eq. 2 as written).
 
     Returns:
         (T, n, n) task weights :math:`\theta_i`, differentiable in ``theta`` if
@@ -376,6 +376,9 @@ def _bayes_matrix(mask: Tensor, cov: Tensor) -> Tensor:
 def plot_figure2(path: Path, adapted: Tensor, masks: Tensor, cov: Tensor, errors: dict) -> None:
     r"""Fig. 2: learned vs Bayes :math:`K \times O` block on a training task (top row) and
     on the area-B test task after unsupervised fine-tuning (bottom row)."""
+    from metaprior.extras import require
+
+    require("matplotlib", "Fig. 2 of the linear toy")
     from matplotlib.figure import Figure  # no pyplot state, no global backend
 
     fig = Figure(figsize=(11, 4.2), constrained_layout=True)

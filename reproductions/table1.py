@@ -21,7 +21,8 @@ fine-tuning images (:func:`choose_lr`; MRI: 4 of the 10 ``finetune`` slices, SR:
 val crops).
 
 The paper's "PDNet" column, a PDNet trained from scratch on the task for many steps, is
-:func:`train_scratch` (``--suite scratch``), evaluated here when ``scratch_models`` names it.
+:func:`train_scratch` (``python -m reproductions scratch``), evaluated here when
+``scratch_models`` names it.
 """
 
 from __future__ import annotations
@@ -94,11 +95,11 @@ class Table1Config:
     drunet_checkpoint: str = ""  # DPIR's drunet_gray.pth, for a "dpir-drunet" baseline
     grid_images: int = 4  # fine-tuning images used by the baselines' grid search
     grid_crop: int = 128  # SR grid search: centre crops of this side (BSDS images)
-    scratch_models: tuple[str, ...] = ()  # "task=model" from-scratch PDNets (--suite scratch)
-    scratch_lr: float = 1e-3  # Adam learning rate of --suite scratch (the paper leaves it open)
+    scratch_models: tuple[str, ...] = ()  # "task=model" from-scratch PDNets (`scratch`)
+    scratch_lr: float = 1e-3  # Adam learning rate of `scratch` (the paper leaves it open)
     pdnet: bool = True  # also fine-tune the PDNets (False: baselines only, e.g. to fill the cache)
     training_tasks: bool = True  # also score the meta-models on T1-T4 (Set3C; Fig. 3 at one depth)
-    # --suite depth (Fig. 3 across depths): "meta_sup=MODEL" / "meta_unsup=MODEL" entries
+    # `depth` (Fig. 3 across depths): "meta_sup=MODEL" / "meta_unsup=MODEL" entries
     depth_models: tuple[str, ...] = ()
     seed: int = 0  # fine-tuning streams, random init, SR patches (the MRI mask is fixed: seed 0)
     max_test_images: int = 0  # 0 = all (Set3C: 3, MRI: 10); small values for smoke tests
@@ -179,8 +180,9 @@ def spread(items: list, n: int) -> list:
 def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu") -> TaskData:
     """Fine-tuning streams, lr-selection and grid-search batches and test batches of ``name``.
 
-    Two protocols: MRI tasks (names ``mri*``) fine-tune on fastMRI knee slices and are tested
-    on the held-out slices, the lr-selection stream leaving out the held-out ``val`` slices;
+    Two protocols: MRI tasks (``task.peak == "max"``: magnitude images) fine-tune on fastMRI
+    knee slices and are tested on the held-out slices, the lr-selection stream leaving out
+    the held-out ``val`` slices;
     every other task (``sr2`` in the paper, and any registered or user task on natural
     images) fine-tunes on BSDS500 train+test patches, chooses its lr on BSDS500 val crops and
     is tested on Set3C."""
@@ -189,7 +191,7 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
 
     task = get_task(name)
     test_g = torch.Generator().manual_seed(config.seed + 2)
-    if not name.startswith("mri"):
+    if task.peak != "max":  # natural images in [0, 1] (MRI tasks: magnitudes, peak "max")
         train = bsds500(data_root, ("train", "test"))
 
         def stream(images=train):
@@ -204,11 +206,10 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
                        for im in spread(train, config.grid_images)]
         test_images = set3c(data_root)
         test_names = [p.stem for p in list_images(resolve_data_root(data_root) / "set3c")]
-        peak: float | str = 1.0
         about = {"finetune": "BSDS500 train+test, 400 images, random 64x64 grayscale patches",
                  "lr_selection": f"fine-tune on the same stream, validate on {len(val_images)} "
                  f"BSDS500 val images ({config.grid_crop}x{config.grid_crop} centre crops)",
-                 "test": "Set3C RGB, channels folded into the batch", "peak": 1.0}
+                 "test": "Set3C RGB, channels folded into the batch", "peak": task.peak}
     else:
         train = fastmri_knee(data_root, "finetune")
 
@@ -227,11 +228,10 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
         test_images = fastmri_knee(data_root, "test")
         split = fastmri_split(data_root)
         test_names = split["test"]
-        peak = "max"
         about = {"finetune": "fastMRI knee, the 10 'finetune' slices of splits.json, whole "
                  "320x320 slices", "lr_selection": "fine-tune on the other finetune slices, "
                  f"validate on {[split['finetune'][i] for i in held]}",
-                 "test": "the 10 'test' slices", "peak": "max of the target",
+                 "test": "the 10 'test' slices", "peak": f"{task.peak} of the target",
                  "mask": task.params}
     if config.max_test_images:
         test_images = test_images[: config.max_test_images]
@@ -241,7 +241,7 @@ def load_task_data(name: str, config: Table1Config, data_root=None, device="cpu"
     val_g = torch.Generator().manual_seed(config.seed + 3)
     val = [task.sample(im.unsqueeze(0).to(device), val_g) for im in val_images]
     test = [task.sample(im.unsqueeze(0).to(device), test_g) for im in test_images]
-    return TaskData(name, peak, stream, select_stream, val, grid, test, test_names, about)
+    return TaskData(name, task.peak, stream, select_stream, val, grid, test, test_names, about)
 
 
 # --- scoring -------------------------------------------------------------------------------
@@ -265,38 +265,51 @@ def _load(name_or_path: str, device):
 def finetune_curve(model, theta, data: TaskData, loss: str, steps: int, lr: float,
                    prox_lambda: float, curve: Sequence[int], visual_at: Sequence[int] = (),
                    rule=None) -> dict:
-    """Fine-tune from θ for ``steps`` Adam steps (one run) and score the test images after each
-    number of steps in ``curve`` and ``steps``.
+    """Fine-tune from θ for ``steps`` steps of ``rule`` (default Adam) at ``lr`` (one run) and
+    score the test images after each number of steps in ``curve`` and ``steps``
+    (:func:`metaprior.evaluate.finetune_and_score`).
 
     Returns:
         ``{"steps": {n: per-image record}, "finetune_seconds", "final_loss", "visuals"}``.
     """
-    from metaprior.adapt import AdaptConfig, fine_tune
+    from metaprior.adapt import AdaptConfig
+    from metaprior.evaluate import finetune_and_score
 
-    keep = sorted({s for s in curve if s <= steps} | {steps})
     cfg = replace(rule or AdaptConfig(), steps=steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
-    t0 = time.perf_counter()
-    result = fine_tune(model, theta, data.stream(), cfg, keep=keep)
-    seconds = time.perf_counter() - t0
-    records, visuals = {}, {}
-    for n in keep:
-        phi = result.snapshots[n]
-        rec = evaluate_method(lambda b, phi=phi: reconstruct(model, phi, b), data.test,
-                              data.peak, keep_first=n in visual_at)
-        if "first" in rec:
-            visuals[n] = rec.pop("first")
-        records[n] = rec
-    return {"steps": records, "finetune_seconds": seconds,
-            "final_loss": result.losses[-1] if result.losses else math.nan, "visuals": visuals}
+    run = finetune_and_score(model, theta, data.stream(), cfg, data.test, keep=curve,
+                             peak=data.peak, keep_first=visual_at)
+    records = run["records"]
+    visuals = {n: records[n].pop("first") for n in records if "first" in records[n]}
+    return {"steps": records, "finetune_seconds": run["seconds"],
+            "final_loss": run["losses"][-1] if run["losses"] else math.nan, "visuals": visuals}
 
 
-def _save_cache(cache: dict, cache_path: Path | None) -> None:
-    """Write the grid-search / lr-selection cache atomically (``None``: not kept on disk). It
-    is saved as it grows, so a long run that stops keeps what it found."""
+def cache_entry(cache: dict, key: str, fingerprint: dict) -> dict:
+    """The suite's results cache (grid searches and lr choices, one JSON file): the entry
+    ``cache[key]`` if it was computed under ``fingerprint`` (what it depends on: data, seed,
+    θ's bytes, solver version, ...), else ``{}``."""
+    entry = cache.get(key, {})
+    return entry if entry.get("fingerprint") == fingerprint else {}
+
+
+def cache_store(cache: dict, key: str, fingerprint: dict, values: dict,
+                cache_path: Path | None = None) -> None:
+    """Store ``values`` under ``key`` with its ``fingerprint`` and write the cache atomically
+    to ``cache_path`` (``None``: not kept on disk). It is saved as it grows, so a long run
+    that stops keeps what it found."""
+    cache[key] = {**values, "fingerprint": fingerprint}
+    if cache_path is not None:
+        write_json(cache_path, cache)
+
+
+def write_json(path: str | Path, payload: dict, indent: int = 1) -> Path:
+    """Write ``payload`` as JSON to ``path`` atomically (non-finite floats as ``null``)."""
     from metaprior.checkpoint import write_bytes_atomic
 
-    if cache_path is not None:
-        write_bytes_atomic(cache_path, json.dumps(cache, indent=1).encode())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, json.dumps(_jsonable(payload), indent=indent).encode())
+    return path
 
 
 def fine_tuning_rule(meta: dict | None, config: Table1Config):
@@ -341,9 +354,9 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     """
     import hashlib
 
-    from metaprior.adapt import AdaptConfig, fine_tune
+    from metaprior.adapt import AdaptConfig
     from metaprior.baselines import geometric_search
-    from metaprior.evaluate import score
+    from metaprior.evaluate import finetune_and_score
 
     digest = hashlib.sha256()
     for k in sorted(theta):
@@ -357,12 +370,9 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
         fingerprint["optimizer"] = rule.optimizer
     if rule.lr_scales is not None:  # learned step sizes: the grid rescales them
         fingerprint["lr_scales"] = {k: rule.lr_scales[k] for k in sorted(rule.lr_scales)}
-    entry = cache.get(key, {})
-    # (the first entries, version 1, had no version field and also fingerprinted the grid)
-    cached = {"version": 1, **entry.get("fingerprint", {})}
-    same = {k: v for k, v in cached.items() if k != "lr_grid"} == fingerprint
-    scores = dict(entry["grid"]) if same else {}
-    seconds = entry.get("seconds", 0.0) if same else 0.0
+    entry = cache_entry(cache, key, fingerprint)
+    scores = dict(entry.get("grid", {}))
+    seconds = entry.get("seconds", 0.0)
     lr_grid = search_grid(config.lr_grid, config.scale_grid,
                           rule.lr if rule.lr_scales is not None else None)
     t0, ran = time.perf_counter(), False
@@ -373,10 +383,9 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
             ran = True
             cfg = replace(rule, steps=config.steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
             try:
-                phi = fine_tune(model, theta, data.select_stream(), cfg).params
-                with torch.no_grad():
-                    scores[str(lr)] = mean_std(score(
-                        lambda b, phi=phi: reconstruct(model, phi, b), data.val, data.peak))[0]
+                run = finetune_and_score(model, theta, data.select_stream(), cfg, data.val,
+                                         keep=(), peak=data.peak)
+                scores[str(lr)] = run["psnr"][config.steps]
             except FloatingPointError:  # diverged at this lr: not a candidate
                 scores[str(lr)] = None
         return scores[str(lr)]
@@ -389,8 +398,8 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     finally:
         if ran:
             seconds += time.perf_counter() - t0
-            cache[key] = {"grid": scores, "seconds": seconds, "fingerprint": fingerprint}
-            _save_cache(cache, cache_path)
+            cache_store(cache, key, fingerprint, {"grid": scores, "seconds": seconds},
+                        cache_path)
     grid = {str(lr): v for lr, v in tried.items()}
     edge = len(grid) > 1 and best in (min(tried), max(tried))
     return {"best": best, "grid": grid, "at_grid_edge": edge, "seconds": seconds}
@@ -428,16 +437,16 @@ def run_baselines(data: TaskData, config: Table1Config, cache: dict, device="cpu
         fingerprint = {"grid": list(grid_values), "grid_images": config.grid_images,
                        "grid_crop": config.grid_crop, "seed": config.seed,
                        "baselines_version": bl.VERSION}
-        if key in cache and cache[key].get("fingerprint") == fingerprint:
-            best, grid = cache[key]["best"], cache[key]["grid"]
-            grid_seconds = cache[key].get("seconds", math.nan)
+        entry = cache_entry(cache, key, fingerprint)
+        if entry:
+            best, grid = entry["best"], entry["grid"]
+            grid_seconds = entry.get("seconds", math.nan)
         else:
             best, means = bl.grid_search(make, grid_values, data.grid, data.peak)
             grid = {str(v): m for v, m in means.items()}
             grid_seconds = time.perf_counter() - t0
-            cache[key] = {"best": best, "grid": grid, "seconds": grid_seconds,
-                          "fingerprint": fingerprint}
-            _save_cache(cache, cache_path)
+            cache_store(cache, key, fingerprint, {"best": best, "grid": grid,
+                                                  "seconds": grid_seconds}, cache_path)
         rec = evaluate_method(make(best), data.test, data.peak, keep_first=True)
         visuals[name] = rec.pop("first")
         tried = [float(v) for v in grid]  # the grid as extended past an edge choice
@@ -475,7 +484,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
         grid_cache: JSON of earlier grid-search choices to reuse (and update).
     """
     from metaprior.adapt import AdaptConfig
-    from metaprior.checkpoint import save_tensors, write_bytes_atomic
+    from metaprior.checkpoint import save_tensors
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -557,8 +566,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "device": str(device)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out, json.dumps(_jsonable(results), indent=1).encode())
+    write_json(out, results)
     vis_path = out.with_name(out.stem + "_visuals.safetensors")
     save_tensors(vis_path, {k: v.to(torch.float16).contiguous() for k, v in visuals.items()},
                   {"about": "first test image of each task, every method, float16"})
@@ -615,11 +623,9 @@ def run_depth_sweep(config: Table1Config, out: str | Path, data_root=None, devic
                     log=print) -> dict:
     """The paper's Fig. 3: every model of ``config.depth_models`` on T1–T4 (Set3C), θ and the
     inner model, grouped by inner loss and sorted by depth; written to ``out`` (JSON).
-    ``metaprior report --results OUT`` draws PSNR against depth."""
-    from metaprior.checkpoint import write_bytes_atomic
-
+    ``python -m reproductions report --results OUT`` draws PSNR against depth."""
     if not config.depth_models:
-        raise ValueError("--suite depth needs depth_models in --suite-config: "
+        raise ValueError("depth needs depth_models in --config: "
                          "[\"meta_sup=MODEL\", \"meta_unsup=MODEL\", ...]")
     t_start = time.perf_counter()
     images = _set3c(config, data_root, device)
@@ -639,9 +645,7 @@ def run_depth_sweep(config: Table1Config, out: str | Path, data_root=None, devic
                "wall_seconds": time.perf_counter() - t_start,
                "machine": {"platform": platform.platform(), "torch": torch.__version__,
                            "threads": torch.get_num_threads(), "device": str(device)}}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out, json.dumps(_jsonable(results), indent=1).encode())
+    write_json(out, results)
     return results
 
 
@@ -772,7 +776,7 @@ def check_results(results: dict) -> None:
                     need(set(base) <= set(tried),
                          f"{task}/{name}: lr selection grid lacks values of its start grid "
                          f"{list(base)}")
-                    # results written before lr_extend existed searched lr_grid alone
+                    # lr_extend values a side at most (a config without it: none)
                     need(len(tried) - len(base) <= 2 * config.get("lr_extend", 0),
                          f"{task}/{name}: lr selection grid extends past lr_extend")
                     need(grid[str(run["lr"])] == max(v for v in grid.values() if v is not None),
@@ -792,10 +796,10 @@ def check_results(results: dict) -> None:
 
 
 def check_depth_results(results: dict, n_images: int) -> None:
-    """A ``--suite depth`` JSON is complete: T1–T4 rows for every model, sorted by depth,
+    """A ```depth``` JSON is complete: T1–T4 rows for every model, sorted by depth,
     ``n_images`` finite scores each. Raises ``ValueError`` naming the first gap."""
     if results.get("suite") != "depth":
-        raise ValueError("depth results: not the JSON of --suite depth")
+        raise ValueError("depth results: not the JSON of `depth`")
     for name, entries in results["depth_sweep"].items():
         if name not in ("meta_sup", "meta_unsup"):
             raise ValueError(f"depth results: unknown model kind {name!r}")

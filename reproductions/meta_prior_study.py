@@ -22,11 +22,11 @@ every lr's curve is kept.
 
 Usage::
 
-    python benchmarks/meta_prior_study.py score --recipe NAME --model PATH_OR_RUN \
+    python -m reproductions.meta_prior_study score --recipe NAME --model PATH_OR_RUN \
         --about "what differs" [--command "the meta-train command"]
-    python benchmarks/meta_prior_study.py figure   # docs/figures/meta_prior_study.png
+    python -m reproductions.meta_prior_study figure  # reproductions/figures/meta_prior_study.png
 
-Results accumulate in ``benchmarks/results/meta_prior_study.json`` (one entry per recipe).
+Results accumulate in ``reproductions/results/meta_prior_study.json`` (one entry per recipe).
 """
 
 from __future__ import annotations
@@ -40,18 +40,21 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, machine, write_json
-from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
+from metaprior.adapt import AdaptConfig, parameters_of
+from metaprior.baselines import geometric_search
 from metaprior.checkpoint import load_model
 from metaprior.data import PatchSampler, bsds500
-from metaprior.evaluate import score
-from metaprior.experiments.table1 import centre_crop, spread
+from metaprior.evaluate import finetune_and_score, pseudo_inverse, score
+from metaprior.extras import require
 from metaprior.meta.problem import reconstruct
 from metaprior.metrics import mean_std
+from metaprior.outputs import machine_info
 from metaprior.tasks import mri_task, sr_task
+from reproductions.table1 import centre_crop, spread, write_json
 
-OUT = RESULTS / "meta_prior_study.json"
-FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "meta_prior_study.png"
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "meta_prior_study.json"
+FIGURE = HERE / "figures" / "meta_prior_study.png"
 CROP = 128
 VAL_IMAGES = 8
 
@@ -61,7 +64,7 @@ def operators() -> dict:
     return {
         "sr2": (sr_task(2), 64, 8, ("supervised", "unsupervised", "equivariant")),
         "sr4": (sr_task(4), 64, 8, ("supervised", "unsupervised")),
-        "fourier4": (replace(mri_task(4, seed=1), name="fourier4"), CROP, 2,
+        "fourier4": (replace(mri_task(4, seed=1), name="fourier4", peak=1.0), CROP, 2,
                      ("supervised", "unsupervised")),
     }
 
@@ -90,25 +93,27 @@ def score_model(model, theta, steps: int, lr_grid, data_root=None, seed: int = 0
             gen = torch.Generator().manual_seed(seed + 1)
             return lambda step: task.sample(sampler.sample(batch), gen)
 
-        def psnr_of(params, val=val):
-            return mean_std(score(lambda b: reconstruct(model, params, b), val))[0]
-
-        entry = {"theta": psnr_of(theta),
-                 "pseudo_inverse": mean_std(score(lambda b: b.physics.A_dagger(b.y), val))[0]}
+        entry = {"theta": mean_std(score(lambda b: reconstruct(model, theta, b), val))[0],
+                 "pseudo_inverse": mean_std(score(pseudo_inverse, val))[0]}
         for loss in losses:
-            grid = {}
-            for lr in lr_grid:
+            curves: dict = {}
+
+            def final_psnr(lr: float, loss=loss, stream=stream, val=val, curves=curves):
+                cfg = replace(rule, steps=steps, lr=lr, loss=loss, prox_lambda=0.0)
                 try:
-                    cfg = replace(rule, steps=steps, lr=lr, loss=loss, prox_lambda=0.0)
-                    result = fine_tune(model, theta, stream(), cfg, keep=keep)
-                    grid[str(lr)] = {str(n): psnr_of(result.snapshots[n]) for n in keep}
+                    run = finetune_and_score(model, theta, stream(), cfg, val, keep=keep)
                 except FloatingPointError:
-                    grid[str(lr)] = None
-            ok = [lr for lr in grid if grid[lr] is not None]
-            best = max(ok, key=lambda lr: grid[lr][str(steps)])
-            entry[loss] = {"best_lr": float(best), "curve": grid[best], "grid": grid}
+                    curves[lr] = None
+                    return None
+                curves[lr] = {str(n): v for n, v in run["psnr"].items()}
+                return run["psnr"][steps]
+
+            best, _ = geometric_search(final_psnr, lr_grid, extend=0)
+            grid = {str(lr): curves[lr] for lr in sorted(curves)}
+            entry[loss] = {"best_lr": float(best), "curve": grid[str(best)], "grid": grid}
             log(f"  {name:8s} {loss:12s} theta {entry['theta']:6.2f}  "
-                + "  ".join(f"{n}: {grid[best][str(n)]:6.2f}" for n in keep) + f"  (lr {best})")
+                + "  ".join(f"{n}: {grid[str(best)][str(n)]:6.2f}" for n in keep)
+                + f"  (lr {best})")
         out[name] = entry
     return out
 
@@ -158,7 +163,7 @@ def cmd_score(args) -> None:
                         "otherwise; learned per-layer step sizes rescaled by lr)",
             "steps": args.steps,
             "lr_choice": "per (recipe, operator, loss): best PSNR after `steps` steps"}
-        results["machine"] = machine()
+        results["machine"] = machine_info()
         results["recipes"][args.recipe] = {
             "about": args.about, "command": args.command, "model": args.model,
             "lr_grid": list(args.lr_grid), "optimizer": (rule or AdaptConfig()).optimizer,
@@ -166,7 +171,7 @@ def cmd_score(args) -> None:
             "inner_lrs": meta.get("inner_lrs"),
             "train": train, "scores": scores,
             "score_seconds": round(time.perf_counter() - t0, 1)}
-        write_json(OUT, results)
+        write_json(OUT, results, indent=2)
     print(f"wrote {OUT}")
 
 
@@ -193,8 +198,7 @@ def cmd_table(args) -> None:
 
 
 def cmd_figure(args) -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "the recipe study's figure")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

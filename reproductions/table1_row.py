@@ -5,7 +5,7 @@ crops, never on the test images, and the grid is extended past an edge choice. T
 scored. It needs the data root (``--data-root`` or ``METAPRIOR_DATA``). ``--quick`` runs it
 on one test image and one grid image, as a check that everything is in place.
 
-    python examples/reproduce_table1_row.py [--baseline tgv] [--task sr2] [--quick]
+    python -m reproductions.table1_row [--baseline tgv] [--task sr2] [--quick]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from metaprior.cli import one_line_errors
-from metaprior.experiments.table1 import PAPER_TABLE1, Table1Config, quick_config, run_table1
+from reproductions.table1 import PAPER_TABLE1, Table1Config, quick_config, run_table1
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,22 +2,20 @@
 ``table1_*.json``) and the Fig. 3 depth sweep are complete, with finite numbers, and the
 depth sweep is the one the docs describe (depths 20/40/60, each with its own inner loss).
 
-These are checks of data, not of code, so they run here (CI: ``.ci/run``) rather than in the
-test suite.
+These are checks of data, not of code, so they run in CI (``.ci/run``) rather than in the
+test suite::
 
-    python benchmarks/check_results.py [--results benchmarks/results]
+    python -m reproductions check [--results reproductions/results]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-from metaprior.experiments.table1 import check_depth_results, check_results
+from reproductions.table1 import check_depth_results, check_results
 
-HERE = Path(__file__).resolve().parent
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def check(folder: Path) -> list[str]:
@@ -26,7 +24,7 @@ def check(folder: Path) -> list[str]:
     main = folder / "table1.json"
     tables = sorted(p for p in folder.glob("table1*.json") if p.name != "table1_grid.json")
     if main not in tables:
-        problems.append(f"{main} is missing: run metaprior evaluate --suite table1")
+        problems.append(f"{main} is missing: run python -m reproductions table1")
     for path in tables:
         try:
             results = json.loads(path.read_text())
@@ -49,18 +47,3 @@ def check(folder: Path) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError) as e:
         problems.append(f"{depth.name}: {type(e).__name__}: {e}")
     return problems
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", default=str(HERE / "results"))
-    problems = check(Path(ap.parse_args().results))
-    for line in problems:
-        print(line, file=sys.stderr)
-    if problems:
-        sys.exit(1)
-    print(f"committed results OK ({ap.parse_args().results})")
-
-
-if __name__ == "__main__":
-    main()

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from metaprior.linear.gaussian import hidden_observed_indices
+from reproductions.linear.gaussian import hidden_observed_indices
 
 
 class AffineMap(NamedTuple):

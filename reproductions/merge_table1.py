@@ -4,14 +4,14 @@ from-scratch networks of an earlier run, which do not depend on the initialisati
 
 Usage::
 
-    python benchmarks/merge_table1.py --base benchmarks/results/table1.json \
-        --runs runs/table1/p1.json runs/table1/p2.json --out benchmarks/results/table1.json
+    python -m reproductions.merge_table1 --base reproductions/results/table1.json \
+        --runs runs/table1/p1.json runs/table1/p2.json --out reproductions/results/table1.json
 
 Rows of later files replace those of earlier ones; the merged file lists where each row came
 from under ``"merged_from"``, its ``table`` is rebuilt from the merged rows, and its config's
 ``tasks`` and ``inits`` are those of all the files (so ``check_results`` checks every row).
-The first test images of the runs (``<stem>_visuals.safetensors``, for ``metaprior
-report``'s visual figures) are merged the same way, over the base's where it has one.
+The first test images of the runs (``<stem>_visuals.safetensors``, for ``python -m
+reproductions report``'s visual figures) are merged the same way, over the base's where it has one.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common import write_json
 from metaprior.checkpoint import load_tensors, save_tensors
-from metaprior.experiments.table1 import INITS, table_rows
+from reproductions.table1 import INITS, table_rows, write_json
 
 
 def _visuals(path: str | Path) -> Path:

@@ -1,12 +1,12 @@
 """Closed-form linear theory of the paper (§3): Bayes estimator, Gaussian toy, bilevel model.
 
 The experiment built on it (Fig. 2 and the task-count sweep) is
-:mod:`metaprior.experiments.linear`.
+:mod:`reproductions.linear.experiment`.
 """
 
 from __future__ import annotations
 
-from metaprior.linear.bayes import (
+from reproductions.linear.bayes import (
     AffineMap,
     bayes_estimate,
     bayes_estimator,
@@ -14,7 +14,7 @@ from metaprior.linear.bayes import (
     range_kernel_projectors,
     subspace_bases,
 )
-from metaprior.linear.bilevel import (
+from reproductions.linear.bilevel import (
     LinearTasks,
     affine_inner_map,
     affine_outer_hessian,
@@ -30,7 +30,7 @@ from metaprior.linear.bilevel import (
     supervised_loss,
     unsupervised_loss,
 )
-from metaprior.linear.gaussian import (
+from reproductions.linear.gaussian import (
     Placement,
     area_a_placements,
     corner_placement,

@@ -1,0 +1,167 @@
+"""``metaprior adapt``: fine-tune a (meta-)model on a task, with or without ground truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from metaprior.commands.images import psnr_line, read_images
+from metaprior.outputs import RunFolderError, check_output_file, write_or_keep
+
+
+@dataclass(frozen=True)
+class AdaptData:
+    images: str | None = None  # folder of clean images: measurements simulated per step
+    task: str | None = None  # task of --images (e.g. sr2, sr3, inpaint-0.7, or from --plugin)
+    measurements: str | None = None  # measurement file (`metaprior measure`): adapt on it
+    eval_measurements: str | None = None  # with --images: held-out measurements to score
+    patch_size: int = 64  # with --images: patch side (0 = full images)
+    batch_size: int = 8  # with --images: patches per step
+    color: bool = False  # with --images: keep RGB
+
+
+@dataclass(frozen=True)
+class AdaptRun:
+    model: str  # model .safetensors, checkpoint or run folder, or shipped model name
+    out: str  # adapted model .safetensors
+    ckpt_every: int = 0  # checkpoint every N steps under <out stem>.run/ (0: none)
+    resume: bool = False  # continue the latest checkpoint under <out stem>.run/ exactly
+    no_progress: bool = False  # no progress bar
+    seed: int = 0  # random seed of the patch stream
+    device: str = "cpu"  # torch device: cpu or cuda
+
+
+SECTIONS = {"data": AdaptData, "run": AdaptRun}
+#: Options of ``adapt`` that apply to an image folder only.
+IMAGES_ONLY = ("eval_measurements", "patch_size", "batch_size", "color")
+#: What ``--help`` shows where the value comes from the model being adapted.
+DEFAULTS_TEXT = {
+    "adapt.lr": "the model's inner_lr (with its learned lr_scales, --lr rescales them all)",
+    "adapt.prox_lambda": "the model's", "adapt.optimizer": "the model's",
+    "adapt.loss": "the model's recommended loss, else unsupervised"}
+
+
+def check_adapt_data(given: dict) -> None:
+    """Refuse ``adapt`` data options that the chosen data would ignore: the options of
+    :data:`IMAGES_ONLY` given with ``--measurements`` (or without ``--images``)."""
+    if given.get("images") is None:
+        for name in IMAGES_ONLY:
+            if name in given and given[name] not in (None, False):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} applies to --images only (with --measurements the "
+                                 f"measurement file itself is adapted on and scored): drop "
+                                 f"{flag} or give --images")
+
+
+def check_out_is_not_an_input(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an ``--out`` file that is one of the command's input files (by flag)."""
+    target = Path(out).resolve()
+    for flag, path in inputs.items():
+        if path is not None and Path(path).resolve() == target:
+            raise RunFolderError(f"--out {out} is the input {flag}: writing it would replace "
+                                 f"the input; choose another --out")
+
+
+def batches_from_images(args, task, device):
+    """Fine-tuning stream from an image folder: random patches (or full images)."""
+    from metaprior.data import PatchSampler
+
+    images = read_images(args.images, args.color)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    if args.patch_size > 0:
+        sampler = PatchSampler(images, args.patch_size, seed=args.seed)
+        return lambda step: task.sample(sampler.sample(args.batch_size).to(device), g)
+    return lambda step: task.sample(images[step % len(images)].unsqueeze(0).to(device), g)
+
+
+def adapt_rule(meta: dict, given: dict):
+    """The step rule: the flags and file values ``given``, else the model's own
+    (:meth:`~metaprior.adapt.AdaptConfig.from_model`), except the loss: the one the model
+    recommends for adaptation, else :class:`~metaprior.adapt.AdaptConfig`'s (never the
+    model's supervised inner loss: ``adapt`` has no ground truth unless told)."""
+    from metaprior.adapt import AdaptConfig
+
+    recommended = meta.get("adapt") if isinstance(meta.get("adapt"), dict) else {}
+    given = {"loss": recommended.get("loss", AdaptConfig.loss), **given}
+    return AdaptConfig.from_model(meta, **given)
+
+
+def data_stream(args):
+    """``(task name, next_batch, evaluation batch or None)`` of ``--measurements`` or
+    ``--images``."""
+    from metaprior.measurements import load_measurements
+    from metaprior.tasks import get_task
+
+    if args.measurements is not None:
+        data = load_measurements(args.measurements, args.device)
+        if args.task is not None and args.task != data.task:
+            raise ValueError(f"--task {args.task} contradicts {args.measurements}, which holds "
+                             f"measurements of task {data.task!r}: drop --task")
+        return data.task, (lambda step: data), (data if data.target is not None else None)
+    if args.task is None:
+        raise ValueError("--images needs --task NAME")
+    task = get_task(args.task)
+    evaluation = (load_measurements(args.eval_measurements, args.device)
+                  if args.eval_measurements else None)
+    return task.name, batches_from_images(args, task, args.device), evaluation
+
+
+def cmd_adapt(args) -> None:
+    from tqdm import tqdm
+
+    from metaprior.adapt import AdaptConfig, fine_tune, fine_tune_run, parameters_of
+    from metaprior.checkpoint import load_model, resolve_model_path, save_model
+    from metaprior.config import resolve, section_values
+
+    resolve(args, SECTIONS, extra=("adapt",))
+    check_output_file(args.out, "--out", ".safetensors")
+    if args.ckpt_every < 0:
+        raise ValueError(f"--ckpt-every must be >= 0 (0: no checkpoints), got {args.ckpt_every}")
+    if (args.images is None) == (args.measurements is None):
+        raise ValueError("give exactly one of --images DIR or --measurements FILE")
+    check_adapt_data(section_values("data", AdaptData, args.file_values, args))
+    if args.batch_size < 1 or args.patch_size < 0:
+        raise ValueError(f"--batch-size must be >= 1 and --patch-size >= 0 (0: full images), "
+                         f"got {args.batch_size} and {args.patch_size}")
+    check_out_is_not_an_input(args.out, {"--model": resolve_model_path(args.model),
+                                         "--measurements": args.measurements,
+                                         "--eval-measurements": args.eval_measurements})
+    model, meta = load_model(args.model, args.device)
+    given = section_values("adapt", AdaptConfig, args.file_values, args)
+    if given.get("steps", 1) < 1:
+        raise ValueError(f"--steps must be >= 1, got {given['steps']}")
+    config = adapt_rule(meta, given)
+    task_name, next_batch, evaluation = data_stream(args)
+    if config.loss == "supervised" and args.measurements and evaluation is None:
+        raise ValueError(f"{args.measurements} has no ground truth: use --loss unsupervised")
+    theta = parameters_of(model)
+    if evaluation is not None:
+        print(f"before: {psnr_line(model, theta, evaluation)}")
+    with tqdm(total=config.steps, desc="adapt", unit="step", disable=args.no_progress,
+              dynamic_ncols=True) as bar:
+        def progress(state, loss):
+            bar.n = state.step
+            bar.set_postfix(loss=f"{loss:.4g}")
+            bar.refresh()
+
+        if args.ckpt_every or args.resume:
+            recipe = {"model": args.model, "task": task_name, "seed": args.seed,
+                      "data": ({"measurements": args.measurements} if args.measurements else
+                               {"images": args.images, "patch_size": args.patch_size,
+                                "batch_size": args.batch_size, "color": args.color})}
+            result = fine_tune_run(model, theta, next_batch, config,
+                                   Path(args.out).with_name(Path(args.out).stem + ".run"),
+                                   recipe, args.ckpt_every, args.resume, callback=progress,
+                                   log=bar.write)
+        else:
+            result = fine_tune(model, theta, next_batch, config, callback=progress)
+    if evaluation is not None:
+        print(f"after {config.steps} {config.loss} steps: "
+              f"{psnr_line(model, result.params, evaluation)}")
+    path = write_or_keep(lambda out: save_model(
+        out, model, result.params, metadata={**meta, "adapted": {"task": task_name,
+                                                                 **config.__dict__}}),
+        args.out, "--out", "adapted model")
+    print(f"wrote {path}")
