@@ -22,7 +22,8 @@ def check(folder: Path) -> list[str]:
     """One line per problem found (empty: all good)."""
     problems = []
     main = folder / "table1.json"
-    tables = sorted(p for p in folder.glob("table1*.json") if p.name != "table1_grid.json")
+    # *_grid.json files are caches of grid-search and lr choices, not results
+    tables = sorted(p for p in folder.glob("table1*.json") if not p.stem.endswith("_grid"))
     if main not in tables:
         problems.append(f"{main} is missing: run python -m reproductions table1")
     for path in tables:

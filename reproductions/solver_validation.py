@@ -54,8 +54,10 @@ def _blocks(shape, generator, device):
     b, _, h, w = shape
     coarse = (torch.rand((b, 1, -(-h // 4), -(-w // 4)), generator=generator) >= 0.5).float()
     mask = coarse.repeat_interleave(4, -2).repeat_interleave(4, -1)[..., :h, :w]
-    return dinv.physics.Inpainting(img_size=tuple(shape[1:]), mask=mask.to(device),
-                                   device=device)
+    physics = dinv.physics.Inpainting(img_size=tuple(shape[1:]), mask=mask.to(device),
+                                      device=device)
+    physics.norm_sq_bound = 1.0  # a 0/1 mask
+    return physics
 
 
 def _sr3(shape, generator, device):

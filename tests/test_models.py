@@ -229,3 +229,14 @@ def test_the_demo_adapts_the_shipped_model_without_ground_truth_and_writes_a_fig
     assert width == 6 * 160 and height > 3 * 160  # six columns, three pictures
     _, meta = load_model(tmp_path / "d" / "adapted_sr2.safetensors")
     assert meta["adapted_to"] == "sr2" and meta["adapt_config"]["loss"] == "equivariant"
+
+
+def test_hqs_takes_a_batch_of_masks_without_a_norm_bound():
+    """‖A‖² by power iteration on the whole batch when the operator is per-sample."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 1, 16, 16, generator=g)
+    mask = (torch.rand(3, 1, 16, 16, generator=g) > 0.5).float()
+    physics = dinv.physics.Inpainting(img_size=(1, 16, 16), mask=mask)
+    with torch.no_grad():
+        out = _tiny_hqs()(physics.A(x), physics)
+    assert out.shape == x.shape and 0.9 < physics.norm_sq_bound < 1.1

@@ -42,7 +42,11 @@ def operator_norm_sq(physics: LinearPhysics, x_like: Tensor) -> float:
     bound = getattr(physics, "norm_sq_bound", None)
     if bound is None:
         with torch.no_grad():
-            est = physics.compute_sqnorm(x_like[:1], max_iter=200, tol=1e-5, verbose=False)
+            try:
+                est = physics.compute_sqnorm(x_like[:1], max_iter=200, tol=1e-5,
+                                             verbose=False)
+            except RuntimeError:  # per-sample operators (a batch of masks) need the batch
+                est = physics.compute_sqnorm(x_like, max_iter=200, tol=1e-5, verbose=False)
         bound = 1.01 * float(est)
         physics.norm_sq_bound = bound
     return bound
