@@ -11,8 +11,8 @@ compares, by PSNR against the ground truth (used only for scoring):
   ground truth used, as a user with a few clean images of their own would);
 * the recommended shipped model (``hqs-families``) θ, before and after N steps on y alone
   with the label-free loss and step size it recommends (the equivariant loss);
-* for comparison, the paper's network (``joint-d20``, a PDNet), adapted with measurement
-  consistency.
+* for comparison, the paper's meta-model (``meta-unsup-d20``, a PDNet), adapted with the
+  measurement-consistency step rule it was meta-trained with.
 
     python examples/adapt_own_operator.py [--steps 20] [--size 128] [--model NAME]
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--steps", type=int, default=20, help="adaptation steps, no ground truth")
     ap.add_argument("--size", type=int, default=128, help="picture side")
     ap.add_argument("--model", default="hqs-families", help="shipped model (or model file)")
-    ap.add_argument("--compare", default="joint-d20",
+    ap.add_argument("--compare", default="meta-unsup-d20",
                     help="comma-separated models adapted the same way ('' for none)")
     ap.add_argument("--loss", default="", help="equivariant | unsupervised (default: each "
                     "model's own recommendation; unsupervised for a model without one)")

@@ -54,7 +54,9 @@ PAPER_TABLE1 = {
              "scratch": (30.04, 2.08)},
 }
 
-INITS = ("meta_sup", "meta_unsup", "joint", "random")
+#: The paper's initialisations (the default), and the recommended shipped model beside them.
+PAPER_INITS = ("meta_sup", "meta_unsup", "joint", "random")
+INITS = (*PAPER_INITS, "recommended")
 #: Bump when choose_lr's fine-tuning or scoring changes: cached lr choices are then searched anew.
 LR_SELECTION_VERSION = 1
 LOSS_TAGS = {"supervised": "sup", "unsupervised": "unsup", "equivariant": "ei"}
@@ -66,7 +68,8 @@ class Table1Config:
     meta_sup: str = "meta-sup-d20"  # supervised-inner meta-model (shipped name or path)
     meta_unsup: str = "meta-unsup-d20"  # unsupervised-inner meta-model (shipped name or path)
     joint: str = "joint-d20"  # joint multi-task pre-trained model (shipped name or path)
-    inits: tuple[str, ...] = INITS  # initialisations to fine-tune (a subset: e.g. a new model)
+    recommended: str = "hqs-families"  # the recommended shipped model (init "recommended")
+    inits: tuple[str, ...] = PAPER_INITS  # initialisations to fine-tune (any of INITS)
     steps: int = 50  # fine-tuning Adam steps (Table 1: 50)
     curve: tuple[int, ...] = (0, 1, 2, 5, 10, 20)  # also score after these steps (Fig. B.2)
     lr: float = 1e-2  # fine-tuning Adam lr when lr_grid is empty (and T1-T4's fallback lr)
@@ -491,7 +494,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
     cache_path = Path(grid_cache) if grid_cache else None
     cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
     # "random" borrows the supervised meta-model's architecture.
-    needed = [n for n in ("meta_sup", "meta_unsup", "joint")
+    needed = [n for n in ("meta_sup", "meta_unsup", "joint", "recommended")
               if n in config.inits or (n == "meta_sup" and "random" in config.inits)]
     inits = {name: _load(getattr(config, name), device) for name in needed} if config.pdnet else {}
     results: dict = {"config": asdict(config), "tasks": {}, "paper": PAPER_TABLE1,
@@ -514,7 +517,8 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 model, theta = inits[init][0], inits[init][1]
             rule = fine_tuning_rule(None if init == "random" else inits[init][2], config)
             losses = (("supervised", "unsupervised",
-                       *(config.variants if init.startswith("meta") else ()))
+                       *(config.variants if init.startswith("meta") or init == "recommended"
+                         else ()))
                       if not config.losses or init == "random" else config.losses)
             for loss in losses:
                 tag = LOSS_TAGS[loss]
@@ -758,8 +762,9 @@ def check_results(results: dict) -> None:
             need(all(math.isfinite(v) for v in rec["grid"].values()),
                  f"{task}/{name}: non-finite grid score")
         if config["pdnet"]:
-            for init in config.get("inits", INITS):
-                for tag in ("sup", "unsup"):
+            for init in config.get("inits", PAPER_INITS):
+                losses = config.get("losses") if init != "random" else None
+                for tag in [LOSS_TAGS[k] for k in losses] if losses else ("sup", "unsup"):
                     run = r["pdnet"][f"{init}_ft_{tag}"]
                     need(str(config["steps"]) in run["steps"],
                          f"{task}/{init}_ft_{tag}: no score after {config['steps']} steps")

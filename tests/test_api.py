@@ -80,7 +80,7 @@ def test_adapt_own_operator_example_runs_on_a_user_operator():
     rows = example.main(["--steps", "2", "--size", "32"])
     assert all(math.isfinite(v) for v in rows.values())
     assert rows["hqs-families: 2 equivariant steps"] != rows["hqs-families: θ"]
-    assert rows["joint-d20: 2 unsupervised steps"] != rows["joint-d20: θ"]
+    assert rows["meta-unsup-d20: 2 unsupervised steps"] != rows["meta-unsup-d20: θ"]
 
 
 def test_meta_train_own_family_example_runs(tmp_path):
