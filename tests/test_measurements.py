@@ -30,3 +30,14 @@ def test_errors(tmp_path):
         load_measurements(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match=r"\.safetensors"):
         save_measurements(tmp_path / "y.pt", get_task("sr2").sample(torch.rand(1, 1, 8, 8)))
+
+
+def test_a_crafted_image_shape_is_refused_before_any_allocation(tmp_path):
+    """An ``image_shape`` far larger than ``y`` could ever measure is refused at once."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "huge.safetensors"
+    save_file({"y": torch.zeros(1, 1, 8, 8)}, str(path),
+              {"task": "sr2", "image_shape": "[1, 1, 1000000, 1000000]"})
+    with pytest.raises(ValueError, match=r"image_shape.*damaged"):
+        load_measurements(path)

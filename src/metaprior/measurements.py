@@ -12,6 +12,7 @@ written among them. Files without these keys stay readable.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from torch import Tensor
 
 from metaprior.checkpoint import load_tensors, read_metadata, save_tensors
 from metaprior.tasks import Task, TaskBatch, get_task
+
+#: The most image pixels a measurement file may claim per number of ``y`` (SR ×16 is 256).
+MAX_PIXELS_PER_MEASUREMENT = 1024
 
 
 def save_measurements(path: str | Path, batch: TaskBatch, with_ground_truth: bool = True,
@@ -101,6 +105,13 @@ def load_measurements(path: str | Path, device="cpu", task: Task | None = None) 
     tensors = load_tensors(path, device)
     if "y" not in tensors:
         raise ValueError(f"{path} holds no measurements 'y': write it with `metaprior measure`")
+    # An operator maps an image to at most as many numbers as it has pixels times a small
+    # factor the other way (SR ×K: K² pixels a measurement): a larger image_shape is crafted
+    # or damaged, and is refused before anything of its size is allocated.
+    if math.prod(shape) > MAX_PIXELS_PER_MEASUREMENT * max(1, tensors["y"].numel()):
+        raise ValueError(f"{path}: 'image_shape' {list(shape)} holds over "
+                         f"{MAX_PIXELS_PER_MEASUREMENT}× the numbers of 'y' "
+                         f"{tuple(tensors['y'].shape)}: the file is damaged")
     for name in ("x", "target"):
         if name in tensors and tuple(tensors[name].shape) != shape:
             raise ValueError(f"{path}: '{name}' has shape {tuple(tensors[name].shape)}, its "
