@@ -69,15 +69,16 @@ class HQSNetConfig:
 
 
 def smooth_estimate(physics: LinearPhysics, y: Tensor, eps: float = 1e-2, iters: int = 200,
-                    tol: float = 1e-5) -> Tensor:
+                    tol: float = 1e-5, aty: Tensor | None = None) -> Tensor:
     r""":math:`\arg\min_x \tfrac12\|Ax-y\|^2 + \tfrac\epsilon2\|\nabla x\|^2` by conjugate
     gradients from 0 (harmonic interpolation of missing pixels, smoothed zero filling in
-    MRI), without gradients. Shapes: ``y`` as ``physics.A`` returns; output (B, C, H, W)."""
+    MRI), without gradients. Shapes: ``y`` as ``physics.A`` returns; output (B, C, H, W).
+    ``aty``: :math:`A^\top y`, if the caller has it already."""
     from metaprior.meta.implicit import conjugate_gradient
     from metaprior.physics import grad2d, grad2d_adjoint
 
     with torch.no_grad():
-        rhs = physics.A_adjoint(y)
+        rhs = physics.A_adjoint(y) if aty is None else aty.detach()
         shape = rhs.shape
 
         def matvec(v: Tensor) -> Tensor:
@@ -155,7 +156,7 @@ class HQSNet(Reconstructor):
             raise ValueError("physics.A_adjoint must return a real image; wrap complex operators "
                              "as in metaprior.physics.RealMRI")
         norm_sq = operator_norm_sq(physics, aty)
-        x = smooth_estimate(physics, y, c.init_eps * norm_sq, c.init_iters)
+        x = smooth_estimate(physics, y, c.init_eps * norm_sq, c.init_iters, aty=aty)
         sigmas, gammas = self.schedule()
         for k in range(c.iterations):
             z = physics.prox_l2(x, y, gammas[k] / norm_sq)

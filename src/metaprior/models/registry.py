@@ -75,24 +75,18 @@ def architecture_of(model: nn.Module) -> str:
 
 def config_from_dict(name: str, values: dict):
     """The config dataclass of architecture ``name`` from JSON values, each checked against
-    its field's type (JSON has no int/bool distinction that Python would enforce)."""
+    its field's type by the option machinery's own check (:mod:`metaprior.config`: JSON has no
+    int/bool distinction that Python would enforce)."""
+    from metaprior.config import _coerce
+
     arch = get_architecture(name)
     if not isinstance(values, dict):
         raise TypeError(f"the {name} config must be an object, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(arch.config)}
-    typed = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise TypeError(f"unknown field {key!r}")
-        kind = type(fields[key].default)
-        ok = (isinstance(value, bool) if kind is bool else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
-              else isinstance(value, int) and not isinstance(value, bool) if kind is int
-              else True)
-        if not ok:
-            raise TypeError(f"{key} must be {kind.__name__}, got {value!r}")
-        typed[key] = float(value) if kind is float else value
-    return arch.config(**typed)
+    fields = {f.name for f in dataclasses.fields(arch.config)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise TypeError(f"unknown field {unknown[0]!r}")
+    return arch.config(**{k: _coerce(arch.config, k, v, where="") for k, v in values.items()})
 
 
 def build_model(name: str, config=None, seed: int | None = None) -> nn.Module:
