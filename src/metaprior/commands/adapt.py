@@ -24,7 +24,7 @@ class AdaptData:
 
 @dataclass(frozen=True)
 class AdaptRun:
-    model: str  # model .safetensors, checkpoint or run folder, or shipped model name
+    model: str  # model .safetensors, checkpoint or run folder, or a model name
     out: str  # adapted model .safetensors
     ckpt_every: int = 0  # checkpoint every N steps under <out stem>.run/ (0: none)
     resume: bool = False  # continue the latest checkpoint under <out stem>.run/ exactly
