@@ -49,7 +49,7 @@ def cmd_meta_train(args) -> None:
 
 def _add_meta_train(sub) -> None:
     from metaprior.config import add_dataclass_arguments
-    from metaprior.train import SECTIONS
+    from metaprior.train_config import SECTIONS
 
     p = sub.add_parser(
         "meta-train", help="meta-train a network on training tasks (bilevel, eq. 2)",
