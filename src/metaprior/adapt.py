@@ -26,12 +26,12 @@ from metaprior.typing import OptState, Params
 @dataclass(frozen=True)
 class AdaptConfig:
     steps: int = 50  # Adam steps (Table 1: 50)
-    lr: float = 1e-3  # inner learning rate η, the same as in meta-training
+    lr: float = 1e-3  # learning rate η, the meta-model's inner one (its inner_lr) by default
     loss: str = "unsupervised"  # "supervised" | "unsupervised" | "equivariant" (no ground truth)
     prox_lambda: float = 0.0  # λ of λ/2‖φ − θ‖²
     optimizer: str = "adam"  # "adam" | "sgd"
-    # step size of each parameter tensor relative to ``lr`` (a meta-model's learned inner step
-    # sizes divided by its inner_lr, see :meth:`from_model`); None: ``lr`` for every tensor
+    # relative learning rates: each parameter tensor's rate over ``lr`` (a meta-model's learned
+    # inner lrs divided by its inner_lr, see :meth:`from_model`); None: ``lr`` for every tensor
     lr_scales: Mapping[str, float] | None = None
     # parameters held fixed, by name prefix (e.g. ("denoiser",): adapt HQSNet's schedule only,
     # which is faster: no gradient of the fixed weights is computed)
@@ -66,11 +66,11 @@ class AdaptConfig:
     @classmethod
     def from_model(cls, meta: dict, **overrides) -> AdaptConfig:
         r"""The inner step rule a model was meta-trained with, read from its metadata
-        (optimizer, lr, λ, inner loss, learned per-tensor step sizes), then the step rule the
+        (optimizer, lr, λ, inner loss, learned per-tensor learning rates), then the step rule the
         model recommends for adaptation (metadata ``adapt``: e.g. a shipped model's lr and
         label-free loss, chosen on validation operators), then ``overrides``.
 
-        With learned step sizes :math:`\eta_k`, ``lr_scales`` is :math:`\eta_k/\eta_0`
+        With learned per-parameter rates :math:`\eta_k`, ``lr_scales`` is :math:`\eta_k/\eta_0`
         (:math:`\eta_0` = the model's ``inner_lr``), so ``lr = inner_lr`` applies exactly the
         learned steps and another ``lr`` rescales them all.
         """
@@ -91,9 +91,9 @@ class AdaptConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def step_sizes(self, model: nn.Module | None = None):
-        """``lr``, or one step size per parameter name (``lr · lr_scales[name]``); without
-        ``lr_scales``, the relative step sizes the ``model`` declares (``model.lr_scales()``,
+    def lrs(self, model: nn.Module | None = None):
+        """``lr``, or one learning rate per parameter name (``lr · lr_scales[name]``); without
+        ``lr_scales``, the relative learning rates the ``model`` declares (``model.lr_scales()``,
         e.g. HQSNet's slower denoiser weights), if any."""
         scales = self.lr_scales
         if scales is None and model is not None and hasattr(model, "lr_scales"):
@@ -198,7 +198,7 @@ def fine_tune(
         of the steps after it).
     """
     _check_fine_tune_args(model, theta, next_batch, config, start)
-    opt = make_inner_optimizer(config.optimizer, config.step_sizes(model))
+    opt = make_inner_optimizer(config.optimizer, config.lrs(model))
     anchor = {k: v.detach() for k, v in theta.items()}
     first = start.step if start is not None else 0
     phi = {k: v.detach().clone().requires_grad_(not k.startswith(tuple(config.frozen)))

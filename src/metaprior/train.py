@@ -68,7 +68,7 @@ def image_pools(config: DataConfig) -> tuple[list, list]:
 
 
 def outer_groups(model: torch.nn.Module, lr: float) -> list[dict]:
-    """The outer optimizer's parameter groups: one per relative step size the model declares
+    """The outer optimizer's parameter groups: one per relative learning rate the model declares
     (``model.lr_scales()``; one group at ``lr`` for a model that declares none)."""
     scales = model.lr_scales() if hasattr(model, "lr_scales") else {}
     groups: dict[float, list] = {}
@@ -89,7 +89,7 @@ class MetaTrainer:
                                  seed).to(self.device)
         if config.run.init_from:
             self._warm_start(config.run.init_from)
-        # learned inner step sizes, as logs (positive, and Adam moves them multiplicatively)
+        # learned inner learning rates, as logs (positive, and Adam moves them multiplicatively)
         self.log_inner_lr = {
             name: torch.nn.Parameter(torch.tensor(math.log(config.meta.inner_lr),
                                                   device=self.device))
@@ -123,7 +123,7 @@ class MetaTrainer:
         self.model.load_state_dict(model.state_dict())
 
     def inner_lrs(self) -> dict[str, torch.Tensor]:
-        r"""The learned inner step sizes :math:`\eta_k = e^{s_k}` (empty if not learned)."""
+        r"""The learned inner learning rates :math:`\eta_k = e^{s_k}` (empty if not learned)."""
         return {k: s.exp() for k, s in self.log_inner_lr.items()}
 
     def _named_outer_params(self) -> dict[str, torch.nn.Parameter]:

@@ -40,7 +40,7 @@ class OptimConfig:
     schedule: str = "cosine"  # "cosine" (to 0 at the last step) | "constant"
     warmup_steps: int = 0  # linear warm-up
     grad_clip: float = 0.0  # clip the global hypergradient norm (0: off)
-    inner_lr_lr: float = 1e-2  # outer Adam lr of the learned log inner step sizes (same schedule)
+    inner_lr_lr: float = 1e-2  # outer Adam lr of the learned (log) inner learning rates
 
     def __post_init__(self) -> None:
         check_at_least("optim", 1, steps=self.steps)

@@ -12,7 +12,8 @@ HYPERGRADIENTS = ("maml", "first_order", "implicit", "reptile")
 #: pre-training (no inner problem, hence no hypergradient; the non-meta baseline).
 OBJECTIVES = ("bilevel", "joint")
 
-#: Prefix of the learned inner step sizes among the hypergradients (``inner_lr.<parameter>``).
+#: Prefix of the learned inner learning rates among the hypergradients (``inner_lr.<name>``;
+#: also in checkpoints, ``log_inner_lr.<name>``).
 INNER_LR_PREFIX = "inner_lr."
 
 
@@ -25,10 +26,11 @@ class MetaConfig:
     inner_loss: str = "supervised"  # "supervised" | "unsupervised"
     inner_steps: int = 1  # K (the paper uses 1 Adam step for PDNet)
     inner_optimizer: str = "adam"  # "adam" | "sgd"
-    inner_lr: float = 3e-4  # η, also used for test-time fine-tuning
-    # One inner step size per parameter tensor (W_k and λ_k of each layer), started at inner_lr
-    # (Meta-SGD / MAML++'s per-layer rates); adaptation then uses them.
-    learn_inner_lr: bool = False  # learn per-layer inner step sizes (maml only)
+    inner_lr: float = 3e-4  # inner learning rate η, also adaptation's default lr
+    # One inner learning rate per parameter tensor (W_k and λ_k of each layer), started at
+    # inner_lr (Meta-SGD / MAML++'s per-layer rates), saved as the model's ``inner_lrs``;
+    # adaptation then uses them (``AdaptConfig.lr_scales``).
+    learn_inner_lr: bool = False  # learn per-layer inner learning rates (maml only)
     prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² (no effect with K = 1 from φ = θ)
     objective: str = "bilevel"  # "bilevel" (meta-learning) | "joint" (joint pre-training)
     hypergradient: str = "maml"  # bilevel: "maml" | "first_order" | "implicit" | "reptile"
@@ -67,7 +69,7 @@ class MetaConfig:
         if not self.tasks:
             raise ValueError("tasks is empty: name at least one registered task")
         if self.learn_inner_lr and (self.hypergradient != "maml" or self.objective != "bilevel"):
-            raise ValueError("learn_inner_lr needs hypergradient 'maml' (the step sizes get "
+            raise ValueError("learn_inner_lr needs hypergradient 'maml' (the learning rates get "
                              "their hypergradient by differentiating through the inner steps)")
         if self.outer_theta_weight < 0:
             raise ValueError(f"outer_theta_weight must be >= 0, got {self.outer_theta_weight}")
