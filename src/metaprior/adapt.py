@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from metaprior.config import check_at_least, check_positive
 from metaprior.meta.inner import make_inner_optimizer
 from metaprior.meta.problem import inner_step
 from metaprior.tasks import TaskBatch
@@ -50,11 +51,8 @@ class AdaptConfig:
                 for v in self.lr_scales.values())):
             raise ValueError(f"adapt: lr_scales must be None or a mapping of parameter names to "
                              f"numbers, got {type(self.lr_scales).__name__}")
-        if self.steps < 0:
-            raise ValueError(f"adapt: steps must be >= 0 (0: the model as it is), got "
-                             f"{self.steps}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"adapt: lr must be a finite number > 0, got {self.lr}")
+        check_at_least("adapt", 0, steps=self.steps)  # 0: the model as it is
+        check_positive("adapt", lr=self.lr)
         if not (math.isfinite(self.prox_lambda) and self.prox_lambda >= 0):
             raise ValueError(f"adapt: prox_lambda must be >= 0, got {self.prox_lambda}")
         if self.loss not in LOSSES:
@@ -259,64 +257,52 @@ def fine_tune_run(
         ckpt_every: checkpoint interval in steps (0: at the end only).
         log: one-line progress messages.
     """
-    from metaprior.outputs import RunLock
+    from metaprior import checkpoint as ckpt
+    from metaprior.outputs import RunLock, remove_orphans
 
     with RunLock(run_dir):
-        return _fine_tune_run(model, theta, next_batch, config, run_dir, recipe, ckpt_every,
-                              resume, callback, log)
+        remove_orphans(run_dir)
+        remove_orphans(ckpt.checkpoint_dir(run_dir))
+        # what a resumed run must keep: the recipe and every field of config but steps
+        config_fields = {k: v for k, v in asdict(config).items() if k != "steps"}
+        recipe = json.loads(json.dumps({**recipe, "config": config_fields}))
+        start, seconds_before = None, 0.0
+        latest = ckpt.latest_checkpoint(run_dir)
+        if resume:
+            if latest is None:
+                raise FileNotFoundError(f"--resume: no checkpoint under "
+                                        f"{ckpt.checkpoint_dir(run_dir)} (a run stopped before "
+                                        f"its first checkpoint): run without --resume to start "
+                                        f"afresh")
+            weights, tensors, state = ckpt.load_checkpoint(latest)
+            saved = state.get("recipe", {})
+            if saved != recipe or state.get("step", config.steps + 1) > config.steps:
+                raise ValueError(f"--resume: {latest} is step {state.get('step')} of {saved}, "
+                                 f"not of {recipe} with {config.steps} steps (>= its step)")
+            device = next(iter(theta.values())).device
+            start = AdaptState(state["step"], {k: v.to(device) for k, v in weights.items()},
+                               opt_state_from({k: v.to(device) for k, v in tensors.items()},
+                                              state["opt"]))
+            seconds_before = state["seconds"]
+            log(f"resumed from {latest} at step {start.step}")
+        elif latest is not None:
+            log(f"starting afresh: the checkpoints under {ckpt.checkpoint_dir(run_dir)} will be "
+                f"replaced (--resume continues them)")
+        t0 = time.perf_counter()
 
+        def on_step(state: AdaptState, loss: float) -> None:
+            if (ckpt_every and state.step % ckpt_every == 0) or state.step == config.steps:
+                tensors, scalars = opt_state_tensors(state.opt_state)
+                ckpt.save_checkpoint(run_dir, state.step, load_into(model, state.phi), tensors,
+                                     {"step": state.step, "recipe": recipe, "opt": scalars,
+                                      "seconds": seconds_before + time.perf_counter() - t0})
+            if callback is not None:
+                callback(state, loss)
 
-def _fine_tune_run(model, theta, next_batch, config, run_dir, recipe, ckpt_every, resume,
-                   callback, log) -> AdaptRunResult:
-    """:func:`fine_tune_run` while holding the run folder's lock."""
-    from metaprior import checkpoint as ckpt
-    from metaprior.outputs import remove_orphans
-
-    remove_orphans(run_dir)
-    remove_orphans(ckpt.checkpoint_dir(run_dir))
-    recipe = json.loads(json.dumps({**recipe, "config": _recipe_config(config)}))
-    start, seconds_before = None, 0.0
-    latest = ckpt.latest_checkpoint(run_dir)
-    if resume:
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under "
-                                    f"{ckpt.checkpoint_dir(run_dir)} (a run stopped before "
-                                    f"its first checkpoint): run without --resume to start "
-                                    f"afresh")
-        weights, tensors, state = ckpt.load_checkpoint(latest)
-        saved = state.get("recipe", {})
-        if saved != recipe or state.get("step", config.steps + 1) > config.steps:
-            raise ValueError(f"--resume: {latest} is step {state.get('step')} of {saved}, "
-                             f"not of {recipe} with {config.steps} steps (>= its step)")
-        device = next(iter(theta.values())).device
-        start = AdaptState(state["step"], {k: v.to(device) for k, v in weights.items()},
-                           opt_state_from({k: v.to(device) for k, v in tensors.items()},
-                                          state["opt"]))
-        seconds_before = state["seconds"]
-        log(f"resumed from {latest} at step {start.step}")
-    elif latest is not None:
-        log(f"starting afresh: the checkpoints under {ckpt.checkpoint_dir(run_dir)} will be "
-            f"replaced (--resume continues them)")
-    t0 = time.perf_counter()
-
-    def on_step(state: AdaptState, loss: float) -> None:
-        if (ckpt_every and state.step % ckpt_every == 0) or state.step == config.steps:
-            tensors, scalars = opt_state_tensors(state.opt_state)
-            ckpt.save_checkpoint(run_dir, state.step, load_into(model, state.phi), tensors,
-                                 {"step": state.step, "recipe": recipe, "opt": scalars,
-                                  "seconds": seconds_before + time.perf_counter() - t0})
-        if callback is not None:
-            callback(state, loss)
-
-    result = fine_tune(model, theta, next_batch, config, callback=on_step, start=start)
-    return AdaptRunResult(result.params, result.losses, result.snapshots,
-                          seconds_before + time.perf_counter() - t0,
-                          start.step if start is not None else None)
-
-
-def _recipe_config(config: AdaptConfig) -> dict:
-    """The fields of ``config`` a resumed run must keep (all but ``steps``)."""
-    return {k: v for k, v in asdict(config).items() if k != "steps"}
+        result = fine_tune(model, theta, next_batch, config, callback=on_step, start=start)
+        return AdaptRunResult(result.params, result.losses, result.snapshots,
+                              seconds_before + time.perf_counter() - t0,
+                              start.step if start is not None else None)
 
 
 def load_into(model: nn.Module, params: Params) -> nn.Module:

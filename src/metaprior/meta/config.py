@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from metaprior.config import check_at_least, check_positive
 from metaprior.losses import LOSSES
 
 HYPERGRADIENTS = ("maml", "first_order", "implicit", "reptile")
@@ -53,8 +53,7 @@ class MetaConfig:
                              f"got {self.hypergradient!r}")
         if self.inner_loss not in LOSSES:
             raise ValueError(f"inner_loss must be one of {LOSSES}, got {self.inner_loss!r}")
-        if self.inner_steps < 1:
-            raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
+        check_at_least("meta", 1, inner_steps=self.inner_steps)
         if self.hypergradient == "implicit" and self.inner_loss == "equivariant":
             raise ValueError("hypergradient 'implicit' supports the supervised and unsupervised "
                              "inner losses; use maml or first_order with 'equivariant'")
@@ -71,14 +70,9 @@ class MetaConfig:
         if self.learn_inner_lr and (self.hypergradient != "maml" or self.objective != "bilevel"):
             raise ValueError("learn_inner_lr needs hypergradient 'maml' (the learning rates get "
                              "their hypergradient by differentiating through the inner steps)")
-        if self.outer_theta_weight < 0:
-            raise ValueError(f"outer_theta_weight must be >= 0, got {self.outer_theta_weight}")
-        if self.inner_lr <= 0:
-            raise ValueError(f"inner_lr must be > 0, got {self.inner_lr}")
+        check_at_least("meta", 0, outer_theta_weight=self.outer_theta_weight,
+                       workers=self.workers)
+        check_positive("meta", inner_lr=self.inner_lr)
         if self.tasks_per_step < 0 or self.cg_iters < 1 or not self.prox_lambda >= 0:
             raise ValueError(f"tasks_per_step must be >= 0, cg_iters >= 1 and prox_lambda >= 0, "
                              f"got {self.tasks_per_step}, {self.cg_iters}, {self.prox_lambda}")
-        if not math.isfinite(self.inner_lr):
-            raise ValueError(f"inner_lr must be finite, got {self.inner_lr}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (0: one per free core), got {self.workers}")
