@@ -45,8 +45,8 @@ def _index() -> dict[str, tuple[Path, dict]]:
     index: dict[str, tuple[Path, dict]] = {}
     for folder in model_dirs():
         listing = folder / "MODELS.json"
-        if not listing.is_file():
-            raise FileNotFoundError(f"{folder} (in {ENV}) holds no MODELS.json")
+        if not listing.is_file():  # a folder of METAPRIOR_MODEL_PATH: named by the error
+            continue
         for name, entry in json.loads(listing.read_text()).items():
             index.setdefault(name, (folder, entry))
     return index
@@ -78,5 +78,7 @@ def path(name: str) -> Path:
 def unknown_name_message(name: str, names: list[str] | None = None) -> str:
     """One line: no model ``name``, the names found, and how to add a folder."""
     names = available() if names is None else names
+    empty = [str(d) for d in model_dirs() if not (d / "MODELS.json").is_file()]
     return (f"no model named {name!r} (found: {', '.join(names)}); add a folder holding a "
-            f"MODELS.json with metaprior.pretrained.add_model_dir(folder) or {ENV}")
+            f"MODELS.json with metaprior.pretrained.add_model_dir(folder) or {ENV}"
+            + (f" ({', '.join(empty)} in {ENV} holds no MODELS.json)" if empty else ""))
