@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from metaprior.config import check_at_least, check_positive
+from metaprior.config import _coerce, check_at_least, check_positive
 from metaprior.meta.inner import make_inner_optimizer
 from metaprior.meta.problem import inner_step
 from metaprior.tasks import TaskBatch
@@ -41,11 +41,8 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         from metaprior.losses import LOSSES
 
-        _check_type("steps", self.steps, int)
-        _check_type("lr", self.lr, float)
-        _check_type("prox_lambda", self.prox_lambda, float)
-        _check_type("loss", self.loss, str)
-        _check_type("optimizer", self.optimizer, str)
+        for name in ("steps", "lr", "prox_lambda", "loss", "optimizer"):
+            _coerce(AdaptConfig, name, getattr(self, name), "adapt: ")  # the field's type
         if self.lr_scales is not None and not (isinstance(self.lr_scales, Mapping) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool)
                 for v in self.lr_scales.values())):
@@ -99,15 +96,6 @@ class AdaptConfig:
         if scales is None:
             return self.lr
         return {k: self.lr * s for k, s in scales.items()}
-
-
-def _check_type(name: str, value, kind: type) -> None:
-    """A one-line ``ValueError`` naming ``name`` unless ``value`` is a ``kind`` (an int is a
-    float; a bool is neither)."""
-    kinds = (int, float) if kind is float else (kind,)
-    if not isinstance(value, kinds) or (kind is not bool and isinstance(value, bool)):
-        raise ValueError(f"adapt: {name} must be {'a number' if kind is float else kind.__name__},"
-                         f" got {type(value).__name__} {value!r}")
 
 
 def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:

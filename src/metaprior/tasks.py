@@ -9,7 +9,7 @@ from here.
 
 from __future__ import annotations
 
-from metaprior.paper_tasks import (
+from metaprior.paper_tasks import (  # noqa: F401 (re-exported)
     FAMILIES,
     FAMILY_HELP,
     TRAIN_TASKS,
@@ -24,14 +24,13 @@ from metaprior.paper_tasks import (
     sr_task,
     tv_task,
 )
-from metaprior.task import PhysicsFactory, Task, TaskBatch, physics_noise_sigma, task_from_physics
-
-__all__ = [
-    "FAMILIES", "FAMILY_HELP", "TRAIN_TASKS", "UNSEEN_TASKS", "PhysicsFactory", "Task",
-    "TaskBatch", "available_tasks", "deblur_mix_task", "deblur_task", "denoise_task",
-    "fourier_task", "get_task", "inpaint_mix_task", "inpaint_task", "mri_task",
-    "physics_noise_sigma", "register_task", "sr_task", "task_from_physics", "tv_task",
-]
+from metaprior.task import (  # noqa: F401 (re-exported)
+    PhysicsFactory,
+    Task,
+    TaskBatch,
+    physics_noise_sigma,
+    task_from_physics,
+)
 
 _REGISTRY: dict[str, Task] = {}
 
