@@ -11,8 +11,9 @@ compares, by PSNR against the ground truth (used only for scoring):
   ground truth used, as a user with a few clean images of their own would);
 * the recommended shipped model (``hqs-families``) θ, before and after N steps on y alone
   with the label-free loss and step size it recommends (the equivariant loss);
-* for comparison, the paper's meta-model (``meta-unsup-d20``, a PDNet), adapted with the
-  measurement-consistency step rule it was meta-trained with.
+* for comparison, the paper's meta-model (``meta-unsup-d20``, a PDNet of
+  ``reproductions/models/``), adapted with the measurement-consistency step rule it was
+  meta-trained with.
 
     python examples/adapt_own_operator.py [--steps 20] [--size 128] [--model NAME]
 
@@ -28,6 +29,7 @@ use it too::
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import deepinv as dinv
 import torch
@@ -61,6 +63,11 @@ class BoxBlurDecimate(dinv.physics.LinearPhysics):
         up[..., ::self.factor, ::self.factor] = y
         return self._blur(up)
 
+
+#: The paper's PDNets, by name (``--compare meta-unsup-d20``), where the repository is at hand.
+STUDY_MODELS = Path(__file__).resolve().parents[1] / "reproductions" / "models"
+if STUDY_MODELS.is_dir():
+    mp.add_model_dir(STUDY_MODELS)
 
 #: The operator as a task (noise std 0.01), registered by name when this file is imported or
 #: passed to ``metaprior --plugin``. ``BoxBlurDecimate`` works at any image size, so one

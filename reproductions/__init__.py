@@ -13,6 +13,15 @@ public API only, the way a user's own study would be.
   (``python -m reproductions check``).
 
 Configurations are in ``reproductions/configs/``, results in ``reproductions/results/``,
-figures in ``reproductions/figures/``; ``reproductions/README.md`` is the index. The library
-never imports this package.
+figures in ``reproductions/figures/``, the paper's PDNets in ``reproductions/models/``
+(importing this package makes their names loadable: :func:`metaprior.pretrained.add_model_dir`);
+``reproductions/README.md`` is the index. The library never imports this package.
 """
+
+from pathlib import Path
+
+from metaprior.pretrained import add_model_dir
+
+#: The paper's PDNets (``reproductions/models/MODELS.json``), loadable by name once this
+#: package is imported.
+MODELS = add_model_dir(Path(__file__).parent / "models")

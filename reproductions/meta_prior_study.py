@@ -237,7 +237,7 @@ def main() -> None:
     s = sub.add_parser("score", help="score one recipe's model on the validation operators")
     s.add_argument("--recipe", required=True, help="name of the recipe (the JSON key)")
     s.add_argument("--model", required=True,
-                   help="model file, run folder, shipped name, or 'random' (fresh PDNet)")
+                   help="model file, run folder, model name, or 'random' (fresh PDNet)")
     s.add_argument("--about", default="", help="what the recipe changes")
     s.add_argument("--command", default="", help="the command that trained the model")
     s.add_argument("--steps", type=int, default=20, help="fine-tuning steps (default 20)")

@@ -65,9 +65,9 @@ LOSS_TAGS = {"supervised": "sup", "unsupervised": "unsup", "equivariant": "ei"}
 @dataclass(frozen=True)
 class Table1Config:
     tasks: tuple[str, ...] = ("sr2", "mri4")  # unseen tasks to evaluate
-    meta_sup: str = "meta-sup-d20"  # supervised-inner meta-model (shipped name or path)
-    meta_unsup: str = "meta-unsup-d20"  # unsupervised-inner meta-model (shipped name or path)
-    joint: str = "joint-d20"  # joint multi-task pre-trained model (shipped name or path)
+    meta_sup: str = "meta-sup-d20"  # supervised-inner meta-model (name or path)
+    meta_unsup: str = "meta-unsup-d20"  # unsupervised-inner meta-model (name or path)
+    joint: str = "joint-d20"  # joint multi-task pre-trained model (name or path)
     recommended: str = "hqs-families"  # the recommended shipped model (init "recommended")
     inits: tuple[str, ...] = PAPER_INITS  # initialisations to fine-tune (any of INITS)
     steps: int = 50  # fine-tuning Adam steps (Table 1: 50)

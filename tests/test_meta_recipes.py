@@ -1,4 +1,4 @@
-"""Meta-training recipes: learned per-layer inner step sizes (Meta-SGD / MAML++), the outer
+"""Meta-training recipes: learned per-layer inner learning rates (Meta-SGD / MAML++), the outer
 loss that also scores θ (MAML++'s multi-step loss), warm start, and how a model's learned step
 rule reaches adaptation. Hypergradients against finite differences (float64, tiny PDNet)."""
 
@@ -46,8 +46,8 @@ def rel_err(a, b):
 
 
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 0.5), ("adam", 0.01)])
-def test_learned_step_sizes_match_finite_differences(optimizer, lr):
-    """d L_outer(φ_K(θ, η)) / dη_k for one step size per parameter tensor, K = 2."""
+def test_learned_learning_rates_match_finite_differences(optimizer, lr):
+    """d L_outer(φ_K(θ, η)) / dη_k for one learning rate per parameter tensor, K = 2."""
     model, theta, inner, outer = tiny_problem()
     config = MetaConfig(inner_steps=2, inner_optimizer=optimizer, inner_lr=lr,
                         prox_lambda=0.1, learn_inner_lr=True)
@@ -98,7 +98,7 @@ def test_theta_scored_first_order_adds_the_gradient_at_theta():
         torch.testing.assert_close(scored[k], v + 3.0 * gk, rtol=1e-12, atol=1e-14)
 
 
-def test_per_tensor_step_sizes_equal_a_global_one_when_all_equal():
+def test_per_tensor_learning_rates_equal_a_global_one_when_all_equal():
     params = {"a": torch.randn(3, dtype=torch.float64), "b": torch.randn(2, dtype=torch.float64)}
     grads = {k: torch.randn_like(v) for k, v in params.items()}
     for make in (sgd, adam):
@@ -121,7 +121,7 @@ def test_recipe_config_errors():
         MetaConfig(outer_theta_weight=-1.0)
 
 
-def test_learned_step_sizes_train_save_resume_and_reach_adaptation(tmp_path):
+def test_learned_learning_rates_train_save_resume_and_reach_adaptation(tmp_path):
     """The rates move, are saved in the model's metadata, resume bitwise, and
     AdaptConfig.from_model applies exactly them."""
     cfg = tiny_config(tmp_path / "ref", steps=4, learn_inner_lr=True)
@@ -147,21 +147,21 @@ def test_learned_step_sizes_train_save_resume_and_reach_adaptation(tmp_path):
 
     rule = AdaptConfig.from_model(meta, steps=1)
     assert rule.lr == cfg.meta.inner_lr
-    steps = rule.step_sizes()
+    steps = rule.lrs()
     assert steps == pytest.approx(lrs, rel=1e-12)
     # a different lr rescales every learned rate by the same factor
-    scaled = replace(rule, lr=2 * rule.lr).step_sizes()
+    scaled = replace(rule, lr=2 * rule.lr).lrs()
     assert all(scaled[k] == pytest.approx(2 * steps[k]) for k in steps)
 
 
-def test_adaptation_uses_the_per_tensor_step_sizes():
+def test_adaptation_uses_the_per_tensor_learning_rates():
     model, theta, inner, _ = tiny_problem()
     theta = {k: v.detach() for k, v in theta.items()}
     names = list(theta)
     scales = {k: (0.0 if i == 0 else 1.0) + 1e-30 for i, k in enumerate(names)}
     cfg = AdaptConfig(steps=1, lr=0.05, loss="supervised", optimizer="sgd", lr_scales=scales)
     phi = fine_tune(model, theta, lambda step: inner, cfg).params
-    # the first tensor's step size is ~0: it does not move; the others do
+    # the first tensor's learning rate is ~0: it does not move; the others do
     torch.testing.assert_close(phi[names[0]], theta[names[0]])
     assert not torch.equal(phi[names[1]], theta[names[1]])
 

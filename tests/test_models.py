@@ -128,7 +128,7 @@ def test_hqs_schedule_gradient_matches_finite_differences():
         assert abs(float(fd) - float(grad[k])) <= 1e-5 * max(1.0, abs(float(fd)))
 
 
-def test_hqs_model_file_roundtrip_and_relative_step_sizes(tmp_path):
+def test_hqs_model_file_roundtrip_and_relative_learning_rates(tmp_path):
     model = _tiny_hqs(denoiser_lr_scale=1e-2)
     with torch.no_grad():
         model.log_sigma.add_(0.1)
@@ -139,9 +139,9 @@ def test_hqs_model_file_roundtrip_and_relative_step_sizes(tmp_path):
     assert isinstance(loaded, HQSNet) and loaded.config == model.config
     assert torch.equal(loaded.log_sigma, model.log_sigma)
     rule = mp.AdaptConfig(lr=1e-2)
-    sizes = rule.step_sizes(loaded)
+    sizes = rule.lrs(loaded)
     assert sizes["log_sigma"] == 1e-2 and sizes["denoiser.convs.3.weight"] == pytest.approx(1e-4)
-    assert mp.AdaptConfig(lr=1e-2).step_sizes() == 1e-2  # no model: one step size
+    assert mp.AdaptConfig(lr=1e-2).lrs() == 1e-2  # no model: one learning rate
 
 
 def test_files_without_an_architecture_load_as_pdnet(tmp_path):

@@ -1,18 +1,38 @@
-"""The shipped meta-models: listed, loadable by name, safetensors only, with provenance."""
+"""Models by name: the shipped one and the reproductions' PDNets (registered by importing
+``reproductions``), listed, loadable, safetensors only, with provenance."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import reproductions
 from metaprior import pretrained
 from metaprior.checkpoint import load_model, resolve_model_path
 from metaprior.models import HQSNet, PDNet
 
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_MODELS = json.loads((ROOT / "src/metaprior/pretrained/MODELS.json").read_text())
 
-def test_every_shipped_model_loads_by_name_with_its_provenance():
+
+def test_the_package_ships_the_recommended_model_only():
+    assert list(PACKAGE_MODELS) == ["hqs-families"]
+    shipped = sorted(p.name for p in (ROOT / "src/metaprior/pretrained").glob("*.safetensors"))
+    assert shipped == ["hqs-families.safetensors"]
+    study = json.loads((reproductions.MODELS / "MODELS.json").read_text())
+    assert len(study) == 13 and all(name.startswith(("meta-", "joint-")) for name in study)
+    assert all((reproductions.MODELS / e["file"]).is_file() for e in study.values())
+
+
+def test_every_model_loads_by_name_with_its_provenance():
     names = pretrained.available()
-    assert "meta-sup-d20" in names
+    assert {"hqs-families", "meta-sup-d20", "joint-d20-3000"} <= set(names)
     for name in names:
         info = pretrained.describe(name)
         assert info["command"].count("metaprior ") == 1 and info["file"].endswith(".safetensors")
@@ -35,7 +55,27 @@ def test_every_shipped_model_loads_by_name_with_its_provenance():
 
 
 def test_unknown_name_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="shipped model name"):
-        resolve_model_path("no-such-model")
-    with pytest.raises(ValueError, match="no shipped model"):
-        pretrained.describe("no-such-model")
+    for call in (resolve_model_path, pretrained.describe):
+        with pytest.raises((FileNotFoundError, ValueError)) as e:
+            call("no-such-model")
+        message = str(e.value)
+        assert "\n" not in message and "hqs-families" in message and "meta-sup-d20" in message
+        assert "add_model_dir" in message and pretrained.ENV in message
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        resolve_model_path("runs/none/model.safetensors")
+
+
+def test_a_model_folder_is_found_through_the_environment(tmp_path):
+    """A folder in METAPRIOR_MODEL_PATH makes its names loadable, without ``reproductions``;
+    the package's own model is always there."""
+    (tmp_path / "MODELS.json").write_text(json.dumps({"mine": {"file": "m.safetensors"}}))
+    (tmp_path / "m.safetensors").write_bytes(
+        (reproductions.MODELS / "joint-d20.safetensors").read_bytes())
+    code = ("from metaprior import pretrained, load_model; "
+            "print(pretrained.available(), load_model('mine')[0].config.depth)")
+    env = {**os.environ, pretrained.ENV: str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout
+    assert out.split() == ["['hqs-families',", "'mine']", "20"]
+    with pytest.raises(FileNotFoundError, match=r"no MODELS\.json"):
+        pretrained.add_model_dir(tmp_path / "missing")

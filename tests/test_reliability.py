@@ -687,8 +687,8 @@ def test_api_mistakes_are_one_line_value_errors_naming_the_argument():
     batch = get_task("sr2").sample(torch.rand(1, 1, 16, 16))
     rule = mp.AdaptConfig(steps=1)
     cases = [
-        (lambda: mp.AdaptConfig(steps="5"), "adapt: steps must be int"),
-        (lambda: mp.AdaptConfig(lr="1e-3"), "adapt: lr must be a number"),
+        (lambda: mp.AdaptConfig(steps="5"), "adapt: steps must be of type int"),
+        (lambda: mp.AdaptConfig(lr="1e-3"), "adapt: lr must be of type float"),
         (lambda: mp.AdaptConfig(lr_scales=[1.0]), "adapt: lr_scales must be"),
         (lambda: mp.get_task(3), "get_task: name must be"),
         (lambda: mp.register_task("sr2"), "register_task: task must be a Task"),

@@ -46,6 +46,7 @@ _API = {
     "evaluate_method": "metaprior.evaluate", "finetune_and_score": "metaprior.evaluate",
     # files
     "load_model": "metaprior.checkpoint", "save_model": "metaprior.checkpoint",
+    "add_model_dir": "metaprior.pretrained",
     "load_measurements": "metaprior.measurements",
     "save_measurements": "metaprior.measurements",
     # metrics

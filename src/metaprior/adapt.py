@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from metaprior.config import _coerce, check_at_least, check_positive
 from metaprior.meta.inner import make_inner_optimizer
 from metaprior.meta.problem import inner_step
 from metaprior.tasks import TaskBatch
@@ -26,12 +27,12 @@ from metaprior.typing import OptState, Params
 @dataclass(frozen=True)
 class AdaptConfig:
     steps: int = 50  # Adam steps (Table 1: 50)
-    lr: float = 1e-3  # inner learning rate η, the same as in meta-training
+    lr: float = 1e-3  # learning rate η, the meta-model's inner one (its inner_lr) by default
     loss: str = "unsupervised"  # "supervised" | "unsupervised" | "equivariant" (no ground truth)
     prox_lambda: float = 0.0  # λ of λ/2‖φ − θ‖²
     optimizer: str = "adam"  # "adam" | "sgd"
-    # step size of each parameter tensor relative to ``lr`` (a meta-model's learned inner step
-    # sizes divided by its inner_lr, see :meth:`from_model`); None: ``lr`` for every tensor
+    # relative learning rates: each parameter tensor's rate over ``lr`` (a meta-model's learned
+    # inner lrs divided by its inner_lr, see :meth:`from_model`); None: ``lr`` for every tensor
     lr_scales: Mapping[str, float] | None = None
     # parameters held fixed, by name prefix (e.g. ("denoiser",): adapt HQSNet's schedule only,
     # which is faster: no gradient of the fixed weights is computed)
@@ -40,21 +41,15 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         from metaprior.losses import LOSSES
 
-        _check_type("steps", self.steps, int)
-        _check_type("lr", self.lr, float)
-        _check_type("prox_lambda", self.prox_lambda, float)
-        _check_type("loss", self.loss, str)
-        _check_type("optimizer", self.optimizer, str)
+        for name in ("steps", "lr", "prox_lambda", "loss", "optimizer"):
+            _coerce(AdaptConfig, name, getattr(self, name), "adapt: ")  # the field's type
         if self.lr_scales is not None and not (isinstance(self.lr_scales, Mapping) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool)
                 for v in self.lr_scales.values())):
             raise ValueError(f"adapt: lr_scales must be None or a mapping of parameter names to "
                              f"numbers, got {type(self.lr_scales).__name__}")
-        if self.steps < 0:
-            raise ValueError(f"adapt: steps must be >= 0 (0: the model as it is), got "
-                             f"{self.steps}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"adapt: lr must be a finite number > 0, got {self.lr}")
+        check_at_least("adapt", 0, steps=self.steps)  # 0: the model as it is
+        check_positive("adapt", lr=self.lr)
         if not (math.isfinite(self.prox_lambda) and self.prox_lambda >= 0):
             raise ValueError(f"adapt: prox_lambda must be >= 0, got {self.prox_lambda}")
         if self.loss not in LOSSES:
@@ -66,11 +61,11 @@ class AdaptConfig:
     @classmethod
     def from_model(cls, meta: dict, **overrides) -> AdaptConfig:
         r"""The inner step rule a model was meta-trained with, read from its metadata
-        (optimizer, lr, λ, inner loss, learned per-tensor step sizes), then the step rule the
+        (optimizer, lr, λ, inner loss, learned per-tensor learning rates), then the step rule the
         model recommends for adaptation (metadata ``adapt``: e.g. a shipped model's lr and
         label-free loss, chosen on validation operators), then ``overrides``.
 
-        With learned step sizes :math:`\eta_k`, ``lr_scales`` is :math:`\eta_k/\eta_0`
+        With learned per-parameter rates :math:`\eta_k`, ``lr_scales`` is :math:`\eta_k/\eta_0`
         (:math:`\eta_0` = the model's ``inner_lr``), so ``lr = inner_lr`` applies exactly the
         learned steps and another ``lr`` rescales them all.
         """
@@ -91,9 +86,9 @@ class AdaptConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def step_sizes(self, model: nn.Module | None = None):
-        """``lr``, or one step size per parameter name (``lr · lr_scales[name]``); without
-        ``lr_scales``, the relative step sizes the ``model`` declares (``model.lr_scales()``,
+    def lrs(self, model: nn.Module | None = None):
+        """``lr``, or one learning rate per parameter name (``lr · lr_scales[name]``); without
+        ``lr_scales``, the relative learning rates the ``model`` declares (``model.lr_scales()``,
         e.g. HQSNet's slower denoiser weights), if any."""
         scales = self.lr_scales
         if scales is None and model is not None and hasattr(model, "lr_scales"):
@@ -101,15 +96,6 @@ class AdaptConfig:
         if scales is None:
             return self.lr
         return {k: self.lr * s for k, s in scales.items()}
-
-
-def _check_type(name: str, value, kind: type) -> None:
-    """A one-line ``ValueError`` naming ``name`` unless ``value`` is a ``kind`` (an int is a
-    float; a bool is neither)."""
-    kinds = (int, float) if kind is float else (kind,)
-    if not isinstance(value, kinds) or (kind is not bool and isinstance(value, bool)):
-        raise ValueError(f"adapt: {name} must be {'a number' if kind is float else kind.__name__},"
-                         f" got {type(value).__name__} {value!r}")
 
 
 def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:
@@ -198,7 +184,7 @@ def fine_tune(
         of the steps after it).
     """
     _check_fine_tune_args(model, theta, next_batch, config, start)
-    opt = make_inner_optimizer(config.optimizer, config.step_sizes(model))
+    opt = make_inner_optimizer(config.optimizer, config.lrs(model))
     anchor = {k: v.detach() for k, v in theta.items()}
     first = start.step if start is not None else 0
     phi = {k: v.detach().clone().requires_grad_(not k.startswith(tuple(config.frozen)))
@@ -259,64 +245,52 @@ def fine_tune_run(
         ckpt_every: checkpoint interval in steps (0: at the end only).
         log: one-line progress messages.
     """
-    from metaprior.outputs import RunLock
+    from metaprior import checkpoint as ckpt
+    from metaprior.outputs import RunLock, remove_orphans
 
     with RunLock(run_dir):
-        return _fine_tune_run(model, theta, next_batch, config, run_dir, recipe, ckpt_every,
-                              resume, callback, log)
+        remove_orphans(run_dir)
+        remove_orphans(ckpt.checkpoint_dir(run_dir))
+        # what a resumed run must keep: the recipe and every field of config but steps
+        config_fields = {k: v for k, v in asdict(config).items() if k != "steps"}
+        recipe = json.loads(json.dumps({**recipe, "config": config_fields}))
+        start, seconds_before = None, 0.0
+        latest = ckpt.latest_checkpoint(run_dir)
+        if resume:
+            if latest is None:
+                raise FileNotFoundError(f"--resume: no checkpoint under "
+                                        f"{ckpt.checkpoint_dir(run_dir)} (a run stopped before "
+                                        f"its first checkpoint): run without --resume to start "
+                                        f"afresh")
+            weights, tensors, state = ckpt.load_checkpoint(latest)
+            saved = state.get("recipe", {})
+            if saved != recipe or state.get("step", config.steps + 1) > config.steps:
+                raise ValueError(f"--resume: {latest} is step {state.get('step')} of {saved}, "
+                                 f"not of {recipe} with {config.steps} steps (>= its step)")
+            device = next(iter(theta.values())).device
+            start = AdaptState(state["step"], {k: v.to(device) for k, v in weights.items()},
+                               opt_state_from({k: v.to(device) for k, v in tensors.items()},
+                                              state["opt"]))
+            seconds_before = state["seconds"]
+            log(f"resumed from {latest} at step {start.step}")
+        elif latest is not None:
+            log(f"starting afresh: the checkpoints under {ckpt.checkpoint_dir(run_dir)} will be "
+                f"replaced (--resume continues them)")
+        t0 = time.perf_counter()
 
+        def on_step(state: AdaptState, loss: float) -> None:
+            if (ckpt_every and state.step % ckpt_every == 0) or state.step == config.steps:
+                tensors, scalars = opt_state_tensors(state.opt_state)
+                ckpt.save_checkpoint(run_dir, state.step, load_into(model, state.phi), tensors,
+                                     {"step": state.step, "recipe": recipe, "opt": scalars,
+                                      "seconds": seconds_before + time.perf_counter() - t0})
+            if callback is not None:
+                callback(state, loss)
 
-def _fine_tune_run(model, theta, next_batch, config, run_dir, recipe, ckpt_every, resume,
-                   callback, log) -> AdaptRunResult:
-    """:func:`fine_tune_run` while holding the run folder's lock."""
-    from metaprior import checkpoint as ckpt
-    from metaprior.outputs import remove_orphans
-
-    remove_orphans(run_dir)
-    remove_orphans(ckpt.checkpoint_dir(run_dir))
-    recipe = json.loads(json.dumps({**recipe, "config": _recipe_config(config)}))
-    start, seconds_before = None, 0.0
-    latest = ckpt.latest_checkpoint(run_dir)
-    if resume:
-        if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under "
-                                    f"{ckpt.checkpoint_dir(run_dir)} (a run stopped before "
-                                    f"its first checkpoint): run without --resume to start "
-                                    f"afresh")
-        weights, tensors, state = ckpt.load_checkpoint(latest)
-        saved = state.get("recipe", {})
-        if saved != recipe or state.get("step", config.steps + 1) > config.steps:
-            raise ValueError(f"--resume: {latest} is step {state.get('step')} of {saved}, "
-                             f"not of {recipe} with {config.steps} steps (>= its step)")
-        device = next(iter(theta.values())).device
-        start = AdaptState(state["step"], {k: v.to(device) for k, v in weights.items()},
-                           opt_state_from({k: v.to(device) for k, v in tensors.items()},
-                                          state["opt"]))
-        seconds_before = state["seconds"]
-        log(f"resumed from {latest} at step {start.step}")
-    elif latest is not None:
-        log(f"starting afresh: the checkpoints under {ckpt.checkpoint_dir(run_dir)} will be "
-            f"replaced (--resume continues them)")
-    t0 = time.perf_counter()
-
-    def on_step(state: AdaptState, loss: float) -> None:
-        if (ckpt_every and state.step % ckpt_every == 0) or state.step == config.steps:
-            tensors, scalars = opt_state_tensors(state.opt_state)
-            ckpt.save_checkpoint(run_dir, state.step, load_into(model, state.phi), tensors,
-                                 {"step": state.step, "recipe": recipe, "opt": scalars,
-                                  "seconds": seconds_before + time.perf_counter() - t0})
-        if callback is not None:
-            callback(state, loss)
-
-    result = fine_tune(model, theta, next_batch, config, callback=on_step, start=start)
-    return AdaptRunResult(result.params, result.losses, result.snapshots,
-                          seconds_before + time.perf_counter() - t0,
-                          start.step if start is not None else None)
-
-
-def _recipe_config(config: AdaptConfig) -> dict:
-    """The fields of ``config`` a resumed run must keep (all but ``steps``)."""
-    return {k: v for k, v in asdict(config).items() if k != "steps"}
+        result = fine_tune(model, theta, next_batch, config, callback=on_step, start=start)
+        return AdaptRunResult(result.params, result.losses, result.snapshots,
+                              seconds_before + time.perf_counter() - t0,
+                              start.step if start is not None else None)
 
 
 def load_into(model: nn.Module, params: Params) -> nn.Module:

@@ -143,7 +143,7 @@ def load_tensors(path: str | Path, device="cpu") -> dict[str, Tensor]:
 
 def resolve_model_path(path: str | Path) -> Path:
     """A model file from a file path, a checkpoint folder, a run folder (its latest) or the
-    name of a shipped model (:mod:`metaprior.pretrained`)."""
+    name of a model that :mod:`metaprior.pretrained` finds."""
     from metaprior import pretrained
 
     name = str(path)
@@ -157,9 +157,10 @@ def resolve_model_path(path: str | Path) -> Path:
     latest = latest_checkpoint(path)
     if latest is not None:
         return latest / "model.safetensors"
-    raise FileNotFoundError(f"no model at {path}: give a .safetensors file, a checkpoint folder, "
-                            f"a meta-train output folder or a shipped model name "
-                            f"({', '.join(pretrained.available())})")
+    if path.suffix == ".safetensors" or len(path.parts) > 1:
+        raise FileNotFoundError(f"no model at {path}: give a .safetensors file, a checkpoint "
+                                f"folder, a meta-train output folder or a model name")
+    raise FileNotFoundError(pretrained.unknown_name_message(name))
 
 
 def model_spec(meta: dict, path: str | Path = "model") -> tuple[str, object]:

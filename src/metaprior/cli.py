@@ -49,7 +49,7 @@ def cmd_meta_train(args) -> None:
 
 def _add_meta_train(sub) -> None:
     from metaprior.config import add_dataclass_arguments
-    from metaprior.train import SECTIONS
+    from metaprior.train_config import SECTIONS
 
     p = sub.add_parser(
         "meta-train", help="meta-train a network on training tasks (bilevel, eq. 2)",
@@ -114,14 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_meta_train(sub)
     _add_command(sub, "measure", {"measure": io.MeasureOptions}, io.cmd_measure,
                  "simulate measurements of a task from an image folder")
-    shipped = ", ".join(pretrained.available())
+    names = ", ".join(pretrained.available())
     _add_command(sub, "adapt", {"adapt": AdaptConfig, **adapt.SECTIONS}, adapt.cmd_adapt,
                  "fine-tune a (meta-)model on a task, with or without ground truth",
-                 f"Fine-tune a model (shipped: {shipped}) on a task from a measurement file "
-                 "or an image folder. The step rule (lr, λ, optimizer, learned lr_scales) is "
-                 "the model's own unless given; the loss is the model's recommended one, else "
-                 "unsupervised (measurement consistency): also supervised, or equivariant "
-                 "(plus the 90°-rotation equivariant-imaging term, no ground truth either).",
+                 f"Fine-tune a model (a file, or by name: {names}) on a task from a "
+                 "measurement file or an image folder. The step rule (lr, λ, optimizer, the "
+                 "relative learning rates lr_scales) is the model's own unless given; the loss "
+                 "is the model's recommended one, else unsupervised (measurement consistency): "
+                 "also supervised, or equivariant (plus the 90°-rotation equivariant-imaging "
+                 "term, no ground truth either).",
                  exclude={"adapt": ("lr_scales",)}, defaults_text=adapt.DEFAULTS_TEXT)
     _add_command(sub, "reconstruct", {"reconstruct": io.ReconstructOptions},
                  io.cmd_reconstruct, "apply a model to a measurement file, write PNGs")

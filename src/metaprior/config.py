@@ -13,6 +13,7 @@ import inspect
 import json
 import math
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ def _converter(tp):
     if origin is tuple:
         item = _converter(typing.get_args(tp)[0])
         return lambda s: tuple(item(x.strip()) for x in s.split(",") if x.strip())
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _converter(args[0])
     return tp
@@ -162,9 +163,7 @@ def _coerce(cls, name: str, value: Any, where: str = "config ") -> Any:
     is not an int) and converted where lossless (int -> float, list -> tuple)."""
     tp = _field_type(cls, next(f for f in dataclasses.fields(cls) if f.name == name))
     label = f"{where}{name}"
-    optional = typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType",
-                                                                 None))
-    if optional:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         if value is None:
             return None
         tp = next(a for a in typing.get_args(tp) if a is not type(None))

@@ -24,7 +24,7 @@ class AdaptData:
 
 @dataclass(frozen=True)
 class AdaptRun:
-    model: str  # model .safetensors, checkpoint or run folder, or shipped model name
+    model: str  # model .safetensors, checkpoint or run folder, or a model name
     out: str  # adapted model .safetensors
     ckpt_every: int = 0  # checkpoint every N steps under <out stem>.run/ (0: none)
     resume: bool = False  # continue the latest checkpoint under <out stem>.run/ exactly
@@ -38,7 +38,8 @@ SECTIONS = {"data": AdaptData, "run": AdaptRun}
 IMAGES_ONLY = ("eval_measurements", "patch_size", "batch_size", "color")
 #: What ``--help`` shows where the value comes from the model being adapted.
 DEFAULTS_TEXT = {
-    "adapt.lr": "the model's inner_lr (with its learned lr_scales, --lr rescales them all)",
+    "adapt.lr": "the model's inner_lr (with its relative learning rates lr_scales, if any: "
+                "--lr rescales them all)",
     "adapt.prox_lambda": "the model's", "adapt.optimizer": "the model's",
     "adapt.loss": "the model's recommended loss, else unsupervised"}
 

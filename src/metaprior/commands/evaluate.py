@@ -11,7 +11,7 @@ from metaprior.outputs import check_output_file
 
 @dataclass(frozen=True)
 class EvaluateOptions:
-    model: str  # model .safetensors, run folder or shipped model name
+    model: str  # model .safetensors, run folder or model name (metaprior.pretrained)
     tasks: tuple[str, ...] = ("denoise", "tv", "deblur", "inpaint", "sr2", "mri4")  # task names
     images: str = "set3c"  # set3c | demo | a folder
     data_root: str | None = None  # data root (default $METAPRIOR_DATA)

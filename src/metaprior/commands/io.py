@@ -25,7 +25,7 @@ class MeasureOptions:
 
 @dataclass(frozen=True)
 class ReconstructOptions:
-    model: str  # model .safetensors, run folder or shipped model name
+    model: str  # model .safetensors, run folder or model name (metaprior.pretrained)
     measurements: str  # measurement file
     out: str  # output folder of PNGs
     device: str = "cpu"  # torch device: cpu or cuda

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from metaprior.config import check_at_least, check_positive
 from metaprior.losses import LOSSES
 
 HYPERGRADIENTS = ("maml", "first_order", "implicit", "reptile")
@@ -12,7 +12,8 @@ HYPERGRADIENTS = ("maml", "first_order", "implicit", "reptile")
 #: pre-training (no inner problem, hence no hypergradient; the non-meta baseline).
 OBJECTIVES = ("bilevel", "joint")
 
-#: Prefix of the learned inner step sizes among the hypergradients (``inner_lr.<parameter>``).
+#: Prefix of the learned inner learning rates among the hypergradients (``inner_lr.<name>``;
+#: also in checkpoints, ``log_inner_lr.<name>``).
 INNER_LR_PREFIX = "inner_lr."
 
 
@@ -25,10 +26,11 @@ class MetaConfig:
     inner_loss: str = "supervised"  # "supervised" | "unsupervised"
     inner_steps: int = 1  # K (the paper uses 1 Adam step for PDNet)
     inner_optimizer: str = "adam"  # "adam" | "sgd"
-    inner_lr: float = 3e-4  # η, also used for test-time fine-tuning
-    # One inner step size per parameter tensor (W_k and λ_k of each layer), started at inner_lr
-    # (Meta-SGD / MAML++'s per-layer rates); adaptation then uses them.
-    learn_inner_lr: bool = False  # learn per-layer inner step sizes (maml only)
+    inner_lr: float = 3e-4  # inner learning rate η, also adaptation's default lr
+    # One inner learning rate per parameter tensor (W_k and λ_k of each layer), started at
+    # inner_lr (Meta-SGD / MAML++'s per-layer rates), saved as the model's ``inner_lrs``;
+    # adaptation then uses them (``AdaptConfig.lr_scales``).
+    learn_inner_lr: bool = False  # learn per-layer inner learning rates (maml only)
     prox_lambda: float = 1e-2  # λ of λ/2‖φ − θ‖² (no effect with K = 1 from φ = θ)
     objective: str = "bilevel"  # "bilevel" (meta-learning) | "joint" (joint pre-training)
     hypergradient: str = "maml"  # bilevel: "maml" | "first_order" | "implicit" | "reptile"
@@ -51,8 +53,7 @@ class MetaConfig:
                              f"got {self.hypergradient!r}")
         if self.inner_loss not in LOSSES:
             raise ValueError(f"inner_loss must be one of {LOSSES}, got {self.inner_loss!r}")
-        if self.inner_steps < 1:
-            raise ValueError(f"inner_steps must be >= 1, got {self.inner_steps}")
+        check_at_least("meta", 1, inner_steps=self.inner_steps)
         if self.hypergradient == "implicit" and self.inner_loss == "equivariant":
             raise ValueError("hypergradient 'implicit' supports the supervised and unsupervised "
                              "inner losses; use maml or first_order with 'equivariant'")
@@ -67,16 +68,11 @@ class MetaConfig:
         if not self.tasks:
             raise ValueError("tasks is empty: name at least one registered task")
         if self.learn_inner_lr and (self.hypergradient != "maml" or self.objective != "bilevel"):
-            raise ValueError("learn_inner_lr needs hypergradient 'maml' (the step sizes get "
+            raise ValueError("learn_inner_lr needs hypergradient 'maml' (the learning rates get "
                              "their hypergradient by differentiating through the inner steps)")
-        if self.outer_theta_weight < 0:
-            raise ValueError(f"outer_theta_weight must be >= 0, got {self.outer_theta_weight}")
-        if self.inner_lr <= 0:
-            raise ValueError(f"inner_lr must be > 0, got {self.inner_lr}")
+        check_at_least("meta", 0, outer_theta_weight=self.outer_theta_weight,
+                       workers=self.workers)
+        check_positive("meta", inner_lr=self.inner_lr)
         if self.tasks_per_step < 0 or self.cg_iters < 1 or not self.prox_lambda >= 0:
             raise ValueError(f"tasks_per_step must be >= 0, cg_iters >= 1 and prox_lambda >= 0, "
                              f"got {self.tasks_per_step}, {self.cg_iters}, {self.prox_lambda}")
-        if not math.isfinite(self.inner_lr):
-            raise ValueError(f"inner_lr must be finite, got {self.inner_lr}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0 (0: one per free core), got {self.workers}")

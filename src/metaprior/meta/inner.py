@@ -34,8 +34,8 @@ class InnerOptimizer:
     name: str = "custom"
 
 
-#: A step size: one for every tensor, or one per parameter tensor (a float or a 0-d tensor for
-#: each name; tensors stay differentiable, so learned step sizes get hypergradients).
+#: A learning rate: one for every tensor, or one per parameter tensor (a float or a 0-d tensor for
+#: each name; tensors stay differentiable, so learned rates get hypergradients).
 LearningRate = float | Mapping[str, float | torch.Tensor]
 
 
@@ -59,8 +59,8 @@ def sgd(lr: LearningRate, momentum: float = 0.0) -> InnerOptimizer:
     :math:`m_{t+1} = \mu m_t + g_t` (``torch.optim.SGD`` with ``dampening=0``).
 
     Args:
-        lr: step size :math:`\eta > 0`, or one per parameter name (Meta-SGD / MAML++'s
-            per-layer step sizes).
+        lr: learning rate :math:`\eta > 0`, or one per parameter name (Meta-SGD / MAML++'s
+            per-layer learning rates).
         momentum: heavy-ball coefficient :math:`\mu \in [0, 1)`.
     """
     _check_lr(lr)
@@ -107,7 +107,7 @@ def adam(
     :math:`\approx -\eta\,\mathrm{sign}(g)`, whose derivative in :math:`g` is nearly zero.
 
     Args:
-        lr: step size :math:`\eta`, or one per parameter name.
+        lr: learning rate :math:`\eta`, or one per parameter name.
         betas: :math:`(\beta_1, \beta_2)`.
         eps: :math:`\epsilon`, added after the square root.
     """

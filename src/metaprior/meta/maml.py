@@ -43,7 +43,7 @@ def maml_hypergradient(
     config: MetaConfig, lrs: Params | None = None, share: TaskShare | None = None,
 ) -> TaskHypergradient:
     r"""Second-order MAML: :math:`\nabla_\theta \mathcal L_{\rm outer}(\phi_K(\theta))` by
-    backpropagation through the K inner steps (``create_graph=True``). With learned step sizes
+    backpropagation through the K inner steps (``create_graph=True``). With learned inner rates
     ``lrs`` (one 0-d tensor per parameter name), their hypergradients are returned too, under
     ``INNER_LR_PREFIX + name``. With ``share``, the batches are this process's parts of the
     task's and the result is its weighted share of the task's hypergradient."""

@@ -115,10 +115,10 @@ def inner_adapt(
 ) -> tuple[Params, float]:
     r"""K inner steps from :math:`\phi_0 = \theta` on ``batch``. Returns :math:`\phi_K` and the
     inner loss at :math:`\phi_0`. With ``create_graph`` the result depends differentiably on
-    ``theta`` (and on the step sizes ``lrs``, default ``config.inner_lr``); otherwise every step
+    ``theta`` (and on the learning rates ``lrs``, default ``config.inner_lr``); otherwise every step
     is detached (constant memory in K). With ``share``, ``batch`` is this process's part of the
     task's inner batch and the steps are those of the whole batch (:class:`BatchShare`)."""
-    if lrs is None:  # the model's own relative step sizes, if it declares them
+    if lrs is None:  # the model's own relative learning rates, if it declares them
         scales = model.lr_scales() if hasattr(model, "lr_scales") else None
         lrs = config.inner_lr if scales is None else {
             k: config.inner_lr * s for k, s in scales.items()}

@@ -3,7 +3,7 @@ r"""Reptile (Nichol, Achiam & Schulman 2018): a first-order meta-gradient over a
 MAML's hypergradient scores :math:`\phi_K` on held-out data and differentiates through the
 inner steps; Reptile runs the K steps and moves θ towards where they ended. For one task with
 batches :math:`\mathcal D^{\rm train}, \mathcal D^{\rm test}`, the K steps of the inner
-optimizer (step size η) descend the supervised loss on the two batches in turn,
+optimizer (learning rate η) descend the supervised loss on the two batches in turn,
 
 .. math::
     \phi_{k+1} = \phi_k + \mathrm{update}\big(\nabla_\phi[\mathcal L_{\rm sup}(\phi_k;

@@ -47,7 +47,7 @@ def task_hypergradient(
     model: nn.Module, theta: Params, inner_batch: TaskBatch, outer_batch: TaskBatch,
     config: MetaConfig, lrs: Params | None = None, share: TaskShare | None = None,
 ) -> TaskHypergradient:
-    """The hypergradient of one task by ``config.hypergradient`` (with learned inner step sizes
+    """The hypergradient of one task by ``config.hypergradient`` (with learned inner learning rates
     ``lrs``: second-order MAML, which also differentiates them), or with
     ``config.objective == "joint"`` the joint pre-training gradient. ``share``: this process's
     part of a task shared across processes (:func:`_part`)."""
@@ -93,7 +93,7 @@ def meta_gradient(
     config: MetaConfig, lrs: Params | None = None,
 ) -> tuple[Params, list[TaskHypergradient]]:
     """Hypergradient of the summed outer loss over a meta-batch of (inner, outer) batches
-    (and of the learned inner step sizes ``lrs``, if given).
+    (and of the learned inner learning rates ``lrs``, if given).
 
     In a distributed run (:mod:`metaprior.distributed`) every rank passes the same meta-batch,
     computes its :func:`~metaprior.distributed.shares` (whole tasks, or with more ranks than

@@ -1,7 +1,14 @@
-"""Meta-trained PDNets shipped with the package (safetensors only; see ``MODELS.json`` for the
-command, configuration and wall time that produced each one, and, where it builds on an earlier
-run, the ``init_command`` of that run: the one that wrote its ``--init-from`` file, or the one
-it continues with ``--resume``).
+"""Models loadable by name (safetensors only; each folder's ``MODELS.json`` gives the command,
+configuration and wall time that produced each model, and, where it builds on an earlier run,
+the ``init_command`` of that run: the one that wrote its ``--init-from`` file, or the one it
+continues with ``--resume``).
+
+The package ships the recommended model, ``hqs-families``. Further folders of models, each
+holding a ``MODELS.json`` that maps names to ``{"file": ..., "command": ..., ...}``, are found
+through :func:`add_model_dir` or the environment variable ``METAPRIOR_MODEL_PATH``
+(folders separated by ``:``); the repository's ``reproductions`` package registers its own
+(``reproductions/models/``, the paper's PDNets). Where two folders hold the same name, the
+package's comes first, then ``METAPRIOR_MODEL_PATH`` in order, then :func:`add_model_dir`.
 
 ``metaprior adapt --model NAME`` and :func:`metaprior.checkpoint.load_model` accept these names
 wherever they accept a file path.
@@ -10,27 +17,68 @@ wherever they accept a file path.
 from __future__ import annotations
 
 import json
-from importlib import resources
+import os
 from pathlib import Path
 
+ENV = "METAPRIOR_MODEL_PATH"
+_PACKAGE = Path(__file__).parent
+_added: list[Path] = []
 
-def _index() -> dict:
-    return json.loads(resources.files(__name__).joinpath("MODELS.json").read_text())
+
+def add_model_dir(folder: str | Path) -> Path:
+    """Make the models listed in ``folder/MODELS.json`` loadable by name (idempotent)."""
+    folder = Path(folder).resolve()
+    if not (folder / "MODELS.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no MODELS.json")
+    if folder not in _added:
+        _added.append(folder)
+    return folder
+
+
+def model_dirs() -> list[Path]:
+    """The folders searched for names, in order of precedence."""
+    env = [Path(p) for p in os.environ.get(ENV, "").split(os.pathsep) if p]
+    return [_PACKAGE, *env, *_added]
+
+
+def _index() -> dict[str, tuple[Path, dict]]:
+    index: dict[str, tuple[Path, dict]] = {}
+    for folder in model_dirs():
+        listing = folder / "MODELS.json"
+        if not listing.is_file():  # a folder of METAPRIOR_MODEL_PATH: named by the error
+            continue
+        for name, entry in json.loads(listing.read_text()).items():
+            index.setdefault(name, (folder, entry))
+    return index
 
 
 def available() -> list[str]:
-    """Names of the shipped models."""
+    """Names of the models found in :func:`model_dirs`."""
     return sorted(_index())
+
+
+def _lookup(name: str) -> tuple[Path, dict]:
+    index = _index()
+    if name not in index:
+        raise ValueError(unknown_name_message(name, sorted(index)))
+    return index[name]
 
 
 def describe(name: str) -> dict:
     """The ``MODELS.json`` entry of ``name`` (command, config, wall time, file)."""
-    index = _index()
-    if name not in index:
-        raise ValueError(f"no shipped model {name!r}: choose one of {sorted(index)}")
-    return index[name]
+    return _lookup(name)[1]
 
 
 def path(name: str) -> Path:
-    """File of the shipped model ``name``."""
-    return Path(str(resources.files(__name__).joinpath(describe(name)["file"])))
+    """File of the model ``name``."""
+    folder, entry = _lookup(name)
+    return folder / entry["file"]
+
+
+def unknown_name_message(name: str, names: list[str] | None = None) -> str:
+    """One line: no model ``name``, the names found, and how to add a folder."""
+    names = available() if names is None else names
+    empty = [str(d) for d in model_dirs() if not (d / "MODELS.json").is_file()]
+    return (f"no model named {name!r} (found: {', '.join(names)}); add a folder holding a "
+            f"MODELS.json with metaprior.pretrained.add_model_dir(folder) or {ENV}"
+            + (f" ({', '.join(empty)} in {ENV} holds no MODELS.json)" if empty else ""))
