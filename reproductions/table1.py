@@ -114,13 +114,14 @@ class Table1Config:
             get_task(t)  # registered, parametrised (sr3, inpaint-0.7, ...) or from a plugin
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        from metaprior.baselines import DENOISERS, GRIDS
+        from metaprior.baselines import DENOISERS, DPIR_ITERATIONS, GRIDS
 
         for name in self.baselines:
             kind, _, den = name.partition("-")
-            if kind not in GRIDS or (den and den not in DENOISERS) or (kind == "dpir") != bool(den):
-                raise ValueError(f"unknown baseline {name!r}: use wavelet, tv, tgv or "
-                                 f"dpir-{{{','.join(DENOISERS)}}}")
+            if (kind not in GRIDS or (den and den not in DENOISERS)
+                    or (kind in DPIR_ITERATIONS) != bool(den)):
+                raise ValueError(f"unknown baseline {name!r}: use wavelet, tv, tgv, "
+                                 f"dpir-{{{','.join(DENOISERS)}}} or dpir24-...")
         for item in self.scratch_models:
             if item.count("=") != 1 or item.split("=")[0] not in self.tasks:
                 raise ValueError(f"scratch_models entries are TASK=MODEL with TASK in "

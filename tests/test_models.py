@@ -78,6 +78,27 @@ def test_hqs_at_its_default_schedule_is_dpir():
     assert torch.allclose(ours, theirs, atol=1e-4)
 
 
+def test_hqs_resampled_to_24_iterations_is_dpir24():
+    """``with_iterations(24)`` of the DPIR schedule is DPIR's 24-step (super-resolution)
+    setting, the ``dpir24`` baseline; resampling to the same K changes nothing."""
+    from metaprior import baselines as bl
+
+    g = torch.Generator().manual_seed(3)
+    batch = get_task("sr2").sample(torch.rand(1, 1, 32, 32, generator=g), g)
+    model = HQSNet()
+    assert torch.equal(model.with_iterations(8).log_gamma, model.log_gamma)
+    long = model.with_iterations(24)
+    assert long.config.iterations == 24 and long.log_sigma.shape == (24,)
+    assert torch.allclose(long.log_sigma[[0, -1]], model.log_sigma[[0, -1]])
+    with torch.no_grad():
+        ours = long(batch.y, batch.physics)
+        theirs = bl.method("dpir24", 0.01, bl.make_denoiser("ffdnet"))(
+            batch)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+    with pytest.raises(ValueError, match="iterations"):
+        model.with_iterations(0)
+
+
 def test_hqs_is_invariant_to_the_operator_scale():
     r"""The proximal weight ‖A‖²/γ_k makes (cA, cy) reconstruct as (A, y)."""
     g = torch.Generator().manual_seed(1)

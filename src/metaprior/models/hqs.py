@@ -138,6 +138,29 @@ class HQSNet(Reconstructor):
         return {name: 1.0 if name.startswith("log_") else self.config.denoiser_lr_scale
                 for name, _ in self.named_parameters()}
 
+    def with_iterations(self, iterations: int) -> HQSNet:
+        r"""A copy that runs ``iterations`` HQS steps with the same denoiser: :math:`\log\sigma_k`
+        and :math:`\log\gamma_k` are interpolated linearly over the iteration index scaled to
+        [0, 1], so the schedule keeps its end points and its shape. From the untrained
+        (DPIR) schedule this gives DPIR with ``iterations`` steps; more steps than trained
+        refine the same annealing (DPIR's super-resolution setting uses 24)."""
+        from dataclasses import replace
+
+        if not 1 <= iterations <= 1000:
+            raise ValueError(f"iterations must be in [1, 1000], got {iterations}")
+        model = HQSNet(replace(self.config, iterations=iterations, pretrained=False))
+        state = self.state_dict()
+        for name in ("log_sigma", "log_gamma"):
+            old = state[name].detach()
+            if len(old) == 1:
+                state[name] = old.expand(iterations).clone()
+                continue
+            t = torch.linspace(0, len(old) - 1, iterations, dtype=old.dtype)
+            lo = t.floor().long().clamp(max=len(old) - 2)
+            state[name] = torch.lerp(old[lo], old[lo + 1], t - lo)
+        model.load_state_dict(state)
+        return model.to(old.device)
+
     def schedule(self) -> tuple[Tensor, Tensor]:
         r"""(:math:`\sigma_k`, :math:`\gamma_k`), each (K,)."""
         return self.log_sigma.exp().clamp(1e-4, 1.0), self.log_gamma.exp()
