@@ -125,6 +125,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", default="3e-3",
                     help="fine-tuning lr, or a comma list (the best on the grid crops is kept)")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--iterations", type=int, default=0,
+                    help="run HQSNets with this many iterations (schedule resampled; 0: theirs)")
     ap.add_argument("--frozen", default="", help="parameter prefixes held fixed, e.g. denoiser")
     ap.add_argument("--baselines", default="tv,dpir-ffdnet")
     ap.add_argument("--patch-size", type=int, default=60)
@@ -147,7 +149,7 @@ def main(argv=None) -> dict:
             if name in entry["baselines"]:
                 continue
             kind = name.partition("-")[0]
-            if kind == "dpir" and denoiser is None:
+            if kind in bl.DPIR_ITERATIONS and denoiser is None:
                 denoiser = bl.make_denoiser("ffdnet")
             value, _grid = bl.grid_search(lambda v, k=kind, d=denoiser: bl.method(k, v, d),
                                          bl.GRIDS[kind], data["grid"], data["peak"])
@@ -156,9 +158,12 @@ def main(argv=None) -> dict:
             print(f"{op} {name} ({value:g}): {entry['baselines'][name]['psnr']:.2f}", flush=True)
         for model_name in args.models.split(","):
             model, _meta = load(model_name)
+            if args.iterations:
+                model = model.with_iterations(args.iterations)
             theta = mp.parameters_of(model)
             for loss in args.losses.split(","):
-                tag = (f"{Path(model_name).stem}/{loss}"
+                tag = (f"{Path(model_name).stem}"
+                       + (f"@{args.iterations}" if args.iterations else "") + f"/{loss}"
                        + (f"/frozen-{args.frozen}" if args.frozen else ""))
                 rows = []
                 for lr in (float(v) for v in args.lr.split(",")):

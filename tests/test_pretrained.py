@@ -26,7 +26,8 @@ def test_the_package_ships_the_recommended_model_only():
     shipped = sorted(p.name for p in (ROOT / "src/metaprior/pretrained").glob("*.safetensors"))
     assert shipped == ["hqs-families.safetensors"]
     study = json.loads((reproductions.MODELS / "MODELS.json").read_text())
-    assert len(study) == 13 and all(name.startswith(("meta-", "joint-")) for name in study)
+    assert len(study) == 16 and all(name.startswith(("meta-", "joint-", "hqs-"))
+                                    for name in study)
     assert all((reproductions.MODELS / e["file"]).is_file() for e in study.values())
 
 
@@ -37,8 +38,11 @@ def test_every_model_loads_by_name_with_its_provenance():
         info = pretrained.describe(name)
         assert info["command"].count("metaprior ") == 1 and info["file"].endswith(".safetensors")
         if "init_command" in info:  # the run it starts from (--init-from) or continues
-            init = info["init_command"].split("--out ")[1].split()[0]
-            assert info["init_command"].count("metaprior ") == 1 and init in info["command"]
+            out = info["init_command"].split("--out ")[1].split()[0]
+            start = info["command"].split("--init-from ")[-1].split()[0]
+            assert info["init_command"].count("metaprior ") == 1
+            assert out in info["command"] or (  # or warm-started from that model by name
+                start in names and pretrained.describe(start)["command"] == info["init_command"])
         path = resolve_model_path(name)
         with open(path, "rb") as f:  # safetensors: 8-byte header length then a JSON header
             header = int.from_bytes(f.read(8), "little")
@@ -51,7 +55,8 @@ def test_every_model_loads_by_name_with_its_provenance():
         else:  # HQSNet: two schedule numbers per iteration and the FFDNet
             assert isinstance(model, HQSNet) and n == 2 * model.config.iterations + 485_248
         assert all(torch.isfinite(p).all() for p in model.parameters())
-        assert meta["meta_config"]["inner_steps"] >= 0
+        # A trained model's file holds its run's meta-config; an untrained one says so.
+        assert "untrained" in info["about"] or meta["meta_config"]["inner_steps"] >= 0
 
 
 def test_unknown_name_is_a_clear_error():
