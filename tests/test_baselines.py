@@ -107,6 +107,18 @@ def test_dpir_improves_on_its_start():
     assert float(psnr(out, b.target)) > float(psnr(b.physics.A_dagger(b.y), b.target)) + 10
 
 
+def test_dpir_at_8_iterations_is_deepinvs_dpir():
+    """One HQS solver for every iteration count; at 8 it is deepinv's ``DPIR`` exactly."""
+    import deepinv as dinv
+
+    den = bl.make_denoiser("ffdnet")
+    b = get_task("inpaint").sample(smooth_image(32).float(), torch.Generator().manual_seed(1))
+    for noise_level in (0.002, 0.02):
+        ref = dinv.optim.DPIR(sigma=noise_level, denoiser=bl._PerChannel(den))
+        assert torch.equal(bl.dpir(b, den, noise_level),
+                           ref(b.y, b.physics, init=bl.smooth_init(b)))
+
+
 def test_grid_search_picks_the_best_value_on_the_given_batches():
     b = batch_of("inpaint")
     # The "method" blends the truth and A^+y; weight 1 is the truth itself.

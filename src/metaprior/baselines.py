@@ -41,12 +41,11 @@ GRIDS: dict[str, tuple[float, ...]] = {
     "wavelet": (1e-6, 1e-5, 1e-4, 1e-3),
     "tv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
     "tgv": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-    "dpir": (2e-3, 5e-3, 1e-2, 2e-2, 4e-2),
-    "dpir24": (2e-3, 5e-3, 1e-2, 2e-2, 4e-2),
 }
 #: HQS iterations of each DPIR variant: deepinv's default (8, DPIR's deblurring setting) and
-#: DPIR's super-resolution setting (24).
+#: DPIR's super-resolution setting (24); all search the same noise levels.
 DPIR_ITERATIONS = {"dpir": 8, "dpir24": 24}
+GRIDS.update({name: (2e-3, 5e-3, 1e-2, 2e-2, 4e-2) for name in DPIR_ITERATIONS})
 
 VARIATIONAL = ("wavelet", "tv", "tgv")
 #: Bumped whenever a solver changes, so cached grid-search choices are not reused across it.
@@ -237,17 +236,14 @@ def dpir(batch: TaskBatch, denoiser: dinv.models.Denoiser, noise_level: float,
     if noise_level <= 0 or iterations < 1:
         raise ValueError(f"noise_level must be > 0 and iterations >= 1, got {noise_level}, "
                          f"{iterations}")
-    if iterations == 8:
-        solver = dinv.optim.DPIR(sigma=noise_level, denoiser=_PerChannel(denoiser),
-                                 device=batch.y.device)
-    else:
-        sigmas = torch.logspace(math.log10(49 / 255), math.log10(noise_level), iterations)
-        stepsize = (sigmas / max(0.01, noise_level)) ** 2 / 0.23
-        solver = dinv.optim.optim_builder(
-            iteration="HQS", prior=dinv.optim.PnP(denoiser=_PerChannel(denoiser)),
-            data_fidelity=dinv.optim.L2(), early_stop=False, max_iter=iterations,
-            params_algo={"stepsize": stepsize.to(batch.y.device),
-                         "g_param": sigmas.to(batch.y.device)})
+    # deepinv's DPIR (``get_DPIR_params``) with ``iterations`` in place of its fixed 8
+    sigmas = torch.logspace(math.log10(49 / 255), math.log10(noise_level), iterations)
+    stepsize = (sigmas / max(0.01, noise_level)) ** 2 / 0.23
+    solver = dinv.optim.optim_builder(
+        iteration="HQS", prior=dinv.optim.PnP(denoiser=_PerChannel(denoiser)),
+        data_fidelity=dinv.optim.L2(), early_stop=False, max_iter=iterations,
+        params_algo={"stepsize": stepsize.to(batch.y.device),
+                     "g_param": sigmas.to(batch.y.device)})
     return solver(batch.y, batch.physics, init=smooth_init(batch))
 
 

@@ -159,7 +159,7 @@ class HQSNet(Reconstructor):
             lo = t.floor().long().clamp(max=len(old) - 2)
             state[name] = torch.lerp(old[lo], old[lo + 1], t - lo)
         model.load_state_dict(state)
-        return model.to(old.device)
+        return model.to(self.log_sigma.device)
 
     def schedule(self) -> tuple[Tensor, Tensor]:
         r"""(:math:`\sigma_k`, :math:`\gamma_k`), each (K,)."""
