@@ -84,15 +84,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--model", default="hqs-families", help="shipped model (or model file)")
     ap.add_argument("--compare", default="meta-unsup-d20",
                     help="comma-separated models adapted the same way ('' for none)")
-    ap.add_argument("--loss", default="", help="equivariant | unsupervised (default: each "
-                    "model's own recommendation; unsupervised for a model without one)")
+    ap.add_argument("--loss", default="", help="equivariant | robust-equivariant | unsupervised "
+                    "(default: each model's own recommendation; unsupervised for a model "
+                    "without one)")
+    ap.add_argument("--frozen", default="", help="parameter-name prefixes held fixed, e.g. "
+                    "denoiser (HQSNet: adapt the schedule alone)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
     x = torch.stack(demo_images("test", size=args.size))  # (3, 1, H, W) held-out pictures
     task = TASK
     batch = task.sample(x, torch.Generator().manual_seed(0))
-    measured = mp.TaskBatch(batch.task, batch.y, batch.physics, target=None, x=None)
+    measured = mp.TaskBatch(batch.task, batch.y, batch.physics, target=None, x=None,
+                            noise_sigma=batch.noise_sigma)
 
     def score(x_hat: torch.Tensor) -> float:
         return float(mp.psnr(x_hat.clamp(0, 1), x).mean())
@@ -107,9 +111,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model, meta = mp.load_model(name)
         # each model's own step rule (optimizer, step size, the loss it recommends); a model
         # trained with a supervised inner loss (or none) adapts with measurement consistency
-        rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss=args.loss or None)
+        frozen = tuple(filter(None, args.frozen.split(",")))
+        if frozen and not any(k.startswith(frozen) for k, _ in model.named_parameters()):
+            frozen = ()  # a model without those parameters (a PDNet) adapts all of its own
+        rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss=args.loss or None,
+                                         frozen=frozen or None)
         if rule.loss == "supervised":
-            rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss="unsupervised")
+            rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss="unsupervised",
+                                             frozen=frozen or None)
         theta = mp.parameters_of(model)
         result = mp.fine_tune(model, theta, lambda step: measured, rule)
         with torch.no_grad():

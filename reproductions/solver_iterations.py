@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,12 @@ from metaprior.checkpoint import write_bytes_atomic
 from metaprior.evaluate import score
 from metaprior.meta.problem import reconstruct
 from metaprior.metrics import mean_std
-from reproductions.solver_validation import load, operator_data
+from reproductions.solver_validation import (
+    add_shared_args,
+    load,
+    operator_data,
+    with_test_options,
+)
 
 
 def main(argv=None) -> dict:
@@ -33,23 +39,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--models", default="hqs-families,hqs-dpir")
     ap.add_argument("--operators", default="sr2,val-diffraction,val-blocks,val-sr3,val-radial")
     ap.add_argument("--iterations", default="8,16,24")
-    ap.add_argument("--crop", type=int, default=120)
-    ap.add_argument("--val-images", type=int, default=8)
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--out", required=True)
+    add_shared_args(ap)
     args = ap.parse_args(argv)
     args.patch_size, args.batch = 60, 8  # the fine-tuning stream's (unused here)
     torch.set_num_threads(1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {"operators": {}}
-    results["command"] = "python -m reproductions.solver_iterations " + " ".join(argv or [])
+    results["command"] = "python -m reproductions.solver_iterations " + " ".join(
+        sys.argv[1:] if argv is None else argv)
     for op in args.operators.split(","):
         data = operator_data(op, args)
         entry = results["operators"].setdefault(op, {})
         for name in args.models.split(","):
             model = load(name)[0]
             for k in (int(v) for v in args.iterations.split(",")):
-                net = model.with_iterations(k)
+                net = with_test_options(model, k, args.dihedral)
                 theta = mp.parameters_of(net)
 
                 def method(b, net=net, theta=theta):
@@ -59,7 +63,7 @@ def main(argv=None) -> dict:
                 row = {part: mean_std(score(method, data[part], data["peak"]))[0]
                        for part in ("grid", "val")}
                 row["seconds"] = time.perf_counter() - t0
-                entry[f"{name}@{k}"] = row
+                entry[f"{name}@{k}" + ("/dihedral" if args.dihedral else "")] = row
                 print(f"{op} {name} K={k}: grid {row['grid']:.2f} val {row['val']:.2f} "
                       f"({row['seconds']:.0f} s)", flush=True)
         results["machine"] = {"platform": platform.platform(), "threads": 1,

@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import deepinv as dinv
@@ -117,6 +119,26 @@ def load(name: str):
     return mp.load_model(name)
 
 
+def add_shared_args(ap: argparse.ArgumentParser) -> None:
+    """The options this script shares with :mod:`reproductions.solver_iterations`."""
+    ap.add_argument("--dihedral", action="store_true",
+                    help="HQSNets denoise iteration k in the k-th rotation/flip "
+                         "(HQSNetConfig.dihedral)")
+    ap.add_argument("--crop", type=int, default=120)
+    ap.add_argument("--val-images", type=int, default=8)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--out", required=True)
+
+
+def with_test_options(model, iterations: int = 0, dihedral: bool = False):
+    """An HQSNet resampled to ``iterations`` (0: as it is) and with ``dihedral`` turned on."""
+    if iterations:
+        model = model.with_iterations(iterations)
+    if dihedral:
+        model = mp.HQSNet.from_state(replace(model.config, dihedral=True), model.state_dict())
+    return model
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="hqs-dpir")
@@ -131,15 +153,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--baselines", default="tv,dpir-ffdnet")
     ap.add_argument("--patch-size", type=int, default=60)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--crop", type=int, default=120)
-    ap.add_argument("--val-images", type=int, default=8)
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--out", required=True)
+    add_shared_args(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {"operators": {}}
-    results["command"] = "python -m reproductions.solver_validation " + " ".join(argv or [])
+    results["command"] = "python -m reproductions.solver_validation " + " ".join(
+        sys.argv[1:] if argv is None else argv)
     denoiser = None
     for op in args.operators.split(","):
         t0 = time.perf_counter()
@@ -158,12 +178,12 @@ def main(argv=None) -> dict:
             print(f"{op} {name} ({value:g}): {entry['baselines'][name]['psnr']:.2f}", flush=True)
         for model_name in args.models.split(","):
             model, _meta = load(model_name)
-            if args.iterations:
-                model = model.with_iterations(args.iterations)
+            model = with_test_options(model, args.iterations, args.dihedral)
             theta = mp.parameters_of(model)
             for loss in args.losses.split(","):
                 tag = (f"{Path(model_name).stem}"
-                       + (f"@{args.iterations}" if args.iterations else "") + f"/{loss}"
+                       + (f"@{args.iterations}" if args.iterations else "")
+                       + ("/dihedral" if args.dihedral else "") + f"/{loss}"
                        + (f"/frozen-{args.frozen}" if args.frozen else ""))
                 rows = []
                 for lr in (float(v) for v in args.lr.split(",")):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -52,9 +54,12 @@ def outer_objective(model, theta, inner, outer, config):
 
 
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 0.5), ("adam", 0.01)])
-@pytest.mark.parametrize("loss", ["supervised", "unsupervised", "equivariant"])
+@pytest.mark.parametrize("loss", ["supervised", "unsupervised", "equivariant",
+                                  "robust-equivariant"])
 def test_maml_matches_finite_differences(optimizer, lr, loss):
     model, theta, inner, outer = tiny_problem()
+    if loss == "robust-equivariant":  # its SURE term and noisy re-measurement need noise
+        inner = dataclasses.replace(inner, noise_sigma=0.05)
     config = MetaConfig(inner_steps=2, inner_optimizer=optimizer, inner_lr=lr, inner_loss=loss,
                         prox_lambda=0.1)
     ad = flat(maml_hypergradient(model, theta, inner, outer, config).grads)

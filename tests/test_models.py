@@ -62,6 +62,25 @@ def test_ffdnet_matches_the_published_network(channels):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def test_ffdnet_layouts_compute_the_same_function(monkeypatch):
+    """Channels-last feature maps (the fast CPU path) change nothing but float rounding, in
+    the output and in the gradients."""
+    import metaprior.models.ffdnet as ffdnet_module
+
+    net = FFDNet(1).load_published()
+    x = torch.rand(2, 1, 16, 18, generator=torch.Generator().manual_seed(1))
+    outs = {}
+    for layout in (True, False):
+        monkeypatch.setattr(ffdnet_module, "CHANNELS_LAST", layout)
+        xi = x.clone().requires_grad_(True)
+        out = net(xi, 0.05)
+        out.square().sum().backward()
+        outs[layout] = (out.detach(), xi.grad, net.convs[1].weight.grad.clone())
+        net.zero_grad()
+    for fast, plain in zip(outs[True], outs[False], strict=True):
+        assert torch.allclose(fast, plain, rtol=1e-4, atol=1e-5)
+
+
 def test_hqs_at_its_default_schedule_is_dpir():
     """With DPIR's schedule and the published FFDNet, HQSNet computes deepinv's DPIR from
     the same start (the operator here has ‖A‖ = 1, so the ‖A‖² weighting is neutral)."""
@@ -97,6 +116,29 @@ def test_hqs_resampled_to_24_iterations_is_dpir24():
     assert torch.allclose(ours, theirs, atol=1e-4)
     with pytest.raises(ValueError, match="iterations"):
         model.with_iterations(0)
+
+
+def test_hqs_dihedral_denoises_each_iteration_in_its_own_rotation_or_flip():
+    r"""With ``dihedral``, iteration k's prior step is :math:`T_k^{-1} D(T_k z)` for the k-th of
+    the 8 rotations/flips (k = 0 and 8: the identity), also on non-square images; the model
+    carries the option through ``from_state``, ``with_iterations`` and its model file."""
+    from dataclasses import replace
+
+    g = torch.Generator().manual_seed(4)
+    plain = HQSNet(HQSNetConfig(iterations=3))
+    model = HQSNet.from_state(replace(plain.config, dihedral=True), plain.state_dict())
+    z, sigma = torch.rand(2, 1, 12, 18, generator=g), torch.tensor(0.05)
+    with torch.no_grad():
+        for k in range(9):
+            turns, flip = k % 4, k % 8 >= 4
+            t = torch.rot90(z, turns, dims=(-2, -1))
+            t = plain.denoise(t.flip(-1) if flip else t, sigma)
+            expected = torch.rot90(t.flip(-1) if flip else t, -turns, dims=(-2, -1))
+            assert torch.equal(model.denoise(z, sigma, k), expected), k
+            assert torch.equal(plain.denoise(z, sigma, k), plain.denoise(z, sigma))
+        batch = get_task("sr2").sample(torch.rand(1, 1, 16, 24, generator=g), g)
+        assert not torch.allclose(model(batch.y, batch.physics), plain(batch.y, batch.physics))
+    assert model.with_iterations(5).config.dihedral
 
 
 def test_hqs_is_invariant_to_the_operator_scale():
@@ -150,7 +192,7 @@ def test_hqs_schedule_gradient_matches_finite_differences():
 
 
 def test_hqs_model_file_roundtrip_and_relative_learning_rates(tmp_path):
-    model = _tiny_hqs(denoiser_lr_scale=1e-2)
+    model = _tiny_hqs(denoiser_lr_scale=1e-2, dihedral=True)
     with torch.no_grad():
         model.log_sigma.add_(0.1)
     path = save_model(tmp_path / "hqs.safetensors", model)
@@ -163,6 +205,24 @@ def test_hqs_model_file_roundtrip_and_relative_learning_rates(tmp_path):
     sizes = rule.lrs(loaded)
     assert sizes["log_sigma"] == 1e-2 and sizes["denoiser.convs.3.weight"] == pytest.approx(1e-4)
     assert mp.AdaptConfig(lr=1e-2).lrs() == 1e-2  # no model: one learning rate
+
+
+def test_frozen_denoiser_adapts_the_schedule_alone():
+    model = _tiny_hqs()
+    theta = mp.parameters_of(model)
+    g = torch.Generator().manual_seed(5)
+    batch = get_task("sr2").sample(torch.rand(2, 1, 16, 16, generator=g), g)
+    # a model file's recommendation is JSON: its list of prefixes becomes a tuple
+    rule = mp.AdaptConfig.from_model({"adapt": {"frozen": ["denoiser"], "loss": "equivariant",
+                                                "lr": 1e-2}}, steps=2)
+    assert rule.frozen == ("denoiser",)
+    phi = mp.fine_tune(model, theta, lambda _s: batch, rule).params
+    for name, value in phi.items():
+        assert torch.equal(value, theta[name]) == name.startswith("denoiser"), name
+    with pytest.raises(ValueError, match="frozen must be a list"):
+        mp.AdaptConfig(frozen="denoiser")
+    with pytest.raises(ValueError, match="nothing would adapt"):
+        mp.fine_tune(model, theta, lambda _s: batch, mp.AdaptConfig(frozen=("log", "denoiser")))
 
 
 def test_files_without_an_architecture_load_as_pdnet(tmp_path):

@@ -48,6 +48,52 @@ def test_rotation_and_loss_kinds():
         losses.data_loss("equivariant", batch.target, batch)
 
 
+@pytest.mark.parametrize("complex_", [False, True])
+def test_sure_is_an_unbiased_estimate_of_the_measurement_risk(complex_):
+    # For a fixed linear estimator f(y) = W A^T y, the mean of SURE over noise draws equals
+    # the mean of ½‖A f(y) − A x‖² / M (the risk in the range of A), with no ground truth used.
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 12, 12, generator=g)
+    physics = (mp.physics.RealMRI((torch.rand(12, 12, generator=g) < 0.4).float(), (1, 12, 12))
+               if complex_ else mp.get_task("sr2").sample(x, g).physics)
+    kernel = torch.full((1, 1, 3, 3), 1 / 9)
+
+    def f(y):
+        aty = physics.A_adjoint(y)
+        return 0.8 * torch.nn.functional.conv2d(aty, kernel, padding=1) + 0.2 * aty
+
+    sigma, diffs, biased = 0.1, [], []
+    ax = physics.A(x)
+    for _ in range(600):
+        y = ax + sigma * torch.randn(ax.shape, generator=g, dtype=ax.dtype)
+        probe = torch.randn((torch.view_as_real(y) if complex_ else y).shape, generator=g)
+        sure = losses.sure_loss(f(y), y, physics, sigma, f, probe)
+        risk = 0.5 * (physics.A(f(y)) - ax).abs().pow(2).mean()
+        mc = losses.measurement_consistency_loss(f(y), y, physics)
+        diffs.append(float(sure - risk))
+        biased.append(float(mc - risk))
+    for d, unbiased in ((torch.tensor(diffs), True), (torch.tensor(biased), False)):
+        z = abs(float(d.mean())) / (float(d.std()) / len(d) ** 0.5)
+        assert z < 4 if unbiased else z > 8  # consistency is biased by the noise, SURE not
+
+
+def test_robust_equivariant_loss_is_equivariant_without_noise_and_deterministic():
+    from metaprior.meta.problem import inner_loss
+
+    model = mp.PDNet(mp.PDNetConfig(depth=2, width=3))
+    theta = mp.parameters_of(model)
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    task = mp.get_task("denoise")
+    noisy = task.sample(x, torch.Generator().manual_seed(2))
+    assert noisy.noise_sigma == task.noise_sigma > 0
+    clean = dataclasses.replace(noisy, noise_sigma=0.0)
+    assert torch.equal(inner_loss(model, theta, theta, clean, "robust-equivariant", 0.0),
+                       inner_loss(model, theta, theta, clean, "equivariant", 0.0))
+    first = inner_loss(model, theta, theta, noisy, "robust-equivariant", 0.0)
+    assert torch.equal(first, inner_loss(model, theta, theta, noisy, "robust-equivariant", 0.0))
+    assert not torch.equal(first, inner_loss(model, theta, theta, noisy, "equivariant", 0.0))
+
+
 # --- config --------------------------------------------------------------------------------
 
 def test_config_type_checks_and_lossless_conversions():

@@ -28,7 +28,9 @@ from metaprior.typing import OptState, Params
 class AdaptConfig:
     steps: int = 50  # Adam steps (Table 1: 50)
     lr: float = 1e-3  # learning rate η, the meta-model's inner one (its inner_lr) by default
-    loss: str = "unsupervised"  # "supervised" | "unsupervised" | "equivariant" (no ground truth)
+    # "supervised" | "unsupervised" | "equivariant" | "robust-equivariant" (the last three need
+    # no ground truth; the last one uses the noise level: SURE instead of consistency)
+    loss: str = "unsupervised"
     prox_lambda: float = 0.0  # λ of λ/2‖φ − θ‖²
     optimizer: str = "adam"  # "adam" | "sgd"
     # relative learning rates: each parameter tensor's rate over ``lr`` (a meta-model's learned
@@ -48,6 +50,10 @@ class AdaptConfig:
                 for v in self.lr_scales.values())):
             raise ValueError(f"adapt: lr_scales must be None or a mapping of parameter names to "
                              f"numbers, got {type(self.lr_scales).__name__}")
+        if isinstance(self.frozen, str) or not all(isinstance(v, str) for v in self.frozen):
+            raise ValueError(f"adapt: frozen must be a list of parameter-name prefixes, got "
+                             f"{self.frozen!r}")
+        object.__setattr__(self, "frozen", tuple(self.frozen))  # a JSON list is a tuple here
         check_at_least("adapt", 0, steps=self.steps)  # 0: the model as it is
         check_positive("adapt", lr=self.lr)
         if not (math.isfinite(self.prox_lambda) and self.prox_lambda >= 0):

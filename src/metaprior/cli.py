@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "measurement file or an image folder. The step rule (lr, λ, optimizer, the "
                  "relative learning rates lr_scales) is the model's own unless given; the loss "
                  "is the model's recommended one, else unsupervised (measurement consistency): "
-                 "also supervised, or equivariant (plus the 90°-rotation equivariant-imaging "
-                 "term, no ground truth either).",
+                 "also supervised, equivariant (plus the 90°-rotation equivariant-imaging "
+                 "term, no ground truth either) or robust-equivariant (the same for noisy "
+                 "data: SURE at the task's noise level instead of consistency).",
                  exclude={"adapt": ("lr_scales",)}, defaults_text=adapt.DEFAULTS_TEXT)
     _add_command(sub, "reconstruct", {"reconstruct": io.ReconstructOptions},
                  io.cmd_reconstruct, "apply a model to a measurement file, write PNGs")

@@ -33,6 +33,8 @@ class TaskBatch:
         physics: the operator :math:`A` of this batch.
         target: (B, C, H, W) what the network must output.
         x: (B, C, H, W) the clean images the batch was made from.
+        noise_sigma: std of the Gaussian noise on ``y`` (0: none or unknown), for the
+            noise-aware label-free loss (:func:`metaprior.losses.sure_loss`).
     """
 
     task: str
@@ -40,6 +42,7 @@ class TaskBatch:
     physics: LinearPhysics
     target: Tensor
     x: Tensor
+    noise_sigma: float = 0.0
 
     def split(self, parts: int) -> list[TaskBatch | None] | None:
         r"""The batch in ``parts`` consecutive parts, samples ``[k B / parts, (k + 1) B /
@@ -79,7 +82,7 @@ class TaskBatch:
                                                                    atol=1e-6):
                 return None
             pieces.append(TaskBatch(self.task, self.y[rows], physics, self.target[rows],
-                                    self.x[rows]))
+                                    self.x[rows], self.noise_sigma))
         return pieces
 
 
@@ -134,7 +137,7 @@ class Task:
                 e = torch.randn(y.shape, generator=generator, dtype=y.dtype)
                 y = y + sigma * e.to(y.device)
             target = x if self.target is None else self.target(x)
-        return TaskBatch(self.name, y, physics, target, x)
+        return TaskBatch(self.name, y, physics, target, x, sigma)
 
 
 

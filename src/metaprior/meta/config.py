@@ -54,9 +54,9 @@ class MetaConfig:
         if self.inner_loss not in LOSSES:
             raise ValueError(f"inner_loss must be one of {LOSSES}, got {self.inner_loss!r}")
         check_at_least("meta", 1, inner_steps=self.inner_steps)
-        if self.hypergradient == "implicit" and self.inner_loss == "equivariant":
-            raise ValueError("hypergradient 'implicit' supports the supervised and unsupervised "
-                             "inner losses; use maml or first_order with 'equivariant'")
+        if self.hypergradient == "implicit" and "equivariant" in self.inner_loss:
+            raise ValueError(f"hypergradient 'implicit' supports the supervised and unsupervised "
+                             f"inner losses; use maml or first_order with {self.inner_loss!r}")
         if self.hypergradient == "implicit" and self.prox_lambda <= 0:
             raise ValueError("hypergradient 'implicit' needs prox_lambda > 0 (iMAML solves "
                              "(I + H/λ) v = g)")

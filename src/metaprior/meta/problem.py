@@ -14,6 +14,7 @@ of the same task.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from metaprior.losses import (
     proximal_term,
     rotate,
     supervised_loss,
+    sure_loss,
 )
 from metaprior.meta.config import MetaConfig
 from metaprior.meta.inner import (
@@ -54,13 +56,33 @@ def inner_loss(
     :math:`\hat x = f_\phi(y)`, it adds :math:`\tfrac{1}{2N}\|f_\phi(A T\hat x) - T\hat x\|^2`,
     which sees the part of :math:`\mathrm{Ker}(A)` that :math:`T` moves into the range of
     :math:`A^\top` (column-sampled k-space becomes row-sampled; the SR grid changes phase).
+
+    ``kind="robust-equivariant"`` is its form for noisy data (robust equivariant imaging, Chen,
+    Tachella & Davies 2022): measurement consistency becomes SURE
+    (:func:`metaprior.losses.sure_loss`, with the batch's ``noise_sigma``) and the transformed
+    image is re-measured with noise, :math:`f_\phi(A T\hat x + \sigma e')`, so neither term
+    rewards fitting the noise. Its random draws (the SURE probe, :math:`e'`) come from a
+    generator seeded by the measurements, so a step is a deterministic function of its batch.
+    Without noise it is ``"equivariant"``.
     """
     x_hat = reconstruct(model, phi, batch)
-    if kind == "equivariant":
+    if kind in ("equivariant", "robust-equivariant"):
+        sigma = batch.noise_sigma if kind == "robust-equivariant" else 0.0
         tx = rotate(x_hat)
-        x_eq = functional_call(model, phi, (batch.physics.A(tx), batch.physics))
-        loss = (measurement_consistency_loss(x_hat, batch.y, batch.physics)
-                + supervised_loss(x_eq, tx))
+        y_eq = batch.physics.A(tx)
+        if sigma > 0:
+            generator = torch.Generator().manual_seed(
+                zlib.crc32(batch.y.detach().cpu().numpy().tobytes()))
+            real_y = torch.view_as_real(batch.y) if batch.y.is_complex() else batch.y
+            probe = torch.randn(real_y.shape, generator=generator).to(real_y)
+            data = sure_loss(x_hat, batch.y, batch.physics, sigma,
+                             lambda y: functional_call(model, phi, (y, batch.physics)), probe)
+            e = torch.randn(y_eq.shape, generator=generator, dtype=y_eq.dtype)
+            y_eq = y_eq + sigma * e.to(y_eq.device)
+        else:
+            data = measurement_consistency_loss(x_hat, batch.y, batch.physics)
+        x_eq = functional_call(model, phi, (y_eq, batch.physics))
+        loss = data + supervised_loss(x_eq, tx)
     else:
         loss = data_loss(kind, x_hat, batch)
     if prox_lambda:

@@ -1,0 +1,87 @@
+"""Speed of the recommended solver: one 256² reconstruction and one adaptation step.
+
+For an HQSNet (default ``hqs-families``, 8 iterations): the wall time of one 256×256
+reconstruction (SR ×2 measurements of scikit-image's camera, grayscale, and of its astronaut
+in colour, denoised channel by channel) at the model's iteration count and at 24, then of one
+adaptation step on the batch the adaptation recipes use (8 patches of 64², SR ×2, noise std
+0.01, so that the robust loss computes its SURE term) for each
+label-free loss, adapting every parameter or the schedule alone (``frozen=("denoiser",)``).
+Every timing is taken with FFDNet's convolutions on channels-last feature maps and on
+PyTorch's default layout, side by side in one run (``metaprior.models.ffdnet.CHANNELS_LAST``).
+Writes ``benchmarks/results/solver_speed.json``.
+
+    python benchmarks/bench_solver.py [--model hqs-families] [--threads 1] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+
+import metaprior as mp
+import metaprior.models.ffdnet as ffdnet
+from common import machine, timeit, write_json
+from metaprior.data import demo_images
+
+
+def reconstruction_seconds(model, task, image, device, repeat) -> float:
+    batch = task.sample(image.unsqueeze(0).to(device), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return timeit(lambda: model(batch.y, batch.physics), repeat=repeat)
+
+
+def step_seconds(model, theta, task, patches, loss, frozen, repeat) -> float:
+    g = torch.Generator().manual_seed(0)
+    batches = [task.sample(patches, g) for _ in range(repeat + 1)]
+    rule = mp.AdaptConfig(steps=1, lr=3e-3, loss=loss, frozen=frozen)
+    runs = iter(batches)
+    return timeit(lambda: mp.fine_tune(model, theta, lambda _s: next(runs), rule),
+                  repeat=repeat, warmup=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="hqs-families")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", default="solver_speed.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model, _meta = mp.load_model(args.model, device=args.device)
+    task = dataclasses.replace(mp.get_task("sr2"), noise_sigma=0.01)
+    gray = demo_images("test", size=256)[0]
+    colour = torch.from_numpy(__import__("skimage.data").data.astronaut()).permute(2, 0, 1)
+    colour = torch.nn.functional.interpolate(colour[None].float() / 255, size=(256, 256),
+                                             mode="area")[0]
+    patches = torch.stack([demo_images("train", size=64)[k % 8] for k in range(8)]).to(device)
+    results = {"model": args.model, "iterations": model.config.iterations,
+               "machine": machine(), "threads": args.threads, "reconstruction_256": {},
+               "adaptation_step_8x64": {}}
+    layouts = ("default", "channels_last")
+    for k in (model.config.iterations, 24):
+        m = model if k == model.config.iterations else model.with_iterations(k)
+        for name, image in (("gray", gray), ("colour", colour)):
+            for layout in layouts:  # interleaved, so that both see the same machine
+                ffdnet.CHANNELS_LAST = layout == "channels_last"
+                s = reconstruction_seconds(m, task, image, device, args.repeat)
+                results["reconstruction_256"][f"{name}/K{k}/{layout}"] = s
+                print(f"256² {name:6s} K={k:2d} {layout:13s} {s:6.3f} s", flush=True)
+    theta = mp.parameters_of(model)
+    for loss in ("equivariant", "robust-equivariant"):
+        for frozen in ((), ("denoiser",)):
+            for layout in layouts:
+                ffdnet.CHANNELS_LAST = layout == "channels_last"
+                s = step_seconds(model, theta, task, patches, loss, frozen, args.repeat)
+                tag = f"{loss}/{'schedule' if frozen else 'all'}/{layout}"
+                results["adaptation_step_8x64"][tag] = s
+                print(f"step {tag:40s} {s:6.3f} s (50 steps: {50 * s:5.1f} s)", flush=True)
+    ffdnet.CHANNELS_LAST = True
+    print(f"wrote {write_json(args.out, results)}")
+
+
+if __name__ == "__main__":
+    main()
