@@ -92,6 +92,9 @@ def test_robust_equivariant_loss_is_equivariant_without_noise_and_deterministic(
     first = inner_loss(model, theta, theta, noisy, "robust-equivariant", 0.0)
     assert torch.equal(first, inner_loss(model, theta, theta, noisy, "robust-equivariant", 0.0))
     assert not torch.equal(first, inner_loss(model, theta, theta, noisy, "equivariant", 0.0))
+    # the next step on the same measurements draws a new probe and new noise
+    assert not torch.equal(first, inner_loss(model, theta, theta, noisy, "robust-equivariant",
+                                             0.0, draw=1))
 
 
 # --- config --------------------------------------------------------------------------------

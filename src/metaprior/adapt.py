@@ -209,7 +209,7 @@ def fine_tune(
             raise ValueError(f"fine_tune: next_batch({step}) must return a TaskBatch (e.g. "
                              f"task.sample(x)), got {type(batch).__name__}")
         phi, state, loss = inner_step(model, phi, anchor, state, batch, opt,
-                                      config.loss, config.prox_lambda)
+                                      config.loss, config.prox_lambda, draw=step)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step {step}: "
                                      f"lower --lr")

@@ -47,7 +47,8 @@ def reconstruct(model: nn.Module, params: Params, batch: TaskBatch) -> Tensor:
 
 
 def inner_loss(
-    model: nn.Module, phi: Params, theta: Params, batch: TaskBatch, kind: str, prox_lambda: float
+    model: nn.Module, phi: Params, theta: Params, batch: TaskBatch, kind: str, prox_lambda: float,
+    draw: int = 0,
 ) -> Tensor:
     r""":math:`\mathcal L_{\rm inner}(f_\phi) + \frac\lambda2\|\phi - \theta\|^2` on ``batch``.
 
@@ -62,8 +63,9 @@ def inner_loss(
     (:func:`metaprior.losses.sure_loss`, with the batch's ``noise_sigma``) and the transformed
     image is re-measured with noise, :math:`f_\phi(A T\hat x + \sigma e')`, so neither term
     rewards fitting the noise. Its random draws (the SURE probe, :math:`e'`) come from a
-    generator seeded by the measurements, so a step is a deterministic function of its batch.
-    Without noise it is ``"equivariant"``.
+    generator seeded by the measurements and ``draw`` (the step's number), so a step is a
+    deterministic function of its batch and its number (resumable bitwise), and adapting many
+    steps on the same measurements draws anew at each. Without noise it is ``"equivariant"``.
     """
     x_hat = reconstruct(model, phi, batch)
     if kind in ("equivariant", "robust-equivariant"):
@@ -72,7 +74,8 @@ def inner_loss(
         y_eq = batch.physics.A(tx)
         if sigma > 0:
             generator = torch.Generator().manual_seed(
-                zlib.crc32(batch.y.detach().cpu().numpy().tobytes()))
+                zlib.crc32(draw.to_bytes(8, "little", signed=True),
+                           zlib.crc32(batch.y.detach().cpu().numpy().tobytes())))
             real_y = torch.view_as_real(batch.y) if batch.y.is_complex() else batch.y
             probe = torch.randn(real_y.shape, generator=generator).to(real_y)
             data = sure_loss(x_hat, batch.y, batch.physics, sigma,
@@ -105,11 +108,12 @@ class BatchShare:
 def inner_step(
     model: nn.Module, phi: Params, theta: Params, state: OptState, batch: TaskBatch,
     opt: InnerOptimizer, kind: str, prox_lambda: float, create_graph: bool = False,
-    share: BatchShare | None = None,
+    share: BatchShare | None = None, draw: int = 0,
 ) -> tuple[Params, OptState, Tensor]:
-    """One optimizer step on the inner loss. Returns (new params, new state, loss before;
-    with ``share``, this part's loss times its weight)."""
-    loss = inner_loss(model, phi, theta, batch, kind, prox_lambda)
+    """One optimizer step on the inner loss (``draw``: the step's number, which seeds the
+    random draws of a stochastic loss). Returns (new params, new state, loss before; with
+    ``share``, this part's loss times its weight)."""
+    loss = inner_loss(model, phi, theta, batch, kind, prox_lambda, draw)
     if share is not None:
         loss = share.weight * loss
     names = [k for k, p in phi.items() if p.requires_grad]
@@ -150,10 +154,10 @@ def inner_adapt(
                                       theta.items()}
     state = opt.init(phi)
     first = None
-    for _ in range(config.inner_steps):
+    for step in range(config.inner_steps):
         phi, state, loss = inner_step(model, phi, anchor, state, batch, opt, config.inner_loss,
                                       config.prox_lambda, create_graph=create_graph,
-                                      share=share)
+                                      share=share, draw=step)
         first = float(loss) if first is None else first
     return phi, first
 
