@@ -6,8 +6,8 @@ in colour, denoised channel by channel) at the model's iteration count and at 24
 adaptation step on the batch the adaptation recipes use (8 patches of 64², SR ×2, noise std
 0.01, so that the robust loss computes its SURE term) for each
 label-free loss, adapting every parameter or the schedule alone (``frozen=("denoiser",)``).
-Every timing is taken with FFDNet's convolutions on channels-last feature maps and on
-PyTorch's default layout, side by side in one run (``metaprior.models.ffdnet.CHANNELS_LAST``).
+Every timing is taken on PyTorch's default layout and then with FFDNet's convolutions on
+channels-last feature maps, in one run (``metaprior.models.ffdnet.CHANNELS_LAST``).
 Writes ``benchmarks/results/solver_speed.json``.
 
     python benchmarks/bench_solver.py [--model hqs-families] [--threads 1] [--device cpu]
@@ -26,10 +26,14 @@ from common import machine, timeit, write_json
 from metaprior.data import demo_images
 
 
+def _sync(device: torch.device):
+    return torch.cuda.synchronize if device.type == "cuda" else None
+
+
 def reconstruction_seconds(model, task, image, device, repeat) -> float:
     batch = task.sample(image.unsqueeze(0).to(device), torch.Generator().manual_seed(0))
     with torch.no_grad():
-        return timeit(lambda: model(batch.y, batch.physics), repeat=repeat)
+        return timeit(lambda: model(batch.y, batch.physics), repeat=repeat, sync=_sync(device))
 
 
 def step_seconds(model, theta, task, patches, loss, frozen, repeat) -> float:
@@ -38,7 +42,7 @@ def step_seconds(model, theta, task, patches, loss, frozen, repeat) -> float:
     rule = mp.AdaptConfig(steps=1, lr=3e-3, loss=loss, frozen=frozen)
     runs = iter(batches)
     return timeit(lambda: mp.fine_tune(model, theta, lambda _s: next(runs), rule),
-                  repeat=repeat, warmup=1)
+                  repeat=repeat, warmup=1, sync=_sync(patches.device))
 
 
 def main() -> None:
@@ -61,20 +65,20 @@ def main() -> None:
     results = {"model": args.model, "iterations": model.config.iterations,
                "machine": machine(), "threads": args.threads, "reconstruction_256": {},
                "adaptation_step_8x64": {}}
-    layouts = ("default", "channels_last")
-    for k in (model.config.iterations, 24):
-        m = model if k == model.config.iterations else model.with_iterations(k)
-        for name, image in (("gray", gray), ("colour", colour)):
-            for layout in layouts:  # interleaved, so that both see the same machine
-                ffdnet.CHANNELS_LAST = layout == "channels_last"
+    # Layout by layout. In this sequence the 24-iteration grayscale reconstruction in the
+    # default layout takes about 2.0 s, though 3.3 s in a fresh process (three times the 8
+    # iterations): oneDNN's choices depend on the convolutions run before.
+    theta = mp.parameters_of(model)
+    for layout in ("default", "channels_last"):
+        ffdnet.CHANNELS_LAST = layout == "channels_last"
+        for k in (model.config.iterations, 24):
+            m = model if k == model.config.iterations else model.with_iterations(k)
+            for name, image in (("gray", gray), ("colour", colour)):
                 s = reconstruction_seconds(m, task, image, device, args.repeat)
                 results["reconstruction_256"][f"{name}/K{k}/{layout}"] = s
                 print(f"256² {name:6s} K={k:2d} {layout:13s} {s:6.3f} s", flush=True)
-    theta = mp.parameters_of(model)
-    for loss in ("equivariant", "robust-equivariant"):
-        for frozen in ((), ("denoiser",)):
-            for layout in layouts:
-                ffdnet.CHANNELS_LAST = layout == "channels_last"
+        for loss in ("equivariant", "robust-equivariant"):
+            for frozen in ((), ("denoiser",)):
                 s = step_seconds(model, theta, task, patches, loss, frozen, args.repeat)
                 tag = f"{loss}/{'schedule' if frozen else 'all'}/{layout}"
                 results["adaptation_step_8x64"][tag] = s

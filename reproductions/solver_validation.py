@@ -132,6 +132,9 @@ def add_shared_args(ap: argparse.ArgumentParser) -> None:
 
 def with_test_options(model, iterations: int = 0, dihedral: bool = False):
     """An HQSNet resampled to ``iterations`` (0: as it is) and with ``dihedral`` turned on."""
+    if (iterations or dihedral) and not isinstance(model, mp.HQSNet):
+        raise SystemExit(f"--iterations and --dihedral apply to HQSNets, not to a "
+                         f"{type(model).__name__}")
     if iterations:
         model = model.with_iterations(iterations)
     if dihedral:

@@ -25,6 +25,23 @@ def test_without_ground_truth(tmp_path):
     assert back.x is None and back.target is None
 
 
+def test_the_noise_level_drawn_for_a_file_travels_with_it(tmp_path):
+    """A family task draws its noise std per batch: the file records the one drawn, for the
+    noise-aware loss; a damaged value is refused in one line."""
+    from metaprior.checkpoint import load_tensors, save_tensors
+
+    batch = get_task("denoise-family").sample(torch.rand(1, 1, 16, 16),
+                                              torch.Generator().manual_seed(3))
+    assert 0.01 < batch.noise_sigma < 0.1
+    path = save_measurements(tmp_path / "y.safetensors", batch)
+    assert load_measurements(path).noise_sigma == batch.noise_sigma
+    save_tensors(tmp_path / "bad.safetensors", load_tensors(path),
+                 {"task": "denoise-family", "image_shape": "[1, 1, 16, 16]",
+                  "noise_sigma": "-1"})
+    with pytest.raises(ValueError, match="'noise_sigma' metadata must be a number >= 0"):
+        load_measurements(tmp_path / "bad.safetensors")
+
+
 def test_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="--measurements"):
         load_measurements(tmp_path / "missing.safetensors")

@@ -219,8 +219,9 @@ def test_frozen_denoiser_adapts_the_schedule_alone():
     phi = mp.fine_tune(model, theta, lambda _s: batch, rule).params
     for name, value in phi.items():
         assert torch.equal(value, theta[name]) == name.startswith("denoiser"), name
-    with pytest.raises(ValueError, match="frozen must be a list"):
-        mp.AdaptConfig(frozen="denoiser")
+    for bad in ("denoiser", None, ["denoiser", 3]):
+        with pytest.raises(ValueError, match="frozen must be a list"):
+            mp.AdaptConfig(frozen=bad)
     with pytest.raises(ValueError, match="nothing would adapt"):
         mp.fine_tune(model, theta, lambda _s: batch, mp.AdaptConfig(frozen=("log", "denoiser")))
 

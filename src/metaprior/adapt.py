@@ -50,10 +50,9 @@ class AdaptConfig:
                 for v in self.lr_scales.values())):
             raise ValueError(f"adapt: lr_scales must be None or a mapping of parameter names to "
                              f"numbers, got {type(self.lr_scales).__name__}")
-        if isinstance(self.frozen, str) or not all(isinstance(v, str) for v in self.frozen):
-            raise ValueError(f"adapt: frozen must be a list of parameter-name prefixes, got "
-                             f"{self.frozen!r}")
-        object.__setattr__(self, "frozen", tuple(self.frozen))  # a JSON list is a tuple here
+        # a model file's JSON list becomes a tuple; anything else is refused
+        object.__setattr__(self, "frozen", _coerce(AdaptConfig, "frozen", self.frozen,
+                                                   "adapt: "))
         check_at_least("adapt", 0, steps=self.steps)  # 0: the model as it is
         check_positive("adapt", lr=self.lr)
         if not (math.isfinite(self.prox_lambda) and self.prox_lambda >= 0):

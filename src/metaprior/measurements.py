@@ -6,7 +6,8 @@ operator's buffers as ``physics.<name>`` (masks, kernels: enough to rebuild it e
 metadata ``task`` (a registered task name) and ``image_shape`` ([N, C, H, W]); files written by
 ``metaprior measure`` also record ``names`` (the image file names, in order) and ``images`` (the
 folder they were read from), so reconstructions are named after their inputs and never
-written among them. Files without these keys stay readable.
+written among them, and ``noise_sigma`` (the noise std drawn for ``y``, which the
+noise-aware label-free loss uses). Files without these keys stay readable.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def save_measurements(path: str | Path, batch: TaskBatch, with_ground_truth: boo
             tensors["target"] = batch.target
     for name, buf in batch.physics.named_buffers():
         tensors[f"physics.{name}"] = buf
-    meta = {"task": batch.task, "image_shape": json.dumps(list(batch.x.shape))}
+    meta = {"task": batch.task, "image_shape": json.dumps(list(batch.x.shape)),
+            "noise_sigma": json.dumps(float(batch.noise_sigma))}
     if names is not None:
         meta["names"] = json.dumps(_checked_names(list(names), len(batch.y), path))
     if images is not None:
@@ -138,4 +140,9 @@ def load_measurements(path: str | Path, device="cpu", task: Task | None = None) 
                          f"{tuple(expected.shape)}")
     x = tensors.get("x")
     target = tensors.get("target", x)
-    return TaskBatch(task.name, tensors["y"], physics, target, x, task.noise_sigma)
+    # the std drawn for this file (a family task draws one per batch); older files: the task's
+    sigma = meta.get("noise_sigma", task.noise_sigma)
+    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
+            and math.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"{path}: 'noise_sigma' metadata must be a number >= 0, got {sigma!r}")
+    return TaskBatch(task.name, tensors["y"], physics, target, x, float(sigma))

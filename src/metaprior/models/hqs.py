@@ -139,9 +139,10 @@ class HQSNet(Reconstructor):
         model.config, dihedral=True), model.state_dict())``. Nothing is downloaded or read."""
         from dataclasses import replace
 
-        model = cls(replace(config, pretrained=False))
+        like = next(iter(state.values()))
+        model = cls(replace(config, pretrained=False)).to(like.device, like.dtype)
         model.load_state_dict(state)
-        return model.to(next(iter(state.values())).device)
+        return model
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
