@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import skimage.data
 import torch
 
 import metaprior as mp
@@ -58,10 +59,10 @@ def main() -> None:
     model, _meta = mp.load_model(args.model, device=args.device)
     task = dataclasses.replace(mp.get_task("sr2"), noise_sigma=0.01)
     gray = demo_images("test", size=256)[0]
-    colour = torch.from_numpy(__import__("skimage.data").data.astronaut()).permute(2, 0, 1)
+    colour = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1)
     colour = torch.nn.functional.interpolate(colour[None].float() / 255, size=(256, 256),
                                              mode="area")[0]
-    patches = torch.stack([demo_images("train", size=64)[k % 8] for k in range(8)]).to(device)
+    patches = torch.stack(demo_images("train", size=64)).to(device)  # the 8 training pictures
     results = {"model": args.model, "iterations": model.config.iterations,
                "machine": machine(), "threads": args.threads, "reconstruction_256": {},
                "adaptation_step_8x64": {}}

@@ -29,6 +29,7 @@ use it too::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import deepinv as dinv
@@ -95,8 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     x = torch.stack(demo_images("test", size=args.size))  # (3, 1, H, W) held-out pictures
     task = TASK
     batch = task.sample(x, torch.Generator().manual_seed(0))
-    measured = mp.TaskBatch(batch.task, batch.y, batch.physics, target=None, x=None,
-                            noise_sigma=batch.noise_sigma)
+    measured = dataclasses.replace(batch, target=None, x=None)  # the measurements alone
 
     def score(x_hat: torch.Tensor) -> float:
         return float(mp.psnr(x_hat.clamp(0, 1), x).mean())

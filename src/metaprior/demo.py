@@ -32,7 +32,7 @@ from metaprior.meta.config import MetaConfig
 from metaprior.meta.problem import reconstruct
 from metaprior.models import PDNetConfig
 from metaprior.outputs import RunFolderError, holds_run
-from metaprior.tasks import TaskBatch, get_task
+from metaprior.tasks import get_task
 from metaprior.train import DataConfig, OptimConfig, RunConfig, TrainConfig, meta_train
 
 
@@ -145,8 +145,7 @@ def _adapt_demo(config: DemoConfig, device: str, log) -> dict:
     task = get_task(config.adapt_task)
     test = [im.to(device) for im in demo_images("test", size=config.size)]
     batch = task.sample(torch.stack(test), torch.Generator().manual_seed(config.seed))
-    measured = TaskBatch(batch.task, batch.y, batch.physics, target=None, x=None,
-                         noise_sigma=batch.noise_sigma)
+    measured = replace(batch, target=None, x=None)  # the measurements alone
     log(f"1/3 '{config.model}' ({type(model).__name__}, {sum(t.numel() for t in theta.values()):,}"
         f" parameters) on '{task.name}', an operator it never saw; measuring 3 held-out "
         f"pictures (camera, moon, clock; {config.size}x{config.size})")
