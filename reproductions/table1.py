@@ -316,14 +316,15 @@ def write_json(path: str | Path, payload: dict, indent: int = 1) -> Path:
     return path
 
 
-def fine_tuning_rule(meta: dict | None, config: Table1Config):
-    """The step rule an initialisation is fine-tuned with: the one its metadata records
-    (a meta-model's inner optimizer and learned per-layer step sizes, rescaled by the chosen
-    lr; ``meta=None`` for random init: Adam), with ``config.optimizer`` replacing the optimizer
+def fine_tuning_rule(meta: dict | None, config: Table1Config, loss: str | None = None):
+    """The step rule an initialisation is fine-tuned with for ``loss``: the one its metadata
+    records (a meta-model's inner optimizer and learned per-layer step sizes, rescaled by the
+    chosen lr; a shipped model's rule for that loss, e.g. which parameters it holds fixed;
+    ``meta=None`` for random init: Adam), with ``config.optimizer`` replacing the optimizer
     when set. ``None`` stands for the default rule (Adam)."""
     from metaprior.adapt import AdaptConfig
 
-    rule = None if meta is None else AdaptConfig.from_model(meta)
+    rule = None if meta is None else AdaptConfig.from_model(meta, loss=loss)
     if config.optimizer:
         rule = replace(rule or AdaptConfig(), optimizer=config.optimizer)
     return rule
@@ -372,6 +373,8 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     rule = rule or AdaptConfig()
     if rule.optimizer != "adam":
         fingerprint["optimizer"] = rule.optimizer
+    if rule.frozen:  # parameters held fixed: another fine-tuning, another choice
+        fingerprint["frozen"] = list(rule.frozen)
     if rule.lr_scales is not None:  # learned step sizes: the grid rescales them
         fingerprint["lr_scales"] = {k: rule.lr_scales[k] for k in sorted(rule.lr_scales)}
     entry = cache_entry(cache, key, fingerprint)
@@ -516,12 +519,13 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 theta = _random_init(model, config.seed)
             else:
                 model, theta = inits[init][0], inits[init][1]
-            rule = fine_tuning_rule(None if init == "random" else inits[init][2], config)
             losses = (("supervised", "unsupervised",
                        *(config.variants if init.startswith("meta") or init == "recommended"
                          else ()))
                       if not config.losses or init == "random" else config.losses)
             for loss in losses:
+                rule = fine_tuning_rule(None if init == "random" else inits[init][2], config,
+                                        loss)
                 tag = LOSS_TAGS[loss]
                 lr, chosen = config.lr, None
                 prox = 0.0 if init == "random" else config.prox_lambda
@@ -538,6 +542,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                                      rule=rule)
                 run["lr"] = lr
                 run["optimizer"] = (rule or AdaptConfig()).optimizer
+                run["frozen"] = list((rule or AdaptConfig()).frozen)
                 if chosen is not None:
                     run["lr_selection"] = {k: chosen[k] for k in ("grid", "at_grid_edge",
                                                                   "seconds")}

@@ -297,6 +297,37 @@ def test_a_model_recommends_its_adaptation_rule(tmp_path):
     assert mp.AdaptConfig.from_model(meta, lr=0.1).lr == 0.1
 
 
+def test_a_model_recommends_one_rule_per_loss(tmp_path):
+    """``adapt.by_loss`` holds the rule for another loss: asking for that loss takes its rule
+    whole (not the recommended rule's frozen parameters); another loss keeps the recommended
+    rule's lr and frozen parameters; flags still win."""
+    model = _tiny_hqs()
+    rules = {"loss": "equivariant", "lr": 3e-3, "frozen": ["denoiser"],
+             "by_loss": {"supervised": {"lr": 1e-2}}}
+    _, meta = load_model(save_model(tmp_path / "m.safetensors", model,
+                                    metadata={"adapt": rules}))
+    label_free = mp.AdaptConfig.from_model(meta)
+    assert (label_free.loss, label_free.lr, label_free.frozen) == ("equivariant", 3e-3,
+                                                                   ("denoiser",))
+    supervised = mp.AdaptConfig.from_model(meta, loss="supervised")
+    assert (supervised.loss, supervised.lr, supervised.frozen) == ("supervised", 1e-2, ())
+    assert mp.AdaptConfig.from_model(meta, loss="supervised", lr=0.5).lr == 0.5
+    robust = mp.AdaptConfig.from_model(meta, loss="robust-equivariant")
+    assert (robust.lr, robust.frozen) == (3e-3, ("denoiser",))
+    # every rule is checked, whichever loss is asked for
+    for bad, match in (({"by_loss": []}, "by_loss an object of rules"),
+                       ({"by_loss": {"supervised": 3}}, "by_loss an object of rules"),
+                       ({"by_loss": {"nonsense": {}}}, "by_loss.nonsense: not a loss"),
+                       ({"by_loss": {"supervised": {"loss": "unsupervised"}}}, "another loss"),
+                       ({"loss": "supervised", "by_loss": {"supervised": {}}}, "repeats"),
+                       ({"by_loss": {"supervised": {"frozn": ["denoiser"]}}}, "unknown field"),
+                       ({"lr_typo": 1e-3}, r"adapt: unknown field 'lr_typo'"),
+                       ({"by_loss": {"supervised": {"lr": "fast"}}}, "lr must be")):
+        for loss in (None, "supervised"):
+            with pytest.raises(ValueError, match=match):
+                mp.AdaptConfig.from_model({"adapt": bad}, loss=loss)
+
+
 def test_the_demo_adapts_the_shipped_model_without_ground_truth_and_writes_a_figure(tmp_path):
     """``metaprior demo`` (small): the recommended model adapted to sr2 from measurements
     alone; the PSNR table, the adapted model and the figure are written."""

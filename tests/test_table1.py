@@ -214,6 +214,12 @@ def test_fine_tuning_rule_is_the_init_s_own_unless_the_config_names_one():
     adam = table1.fine_tuning_rule(meta, table1.quick_config(optimizer="adam"))
     assert adam.optimizer == "adam" and adam.lr_scales == rule.lr_scales
     assert table1.fine_tuning_rule(None, table1.quick_config(optimizer="sgd")).optimizer == "sgd"
+    # a shipped model's rule per loss: its label-free rule holds the denoiser, not its
+    # supervised one
+    shipped = {"adapt": {"loss": "equivariant", "frozen": ["denoiser"],
+                         "by_loss": {"supervised": {"lr": 1e-2}}}}
+    assert table1.fine_tuning_rule(shipped, own, "equivariant").frozen == ("denoiser",)
+    assert table1.fine_tuning_rule(shipped, own, "supervised").frozen == ()
 
 
 @pytest.mark.parametrize("extend,best,edge", [(4, 2.7e-5, False), (1, 9e-5, True)])

@@ -68,7 +68,11 @@ class AdaptConfig:
         r"""The inner step rule a model was meta-trained with, read from its metadata
         (optimizer, lr, λ, inner loss, learned per-tensor learning rates), then the step rule the
         model recommends for adaptation (metadata ``adapt``: e.g. a shipped model's lr and
-        label-free loss, chosen on validation operators), then ``overrides``.
+        label-free loss, chosen on validation operators), then ``overrides``. A rule for
+        another loss, ``adapt.by_loss[loss]`` (e.g. ``{"supervised": {"lr": 1e-2}}``), replaces
+        the recommended one whole when ``overrides`` asks for that loss; a loss without a rule
+        of its own takes the recommended rule with its loss replaced (its lr and frozen
+        parameters too). Every rule is checked whichever loss is asked for.
 
         With learned per-parameter rates :math:`\eta_k`, ``lr_scales`` is :math:`\eta_k/\eta_0`
         (:math:`\eta_0` = the model's ``inner_lr``), so ``lr = inner_lr`` applies exactly the
@@ -82,14 +86,38 @@ class AdaptConfig:
                   "optimizer": inner.get("inner_optimizer", cls.optimizer),
                   "lr_scales": {k: float(v) / lr for k, v in learned.items()} if learned
                   else None}
-        recommended = meta.get("adapt", {})
-        if not isinstance(recommended, dict):
-            raise ValueError(f"the model's 'adapt' metadata must be an object, got "
-                             f"{recommended!r}")
-        known = {f.name for f in fields(cls)} - {"lr_scales"}
-        values.update({k: v for k, v in recommended.items() if k in known})
+        values.update(cls._model_rule(meta, values, overrides.get("loss")))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @classmethod
+    def _model_rule(cls, meta: dict, base: dict, loss: str | None) -> dict:
+        """The fields of the rule a model recommends for ``loss`` (metadata ``adapt`` and
+        ``adapt.by_loss``), each rule checked on top of ``base``; one-line errors name the
+        faulty entry."""
+        from metaprior.losses import LOSSES
+
+        rules = meta.get("adapt", {})
+        by_loss = rules.get("by_loss", {}) if isinstance(rules, dict) else None
+        if not (isinstance(by_loss, dict) and all(isinstance(r, dict) for r in by_loss.values())):
+            raise ValueError(f"the model's 'adapt' metadata must be an object and its by_loss "
+                             f"an object of rules by loss, got {rules!r}")
+        recommended = {k: v for k, v in rules.items() if k != "by_loss"}
+        known = {f.name for f in fields(cls)} - {"lr_scales"}
+        for where, rule in (("adapt", recommended),
+                            *((f"adapt.by_loss.{k}", r) for k, r in by_loss.items())):
+            if set(rule) - known:
+                raise ValueError(f"the model's {where}: unknown field "
+                                 f"{sorted(set(rule) - known)[0]!r}; fields: {sorted(known)}")
+        for name, rule in by_loss.items():
+            if name not in LOSSES or rule.get("loss", name) != name:
+                raise ValueError(f"the model's adapt.by_loss.{name}: not a loss of {LOSSES}, "
+                                 f"or its rule names another loss")
+            if name == recommended.get("loss"):
+                raise ValueError(f"the model's adapt.by_loss repeats its recommended loss "
+                                 f"{name!r}: keep that rule in 'adapt' itself")
+            cls(**{**base, **rule, "loss": name})  # a bad rule fails whatever loss is asked
+        return {**by_loss[loss], "loss": loss} if loss in by_loss else recommended
 
     def lrs(self, model: nn.Module | None = None):
         """``lr``, or one learning rate per parameter name (``lr · lr_scales[name]``); without
