@@ -1,8 +1,8 @@
 """Speed of the recommended solver: one 256² reconstruction and one adaptation step.
 
-For an HQSNet (default ``hqs-families``, 8 iterations): the wall time of one 256×256
+For an HQSNet (default: the recommended model): the wall time of one 256×256
 reconstruction (SR ×2 measurements of scikit-image's camera, grayscale, and of its astronaut
-in colour, denoised channel by channel) at the model's iteration count and at 24, then of one
+in colour, denoised channel by channel) at 8 and 24 iterations and at the model's own, then of one
 adaptation step on the batch the adaptation recipes use (8 patches of 64², SR ×2, noise std
 0.01, so that the robust loss computes its SURE term) for each
 label-free loss, adapting every parameter or the schedule alone (``frozen=("denoiser",)``).
@@ -10,7 +10,7 @@ Every timing is taken on PyTorch's default layout and then with FFDNet's convolu
 channels-last feature maps, in one run (``metaprior.models.ffdnet.CHANNELS_LAST``).
 Writes ``benchmarks/results/solver_speed.json``.
 
-    python benchmarks/bench_solver.py [--model hqs-families] [--threads 1] [--device cpu]
+    python benchmarks/bench_solver.py [--model NAME] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import metaprior as mp
 import metaprior.models.ffdnet as ffdnet
 from common import machine, timeit, write_json
 from metaprior.data import demo_images
+from metaprior.pretrained import RECOMMENDED
 
 
 def _sync(device: torch.device):
@@ -48,7 +49,7 @@ def step_seconds(model, theta, task, patches, loss, frozen, repeat) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="hqs-families")
+    ap.add_argument("--model", default=RECOMMENDED)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=3)
@@ -72,7 +73,7 @@ def main() -> None:
     theta = mp.parameters_of(model)
     for layout in ("default", "channels_last"):
         ffdnet.CHANNELS_LAST = layout == "channels_last"
-        for k in (model.config.iterations, 24):
+        for k in sorted({model.config.iterations, 8, 24}):
             m = model if k == model.config.iterations else model.with_iterations(k)
             for name, image in (("gray", gray), ("colour", colour)):
                 s = reconstruction_seconds(m, task, image, device, args.repeat)

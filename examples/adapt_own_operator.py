@@ -9,8 +9,8 @@ compares, by PSNR against the ground truth (used only for scoring):
 * the zero-filled adjoint A^T y and deepinv's least-squares pseudo-inverse A^† y;
 * total-variation reconstruction, its weight grid-searched on two *other* pictures (the only
   ground truth used, as a user with a few clean images of their own would);
-* the recommended shipped model (``hqs-families``) θ, before and after N steps on y alone
-  with the label-free loss and step size it recommends (the equivariant loss);
+* the recommended shipped model (``hqs-dpir24-dihedral``) θ, before and after N steps on y
+  alone with the label-free rule it recommends (the equivariant loss, its schedule alone);
 * for comparison, the paper's meta-model (``meta-unsup-d20``, a PDNet of
   ``reproductions/models/``), adapted with the measurement-consistency step rule it was
   meta-trained with.
@@ -22,7 +22,7 @@ use it too::
 
     metaprior --plugin examples/adapt_own_operator.py measure --task boxblur-decimate2 \
         --images DIR --no-ground-truth --out y.safetensors
-    metaprior --plugin examples/adapt_own_operator.py adapt --model hqs-families \
+    metaprior --plugin examples/adapt_own_operator.py adapt --model hqs-dpir24-dihedral \
         --measurements y.safetensors --steps 20 --out adapted.safetensors
 """
 
@@ -40,6 +40,7 @@ import metaprior as mp
 from metaprior import baselines as bl
 from metaprior.cli import one_line_errors
 from metaprior.data import demo_images
+from metaprior.pretrained import RECOMMENDED
 
 
 class BoxBlurDecimate(dinv.physics.LinearPhysics):
@@ -82,14 +83,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="adaptation steps, no ground truth")
     ap.add_argument("--size", type=int, default=128, help="picture side")
-    ap.add_argument("--model", default="hqs-families", help="shipped model (or model file)")
+    ap.add_argument("--model", default=RECOMMENDED,
+                    help="shipped model (or model file); default: the recommended one")
     ap.add_argument("--compare", default="meta-unsup-d20",
                     help="comma-separated models adapted the same way ('' for none)")
     ap.add_argument("--loss", default="", help="equivariant | robust-equivariant | unsupervised "
                     "(default: each model's own recommendation; unsupervised for a model "
                     "without one)")
     ap.add_argument("--frozen", default="", help="parameter-name prefixes held fixed, e.g. "
-                    "denoiser (HQSNet: adapt the schedule alone)")
+                    "denoiser (HQSNet: adapt the schedule alone), or none (adapt every "
+                    "parameter); default: each model's own rule")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -111,14 +114,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model, meta = mp.load_model(name)
         # each model's own step rule (optimizer, step size, the loss it recommends); a model
         # trained with a supervised inner loss (or none) adapts with measurement consistency
-        frozen = tuple(filter(None, args.frozen.split(",")))
+        frozen = (tuple(p for p in args.frozen.split(",") if p and p != "none")
+                  if args.frozen else None)  # None: the model's own rule
         if frozen and not any(k.startswith(frozen) for k, _ in model.named_parameters()):
             frozen = ()  # a model without those parameters (a PDNet) adapts all of its own
         rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss=args.loss or None,
-                                         frozen=frozen or None)
+                                         frozen=frozen)
         if rule.loss == "supervised":
             rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss="unsupervised",
-                                             frozen=frozen or None)
+                                             frozen=frozen)
         theta = mp.parameters_of(model)
         result = mp.fine_tune(model, theta, lambda step: measured, rule)
         with torch.no_grad():

@@ -6,7 +6,8 @@ BSDS500 train patches (supervised or without ground truth), scored after 0, 1, 5
 steps. Everything is scored on validation images only (BSDS500 val centre crops; for ``mri4``
 the held-out fine-tuning knee slices), never on Set3C or the MRI test slices. Given several
 fine-tuning learning rates, the one kept is chosen as the baselines' hyper-parameters are: by
-PSNR after the last step on the grid-search crops (``grid_psnr``), not on the scored ones.
+PSNR after the last step on the grid-search crops (``grid_psnr``), not on the scored ones;
+every lr's curves are kept too (``curves_by_lr``).
 
 The operators: ``sr2`` and ``mri4`` (Table 1's, on their validation data), and four of our own,
 outside the training families of :mod:`metaprior.families`:
@@ -213,7 +214,9 @@ def main(argv=None) -> dict:
                 if rows:
                     best = max(rows, key=lambda r: r["grid_psnr"][args.steps])
                     entry["models"][tag] = {**best, "lrs_tried": {
-                        str(r["lr"]): r["grid_psnr"][args.steps] for r in rows}}
+                        str(r["lr"]): r["grid_psnr"][args.steps] for r in rows},
+                        "curves_by_lr": {str(r["lr"]): {k: r[k] for k in ("psnr", "grid_psnr")}
+                                         for r in rows}}
         entry["seconds"] = entry.get("seconds", 0.0) + time.perf_counter() - t0
         results["machine"] = {"platform": platform.platform(), "threads": 1,
                               "torch": torch.__version__}

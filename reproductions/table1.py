@@ -42,6 +42,7 @@ from torch import Tensor
 from metaprior.evaluate import evaluate_method
 from metaprior.meta.problem import reconstruct
 from metaprior.metrics import mean_std
+from metaprior.pretrained import RECOMMENDED
 from metaprior.tasks import TaskBatch, get_task
 
 #: Table 1 of the paper (dB, mean ± std), for the side-by-side report.
@@ -68,7 +69,7 @@ class Table1Config:
     meta_sup: str = "meta-sup-d20"  # supervised-inner meta-model (name or path)
     meta_unsup: str = "meta-unsup-d20"  # unsupervised-inner meta-model (name or path)
     joint: str = "joint-d20"  # joint multi-task pre-trained model (name or path)
-    recommended: str = "hqs-families"  # the recommended shipped model (init "recommended")
+    recommended: str = RECOMMENDED  # the recommended shipped model (init "recommended")
     inits: tuple[str, ...] = PAPER_INITS  # initialisations to fine-tune (any of INITS)
     steps: int = 50  # fine-tuning Adam steps (Table 1: 50)
     curve: tuple[int, ...] = (0, 1, 2, 5, 10, 20)  # also score after these steps (Fig. B.2)

@@ -79,7 +79,9 @@ def test_adapt_own_operator_example_runs_on_a_user_operator():
     assert float(lhs) == pytest.approx(float(rhs), rel=1e-5)
     rows = example.main(["--steps", "2", "--size", "32"])
     assert all(math.isfinite(v) for v in rows.values())
-    assert rows["hqs-families: 2 equivariant steps"] != rows["hqs-families: θ"]
+    from metaprior.pretrained import RECOMMENDED
+
+    assert rows[f"{RECOMMENDED}: 2 equivariant steps"] != rows[f"{RECOMMENDED}: θ"]
     assert rows["meta-unsup-d20: 2 unsupervised steps"] != rows["meta-unsup-d20: θ"]
 
 

@@ -353,3 +353,31 @@ def test_hqs_takes_a_batch_of_masks_without_a_norm_bound():
     with torch.no_grad():
         out = _tiny_hqs()(physics.A(x), physics)
     assert out.shape == x.shape and 0.9 < physics.norm_sq_bound < 1.1
+
+
+def test_adapt_command_takes_the_model_s_rule_for_the_loss(tmp_path):
+    """``metaprior adapt``: without ``--loss`` the recommended rule (the schedule alone), with
+    ``--loss supervised`` that loss's rule (every parameter, its lr), ``--frozen ''`` holds
+    nothing fixed; each adapted file records the rule it ran."""
+    from conftest import write_pngs
+    from metaprior.cli import main
+
+    rules = {"loss": "equivariant", "lr": 3e-3, "frozen": ["denoiser"],
+             "by_loss": {"supervised": {"lr": 1e-2}}}
+    model = save_model(tmp_path / "m.safetensors", _tiny_hqs(pretrained=False),
+                       metadata={"adapt": rules})
+    imgs = write_pngs(tmp_path / "imgs", size=16)
+    base = ["adapt", "--model", str(model), "--images", str(imgs), "--task", "sr2",
+            "--patch-size", "16", "--batch-size", "2", "--steps", "1", "--no-progress"]
+    original, _ = load_model(model)
+    for i, (extra, expected) in enumerate((([], ("equivariant", 3e-3, ["denoiser"])),
+                                           (["--loss", "supervised"], ("supervised", 1e-2, [])),
+                                           (["--frozen", ""], ("equivariant", 3e-3, [])))):
+        out = tmp_path / f"adapted{i}.safetensors"
+        main([*base, *extra, "--out", str(out)])
+        adapted, meta = load_model(out)
+        rule = meta["adapted"]
+        assert (rule["loss"], rule["lr"], rule["frozen"]) == expected
+        moved = not torch.equal(adapted.denoiser.convs[0].weight,
+                                original.denoiser.convs[0].weight)
+        assert moved == (expected[2] == [])

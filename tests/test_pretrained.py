@@ -22,9 +22,14 @@ PACKAGE_MODELS = json.loads((ROOT / "src/metaprior/pretrained/MODELS.json").read
 
 
 def test_the_package_ships_the_recommended_model_only():
-    assert list(PACKAGE_MODELS) == ["hqs-families"]
+    assert list(PACKAGE_MODELS) == [pretrained.RECOMMENDED]
     shipped = sorted(p.name for p in (ROOT / "src/metaprior/pretrained").glob("*.safetensors"))
-    assert shipped == ["hqs-families.safetensors"]
+    assert shipped == [f"{pretrained.RECOMMENDED}.safetensors"]
+    # every default that names a model names the recommended one
+    from metaprior.demo import DemoConfig
+    from reproductions.table1 import Table1Config
+
+    assert DemoConfig.model == Table1Config.recommended == pretrained.RECOMMENDED
     study = json.loads((reproductions.MODELS / "MODELS.json").read_text())
     assert len(study) == 17 and all(name.startswith(("meta-", "joint-", "hqs-"))
                                     for name in study)
@@ -33,7 +38,7 @@ def test_the_package_ships_the_recommended_model_only():
 
 def test_every_model_loads_by_name_with_its_provenance():
     names = pretrained.available()
-    assert {"hqs-families", "meta-sup-d20", "joint-d20-3000"} <= set(names)
+    assert {pretrained.RECOMMENDED, "hqs-families", "meta-sup-d20", "joint-d20-3000"} <= set(names)
     for name in names:
         info = pretrained.describe(name)
         assert info["command"].count("metaprior ") == 1 and info["file"].endswith(".safetensors")
@@ -64,7 +69,8 @@ def test_unknown_name_is_a_clear_error():
         with pytest.raises((FileNotFoundError, ValueError)) as e:
             call("no-such-model")
         message = str(e.value)
-        assert "\n" not in message and "hqs-families" in message and "meta-sup-d20" in message
+        assert "\n" not in message and pretrained.RECOMMENDED in message
+        assert "meta-sup-d20" in message
         assert "add_model_dir" in message and pretrained.ENV in message
     with pytest.raises(FileNotFoundError, match="no model at"):
         resolve_model_path("runs/none/model.safetensors")
@@ -81,6 +87,6 @@ def test_a_model_folder_is_found_through_the_environment(tmp_path):
     env = {**os.environ, pretrained.ENV: str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, cwd=tmp_path).stdout
-    assert out.split() == ["['hqs-families',", "'mine']", "20"]
+    assert out.split() == [f"['{pretrained.RECOMMENDED}',", "'mine']", "20"]
     with pytest.raises(FileNotFoundError, match=r"no MODELS\.json"):
         pretrained.add_model_dir(tmp_path / "missing")

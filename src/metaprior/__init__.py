@@ -2,7 +2,7 @@
 
 The public API, ``import metaprior as mp``::
 
-    model, meta = mp.load_model("hqs-families")            # the recommended shipped model
+    model, meta = mp.load_model("hqs-dpir24-dihedral")     # the recommended shipped model
     task = mp.get_task("sr2")                               # or mp.task_from_physics(...)
     batch = task.sample(images, torch.Generator().manual_seed(0))
     rule = mp.AdaptConfig.from_model(meta, steps=50)        # its own inner step rule

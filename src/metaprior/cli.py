@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "fine-tune a (meta-)model on a task, with or without ground truth",
                  f"Fine-tune a model (a file, or by name: {names}) on a task from a "
                  "measurement file or an image folder. The step rule (lr, λ, optimizer, the "
-                 "relative learning rates lr_scales) is the model's own unless given; the loss "
+                 "relative learning rates lr_scales, parameters held fixed) is the model's own "
+                 "for the loss (its metadata adapt and adapt.by_loss) unless given; the loss "
                  "is the model's recommended one, else unsupervised (measurement consistency): "
                  "also supervised, equivariant (plus the 90°-rotation equivariant-imaging "
                  "term, no ground truth either) or robust-equivariant (the same for noisy "

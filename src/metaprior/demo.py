@@ -1,11 +1,11 @@
 """The main job on pictures shipped inside a dependency (scikit-image's; no data root):
 
-1. load the recommended shipped model (``hqs-families``: unrolled HQS with an FFDNet prior,
-   trained across operator families);
-2. measure three held-out pictures with an operator it never saw in training (default
-   ``sr2``: plain ×2 decimation, no anti-alias filter);
-3. adapt it to those measurements alone, *without ground truth*, with the loss and step
-   size the model recommends (its metadata ``adapt``; the equivariant loss);
+1. load the recommended shipped model (``hqs-dpir24-dihedral``: 24 unrolled HQS iterations
+   with the operator's exact data prox and a pretrained FFDNet prior);
+2. measure three held-out pictures with an operator (default ``sr2``: plain ×2 decimation,
+   no anti-alias filter);
+3. adapt it to those measurements alone, *without ground truth*, with the label-free rule
+   the model recommends (its metadata ``adapt``: the equivariant loss, the schedule alone);
 4. print PSNR against the ground truth (used for scoring only) of the zero-filled adjoint
    :math:`A^\\top y`, total variation (its weight grid-searched on two *other* pictures), the
    model before and after adaptation, and write a figure of all of them.
@@ -32,13 +32,14 @@ from metaprior.meta.config import MetaConfig
 from metaprior.meta.problem import reconstruct
 from metaprior.models import PDNetConfig
 from metaprior.outputs import RunFolderError, holds_run
+from metaprior.pretrained import RECOMMENDED
 from metaprior.tasks import get_task
 from metaprior.train import DataConfig, OptimConfig, RunConfig, TrainConfig, meta_train
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    model: str = "hqs-families"  # the shipped model (or a model file) adapted
+    model: str = RECOMMENDED  # the shipped model (or a model file) adapted
     adapt_task: str = "sr2"  # the unseen operator adapted to
     adapt_steps: int = 10  # adaptation steps without ground truth
     loss: str = ""  # ground-truth-free loss ("": the model's own recommendation)
@@ -147,12 +148,13 @@ def _adapt_demo(config: DemoConfig, device: str, log) -> dict:
     batch = task.sample(torch.stack(test), torch.Generator().manual_seed(config.seed))
     measured = replace(batch, target=None, x=None)  # the measurements alone
     log(f"1/3 '{config.model}' ({type(model).__name__}, {sum(t.numel() for t in theta.values()):,}"
-        f" parameters) on '{task.name}', an operator it never saw; measuring 3 held-out "
-        f"pictures (camera, moon, clock; {config.size}x{config.size})")
+        f" parameters) on '{task.name}'; measuring 3 held-out pictures (camera, moon, clock; "
+        f"{config.size}x{config.size})")
     weight, tv = _tv(task, [im.to(device) for im in demo_images("train", size=config.size)[:2]],
                      config.seed)
+    fixed = f", {'/'.join(rule.frozen)} held fixed" if rule.frozen else ""
     log(f"2/3 adapting to their measurements alone, no ground truth ({rule.steps} {rule.loss} "
-        f"{rule.optimizer} steps, lr {rule.lr:g}) ...")
+        f"{rule.optimizer} steps, lr {rule.lr:g}{fixed}) ...")
     run = finetune_and_score(model, theta, lambda step: measured, rule, [batch])
     t_adapt, adapted = run["seconds"], run["params"]
     out = Path(config.out)

@@ -38,8 +38,9 @@ SECTIONS = {"data": AdaptData, "run": AdaptRun}
 IMAGES_ONLY = ("eval_measurements", "patch_size", "batch_size", "color")
 #: What ``--help`` shows where the value comes from the model being adapted.
 DEFAULTS_TEXT = {
-    "adapt.lr": "the model's inner_lr (with its relative learning rates lr_scales, if any: "
-                "--lr rescales them all)",
+    "adapt.lr": "the model's rule for the loss, else its inner_lr (with its relative learning "
+                "rates lr_scales, if any: --lr rescales them all)",
+    "adapt.frozen": "the model's rule for the loss; '' holds nothing fixed",
     "adapt.prox_lambda": "the model's", "adapt.optimizer": "the model's",
     "adapt.loss": "the model's recommended loss, else unsupervised"}
 

@@ -3,7 +3,7 @@ configuration and wall time that produced each model, and, where it builds on an
 the ``init_command`` of that run: the one that wrote its ``--init-from`` file, or the one it
 continues with ``--resume``).
 
-The package ships the recommended model, ``hqs-families``. Further folders of models, each
+The package ships the recommended model, :data:`RECOMMENDED`. Further folders of models, each
 holding a ``MODELS.json`` that maps names to ``{"file": ..., "command": ..., ...}``, are found
 through :func:`add_model_dir` or the environment variable ``METAPRIOR_MODEL_PATH``
 (folders separated by ``:``); the repository's ``reproductions`` package registers its own
@@ -20,6 +20,9 @@ import json
 import os
 from pathlib import Path
 
+#: The recommended model: every default that names a model (``metaprior demo``, the examples,
+#: the benchmarks, the reproductions' ``recommended`` initialisation) names this one.
+RECOMMENDED = "hqs-dpir24-dihedral"
 ENV = "METAPRIOR_MODEL_PATH"
 _PACKAGE = Path(__file__).parent
 _added: list[Path] = []
