@@ -542,8 +542,8 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                                      config.curve, visual_at=(0, 1, 20, config.steps),
                                      rule=rule)
                 run["lr"] = lr
-                run["optimizer"] = (rule or AdaptConfig()).optimizer
-                run["frozen"] = list((rule or AdaptConfig()).frozen)
+                applied = rule or AdaptConfig()
+                run["optimizer"], run["frozen"] = applied.optimizer, list(applied.frozen)
                 if chosen is not None:
                     run["lr_selection"] = {k: chosen[k] for k in ("grid", "at_grid_edge",
                                                                   "seconds")}
