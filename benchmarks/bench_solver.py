@@ -5,7 +5,10 @@ reconstruction (SR ×2 measurements of scikit-image's camera, grayscale, and of 
 in colour, denoised channel by channel) at 8 and 24 iterations and at the model's own, then of one
 adaptation step on the batch the adaptation recipes use (8 patches of 64², SR ×2, noise std
 0.01, so that the robust loss computes its SURE term) for each
-label-free loss, adapting every parameter or the schedule alone (``frozen=("denoiser",)``).
+label-free loss, adapting every parameter or the schedule alone (``frozen=("denoiser",)``),
+and the schedule's equivariant step in mixed precision (``precision="bfloat16"``,
+channels-last only; the CPU's bfloat16 flags are recorded). Each reconstruction's floating-point
+operations are counted too (``gflop_256``).
 Every timing is taken on PyTorch's default layout and then with FFDNet's convolutions on
 channels-last feature maps, in one run (``metaprior.models.ffdnet.CHANNELS_LAST``).
 Writes ``benchmarks/results/solver_speed.json``.
@@ -38,10 +41,32 @@ def reconstruction_seconds(model, task, image, device, repeat) -> float:
         return timeit(lambda: model(batch.y, batch.physics), repeat=repeat, sync=_sync(device))
 
 
-def step_seconds(model, theta, task, patches, loss, frozen, repeat) -> float:
+def cpu_bfloat16_flags() -> list[str]:
+    """The CPU's bfloat16 instructions (``/proc/cpuinfo`` flags), on which the speed of
+    ``precision="bfloat16"`` depends."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return []
+    return sorted({f for f in text.split() if f in ("avx512_bf16", "amx_bf16", "avx_ne_convert")})
+
+
+def reconstruction_gflop(model, task, image, device) -> float:
+    """Floating-point operations of one reconstruction (``torch.utils.flop_counter``: the
+    convolutions and matrix products, 2 per multiply-add), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = task.sample(image.unsqueeze(0).to(device), torch.Generator().manual_seed(0))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(batch.y, batch.physics)
+    return counter.get_total_flops() / 1e9
+
+
+def step_seconds(model, theta, task, patches, loss, frozen, repeat,
+                 precision: str = "float32") -> float:
     g = torch.Generator().manual_seed(0)
     batches = [task.sample(patches, g) for _ in range(repeat + 1)]
-    rule = mp.AdaptConfig(steps=1, lr=3e-3, loss=loss, frozen=frozen)
+    rule = mp.AdaptConfig(steps=1, lr=3e-3, loss=loss, frozen=frozen, precision=precision)
     runs = iter(batches)
     return timeit(lambda: mp.fine_tune(model, theta, lambda _s: next(runs), rule),
                   repeat=repeat, warmup=1, sync=_sync(patches.device))
@@ -65,8 +90,9 @@ def main() -> None:
                                              mode="area")[0]
     patches = torch.stack(demo_images("train", size=64)).to(device)  # the 8 training pictures
     results = {"model": args.model, "iterations": model.config.iterations,
-               "machine": machine(), "threads": args.threads, "reconstruction_256": {},
-               "adaptation_step_8x64": {}}
+               "machine": machine(), "cpu_bfloat16_flags": cpu_bfloat16_flags(),
+               "threads": args.threads, "reconstruction_256": {},
+               "adaptation_step_8x64": {}, "gflop_256": {}}
     # Layout by layout. In this sequence the 24-iteration grayscale reconstruction in the
     # default layout takes about 2.0 s, though 3.3 s in a fresh process (three times the 8
     # iterations): oneDNN's choices depend on the convolutions run before.
@@ -78,13 +104,23 @@ def main() -> None:
             for name, image in (("gray", gray), ("colour", colour)):
                 s = reconstruction_seconds(m, task, image, device, args.repeat)
                 results["reconstruction_256"][f"{name}/K{k}/{layout}"] = s
-                print(f"256² {name:6s} K={k:2d} {layout:13s} {s:6.3f} s", flush=True)
+                if layout == "default":
+                    gflop = reconstruction_gflop(m, task, image, device)
+                    results["gflop_256"][f"{name}/K{k}"] = gflop
+                print(f"256² {name:6s} K={k:2d} {layout:13s} {s:6.3f} s "
+                      f"({results['gflop_256'][f'{name}/K{k}']:.0f} GFLOP)", flush=True)
         for loss in ("equivariant", "robust-equivariant"):
             for frozen in ((), ("denoiser",)):
                 s = step_seconds(model, theta, task, patches, loss, frozen, args.repeat)
                 tag = f"{loss}/{'schedule' if frozen else 'all'}/{layout}"
                 results["adaptation_step_8x64"][tag] = s
                 print(f"step {tag:40s} {s:6.3f} s (50 steps: {50 * s:5.1f} s)", flush=True)
+    # The schedule's label-free rule in mixed precision (AdaptConfig.precision), channels-last.
+    s = step_seconds(model, theta, task, patches, "equivariant", ("denoiser",), args.repeat,
+                     "bfloat16")
+    tag = "equivariant/schedule/channels_last/bfloat16"
+    results["adaptation_step_8x64"][tag] = s
+    print(f"step {tag:40s} {s:6.3f} s (50 steps: {50 * s:5.1f} s)", flush=True)
     ffdnet.CHANNELS_LAST = True
     print(f"wrote {write_json(args.out, results)}")
 

@@ -154,6 +154,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--iterations", type=int, default=0,
                     help="run HQSNets with this many iterations (schedule resampled; 0: theirs)")
     ap.add_argument("--frozen", default="", help="parameter prefixes held fixed, e.g. denoiser")
+    ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                    help="dtype of each fine-tuning step's loss and gradient")
     ap.add_argument("--baselines", default="tv,dpir-ffdnet")
     ap.add_argument("--patch-size", type=int, default=60)
     ap.add_argument("--batch", type=int, default=8)
@@ -188,11 +190,13 @@ def main(argv=None) -> dict:
                 tag = (f"{Path(model_name).stem}"
                        + (f"@{args.iterations}" if args.iterations else "")
                        + ("/dihedral" if args.dihedral else "") + f"/{loss}"
-                       + (f"/frozen-{args.frozen}" if args.frozen else ""))
+                       + (f"/frozen-{args.frozen}" if args.frozen else "")
+                       + (f"/{args.precision}" if args.precision != "float32" else ""))
                 rows = []
                 for lr in (float(v) for v in args.lr.split(",")):
                     rule = mp.AdaptConfig(steps=args.steps, lr=lr, loss=loss,
-                                          frozen=tuple(filter(None, args.frozen.split(","))))
+                                          frozen=tuple(filter(None, args.frozen.split(","))),
+                                          precision=args.precision)
                     try:  # the grid-search crops are scored too, to choose the lr on
                         run = finetune_and_score(model, theta, data["stream"](), rule,
                                                  data["grid"] + data["val"], (0, 1, 5, 20),
@@ -201,7 +205,7 @@ def main(argv=None) -> dict:
                         continue
                     n_grid = len(data["grid"])
                     row = {"lr": lr, "s_per_step": run["s_per_step"],
-                           "frozen": list(rule.frozen)}
+                           "frozen": list(rule.frozen), "precision": rule.precision}
                     for key, part in (("grid_psnr", slice(None, n_grid)),
                                       ("psnr", slice(n_grid, None))):
                         row[key] = {n: mean_std(r["psnr"][part])[0]

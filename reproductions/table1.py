@@ -376,6 +376,8 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
         fingerprint["optimizer"] = rule.optimizer
     if rule.frozen:  # parameters held fixed: another fine-tuning, another choice
         fingerprint["frozen"] = list(rule.frozen)
+    if rule.precision != "float32":
+        fingerprint["precision"] = rule.precision
     if rule.lr_scales is not None:  # learned step sizes: the grid rescales them
         fingerprint["lr_scales"] = {k: rule.lr_scales[k] for k in sorted(rule.lr_scales)}
     entry = cache_entry(cache, key, fingerprint)

@@ -226,6 +226,52 @@ def test_frozen_denoiser_adapts_the_schedule_alone():
         mp.fine_tune(model, theta, lambda _s: batch, mp.AdaptConfig(frozen=("log", "denoiser")))
 
 
+def test_bfloat16_precision_runs_the_network_alone_in_bfloat16():
+    """``precision="bfloat16"``: in an adaptation step the denoiser's convolutions run in
+    bfloat16 while the operator (a convolution too) stays float32; the step is close to the
+    float32 one but not equal to it; φ and Adam's moments stay float32. The robust loss is
+    refused."""
+    model = _tiny_hqs()
+    theta = mp.parameters_of(model)
+    g = torch.Generator().manual_seed(5)
+    physics = dinv.physics.Blur(filter=ops.gaussian_kernel(0.8, 5))  # conv2d, not FFT
+    task = mp.task_from_physics("blur-test", physics, noise_sigma=0.01)
+    batch = task.sample(torch.rand(2, 1, 16, 16, generator=g), g)
+    seen = {"denoiser": [], "operator": []}
+    hook = model.denoiser.convs[1].register_forward_hook(
+        lambda m, i, o: seen["denoiser"].append(o.dtype))
+    A = batch.physics.A
+    batch.physics.A = lambda x, **kw: seen["operator"].append(A(x, **kw).dtype) or A(x, **kw)
+    steps = {}
+    for precision in ("float32", "bfloat16"):
+        for kinds in seen.values():
+            kinds.clear()
+        rule = mp.AdaptConfig(steps=1, lr=1e-2, loss="equivariant", optimizer="sgd",
+                              frozen=("denoiser",), precision=precision)
+        phi = mp.fine_tune(model, theta, lambda _s: batch, rule).params
+        assert all(v.dtype == torch.float32 for v in phi.values())
+        assert set(seen["denoiser"]) == {getattr(torch, precision)}
+        assert set(seen["operator"]) == {torch.float32}
+        steps[precision] = torch.cat([(phi[k] - theta[k]).flatten()
+                                      for k in ("log_sigma", "log_gamma")])
+    hook.remove()
+    full, half = steps["float32"], steps["bfloat16"]
+    assert not torch.equal(full, half)
+    assert torch.linalg.vector_norm(full - half) < 0.1 * torch.linalg.vector_norm(full)
+    moments = []
+    rule = mp.AdaptConfig(steps=1, lr=1e-2, loss="equivariant", frozen=("denoiser",),
+                          precision="bfloat16")
+    mp.fine_tune(model, theta, lambda _s: batch, rule,
+                 callback=lambda state, _loss: moments.extend(
+                     v.dtype for d in state.opt_state.values() if isinstance(d, dict)
+                     for v in d.values()))
+    assert moments and set(moments) == {torch.float32}
+    with pytest.raises(ValueError, match="precision must be one of"):
+        mp.AdaptConfig(precision="float16")
+    with pytest.raises(ValueError, match="robust-equivariant loss needs precision float32"):
+        mp.AdaptConfig(loss="robust-equivariant", precision="bfloat16")
+
+
 def test_files_without_an_architecture_load_as_pdnet(tmp_path):
     """Model files written before architectures had names hold only ``pdnet_config``."""
     from safetensors.torch import save_file
@@ -381,3 +427,9 @@ def test_adapt_command_takes_the_model_s_rule_for_the_loss(tmp_path):
         moved = not torch.equal(adapted.denoiser.convs[0].weight,
                                 original.denoiser.convs[0].weight)
         assert moved == (expected[2] == [])
+    out = tmp_path / "bf16.safetensors"
+    main([*base, "--precision", "bfloat16", "--out", str(out)])
+    assert load_model(out)[1]["adapted"]["precision"] == "bfloat16"
+    with pytest.raises(SystemExit, match="precision must be one of"):
+        main([*base, "--precision", "half", "--out", str(tmp_path / "no.safetensors")])
+    assert not (tmp_path / "no.safetensors").exists()

@@ -23,6 +23,9 @@ from metaprior.meta.problem import inner_step
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 
+#: ``AdaptConfig.precision``: the dtype each adaptation step's loss is computed in.
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+
 
 @dataclass(frozen=True)
 class AdaptConfig:
@@ -39,11 +42,15 @@ class AdaptConfig:
     # parameters held fixed, by name prefix (e.g. ("denoiser",): adapt HQSNet's schedule only,
     # which is faster: no gradient of the fixed weights is computed)
     frozen: tuple[str, ...] = ()  # parameter-name prefixes held fixed during adaptation
+    # "bfloat16": mixed precision, the network's computations of each step under bfloat16
+    # autocast, the operator, the losses, φ and the optimizer state in float32 (faster where
+    # the hardware has bfloat16 arithmetic; best for rules that hold the weights fixed)
+    precision: str = "float32"  # bfloat16: mixed-precision steps (best with weights held fixed)
 
     def __post_init__(self) -> None:
         from metaprior.losses import LOSSES
 
-        for name in ("steps", "lr", "prox_lambda", "loss", "optimizer"):
+        for name in ("steps", "lr", "prox_lambda", "loss", "optimizer", "precision"):
             _coerce(AdaptConfig, name, getattr(self, name), "adapt: ")  # the field's type
         if self.lr_scales is not None and not (isinstance(self.lr_scales, Mapping) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -62,6 +69,12 @@ class AdaptConfig:
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"adapt: optimizer must be 'adam' or 'sgd', got "
                              f"{self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"adapt: precision must be one of {tuple(PRECISIONS)}, got "
+                             f"{self.precision!r}")
+        if self.precision != "float32" and self.loss == "robust-equivariant":
+            raise ValueError("adapt: the robust-equivariant loss needs precision float32 (its "
+                             "SURE divergence is a finite difference finer than bfloat16)")
 
     @classmethod
     def from_model(cls, meta: dict, **overrides) -> AdaptConfig:
@@ -205,7 +218,7 @@ def fine_tune(
         model: the architecture (its own parameters are not used or changed).
         theta: initial parameters θ (kept as the proximal anchor).
         next_batch: ``next_batch(step)`` returns the step's :class:`TaskBatch`.
-        config: steps, learning rate, loss kind, λ, optimizer.
+        config: steps, learning rate, loss kind, λ, optimizer, frozen parameters, precision.
         callback: called as ``callback(state, loss)`` after each step (``state.step`` steps
             done), e.g. to checkpoint a long run.
         keep: also return the parameters after these numbers of steps (0 = θ itself).
@@ -230,13 +243,14 @@ def fine_tune(
         next_batch(step)
     losses = []
     snapshots = {0: dict(anchor)} if 0 in keep else {}
+    dtype = PRECISIONS[config.precision]
     for step in range(first, config.steps):
         batch = next_batch(step)
         if not isinstance(batch, TaskBatch):
             raise ValueError(f"fine_tune: next_batch({step}) must return a TaskBatch (e.g. "
                              f"task.sample(x)), got {type(batch).__name__}")
-        phi, state, loss = inner_step(model, phi, anchor, state, batch, opt,
-                                      config.loss, config.prox_lambda, draw=step)
+        phi, state, loss = inner_step(model, phi, anchor, state, batch, opt, config.loss,
+                                      config.prox_lambda, draw=step, autocast=dtype)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step {step}: "
                                      f"lower --lr")
@@ -285,7 +299,9 @@ def fine_tune_run(
         remove_orphans(run_dir)
         remove_orphans(ckpt.checkpoint_dir(run_dir))
         # what a resumed run must keep: the recipe and every field of config but steps
-        config_fields = {k: v for k, v in asdict(config).items() if k != "steps"}
+        # (precision only when not float32, so float32 recipes do not name it)
+        config_fields = {k: v for k, v in asdict(config).items()
+                         if k != "steps" and (k, v) != ("precision", "float32")}
         recipe = json.loads(json.dumps({**recipe, "config": config_fields}))
         start, seconds_before = None, 0.0
         latest = ckpt.latest_checkpoint(run_dir)

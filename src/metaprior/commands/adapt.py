@@ -41,6 +41,7 @@ DEFAULTS_TEXT = {
     "adapt.lr": "the model's rule for the loss, else its inner_lr (with its relative learning "
                 "rates lr_scales, if any: --lr rescales them all)",
     "adapt.frozen": "the model's rule for the loss; '' holds nothing fixed",
+    "adapt.precision": "the model's rule for the loss, else float32",
     "adapt.prox_lambda": "the model's", "adapt.optimizer": "the model's",
     "adapt.loss": "the model's recommended loss, else unsupervised"}
 

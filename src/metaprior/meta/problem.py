@@ -14,6 +14,7 @@ of the same task.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,10 +69,14 @@ def inner_loss(
     steps on the same measurements draws anew at each. Without noise it is ``"equivariant"``.
     """
     x_hat = reconstruct(model, phi, batch)
+    # the operator and the losses in float32 under any autocast (AdaptConfig.precision): only
+    # the network's own computations take the autocast's dtype
+    float32 = torch.autocast(x_hat.device.type, enabled=False)
     if kind in ("equivariant", "robust-equivariant"):
         sigma = batch.noise_sigma if kind == "robust-equivariant" else 0.0
         tx = rotate(x_hat)
-        y_eq = batch.physics.A(tx)
+        with float32:
+            y_eq = batch.physics.A(tx)
         if sigma > 0:
             generator = torch.Generator().manual_seed(
                 zlib.crc32(draw.to_bytes(8, "little", signed=True),
@@ -83,11 +88,13 @@ def inner_loss(
             e = torch.randn(y_eq.shape, generator=generator, dtype=y_eq.dtype)
             y_eq = y_eq + sigma * e.to(y_eq.device)
         else:
-            data = measurement_consistency_loss(x_hat, batch.y, batch.physics)
+            with float32:
+                data = measurement_consistency_loss(x_hat, batch.y, batch.physics)
         x_eq = functional_call(model, phi, (y_eq, batch.physics))
         loss = data + supervised_loss(x_eq, tx)
     else:
-        loss = data_loss(kind, x_hat, batch)
+        with float32:
+            loss = data_loss(kind, x_hat, batch)
     if prox_lambda:
         loss = loss + proximal_term(phi, theta, prox_lambda)
     return loss
@@ -108,12 +115,15 @@ class BatchShare:
 def inner_step(
     model: nn.Module, phi: Params, theta: Params, state: OptState, batch: TaskBatch,
     opt: InnerOptimizer, kind: str, prox_lambda: float, create_graph: bool = False,
-    share: BatchShare | None = None, draw: int = 0,
+    share: BatchShare | None = None, draw: int = 0, autocast: torch.dtype | None = None,
 ) -> tuple[Params, OptState, Tensor]:
     """One optimizer step on the inner loss (``draw``: the step's number, which seeds the
-    random draws of a stochastic loss). Returns (new params, new state, loss before; with
-    ``share``, this part's loss times its weight)."""
-    loss = inner_loss(model, phi, theta, batch, kind, prox_lambda, draw)
+    random draws of a stochastic loss; ``autocast``: the dtype of the loss's forward pass
+    under ``torch.autocast``, the backward pass outside it, as PyTorch prescribes). Returns
+    (new params, new state, loss before; with ``share``, this part's loss times its weight)."""
+    with (contextlib.nullcontext() if autocast is None else
+          torch.autocast(batch.y.device.type, dtype=autocast)):
+        loss = inner_loss(model, phi, theta, batch, kind, prox_lambda, draw)
     if share is not None:
         loss = share.weight * loss
     names = [k for k, p in phi.items() if p.requires_grad]

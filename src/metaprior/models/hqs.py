@@ -195,14 +195,19 @@ class HQSNet(Reconstructor):
 
     def forward(self, y: Tensor, physics: LinearPhysics, **kwargs) -> Tensor:
         c = self.config
-        aty = physics.A_adjoint(y)
-        if aty.is_complex():
-            raise ValueError("physics.A_adjoint must return a real image; wrap complex operators "
-                             "as in metaprior.physics.RealMRI")
-        norm_sq = operator_norm_sq(physics, aty)
-        x = smooth_estimate(physics, y, c.init_eps * norm_sq, c.init_iters, aty=aty)
+        # The data steps (start, norm, prox: conjugate gradients for some operators) run in
+        # float32 under any autocast; only the denoiser takes the autocast's dtype.
+        float32 = torch.autocast(y.device.type, enabled=False)
+        with float32:
+            aty = physics.A_adjoint(y)
+            if aty.is_complex():
+                raise ValueError("physics.A_adjoint must return a real image; wrap complex "
+                                 "operators as in metaprior.physics.RealMRI")
+            norm_sq = operator_norm_sq(physics, aty)
+            x = smooth_estimate(physics, y, c.init_eps * norm_sq, c.init_iters, aty=aty)
         sigmas, gammas = self.schedule()
         for k in range(c.iterations):
-            z = physics.prox_l2(x, y, gammas[k] / norm_sq)
+            with float32:
+                z = physics.prox_l2(x, y, gammas[k] / norm_sq)
             x = self.denoise(z, sigmas[k], k)
         return x
