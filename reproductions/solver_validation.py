@@ -155,7 +155,7 @@ def main(argv=None) -> dict:
                     help="run HQSNets with this many iterations (schedule resampled; 0: theirs)")
     ap.add_argument("--frozen", default="", help="parameter prefixes held fixed, e.g. denoiser")
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
-                    help="dtype of each fine-tuning step's loss and gradient")
+                    help="bfloat16: mixed-precision fine-tuning steps (AdaptConfig.precision)")
     ap.add_argument("--baselines", default="tv,dpir-ffdnet")
     ap.add_argument("--patch-size", type=int, default=60)
     ap.add_argument("--batch", type=int, default=8)

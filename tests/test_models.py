@@ -229,8 +229,9 @@ def test_frozen_denoiser_adapts_the_schedule_alone():
 def test_bfloat16_precision_runs_the_network_alone_in_bfloat16():
     """``precision="bfloat16"``: in an adaptation step the denoiser's convolutions run in
     bfloat16 while the operator (a convolution too) stays float32; the step is close to the
-    float32 one but not equal to it; φ and Adam's moments stay float32. The robust loss is
-    refused."""
+    float32 one but not equal to it; φ and Adam's moments stay float32, the denoiser's
+    weights too when they adapt. The robust loss, and a model without float32 data steps
+    (PDNet), are refused."""
     model = _tiny_hqs()
     theta = mp.parameters_of(model)
     g = torch.Generator().manual_seed(5)
@@ -266,6 +267,16 @@ def test_bfloat16_precision_runs_the_network_alone_in_bfloat16():
                      v.dtype for d in state.opt_state.values() if isinstance(d, dict)
                      for v in d.values()))
     assert moments and set(moments) == {torch.float32}
+    seen["operator"].clear()
+    every = mp.AdaptConfig(steps=1, lr=1e-2, loss="unsupervised", precision="bfloat16")
+    phi = mp.fine_tune(model, theta, lambda _s: batch, every).params
+    assert set(seen["operator"]) == {torch.float32}
+    assert not torch.equal(phi["denoiser.convs.1.weight"], theta["denoiser.convs.1.weight"])
+    assert all(v.dtype == torch.float32 for v in phi.values())
+    pdnet = PDNet(PDNetConfig(depth=2))
+    with pytest.raises(ValueError, match="precision bfloat16 needs a model whose data steps"):
+        mp.fine_tune(pdnet, mp.parameters_of(pdnet), lambda _s: batch,
+                     mp.AdaptConfig(steps=1, precision="bfloat16"))
     with pytest.raises(ValueError, match="precision must be one of"):
         mp.AdaptConfig(precision="float16")
     with pytest.raises(ValueError, match="robust-equivariant loss needs precision float32"):

@@ -23,7 +23,8 @@ from metaprior.meta.problem import inner_step
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 
-#: ``AdaptConfig.precision``: the dtype each adaptation step's loss is computed in.
+#: ``AdaptConfig.precision``: the autocast dtype of the network's forward pass in each
+#: adaptation step (None: no autocast, float32).
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
@@ -244,6 +245,10 @@ def fine_tune(
     losses = []
     snapshots = {0: dict(anchor)} if 0 in keep else {}
     dtype = PRECISIONS[config.precision]
+    if dtype is not None and not getattr(model, "mixed_precision", False):
+        raise ValueError(f"adapt: precision {config.precision} needs a model whose data steps "
+                         f"stay float32 under autocast (HQSNet); a {type(model).__name__} "
+                         f"adapts in float32")
     for step in range(first, config.steps):
         batch = next_batch(step)
         if not isinstance(batch, TaskBatch):

@@ -38,6 +38,7 @@ from metaprior.meta.inner import (
     apply_updates,
     make_inner_optimizer,
 )
+from metaprior.physics.operators import in_float32
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 
@@ -71,11 +72,10 @@ def inner_loss(
     x_hat = reconstruct(model, phi, batch)
     # the operator and the losses in float32 under any autocast (AdaptConfig.precision): only
     # the network's own computations take the autocast's dtype
-    float32 = torch.autocast(x_hat.device.type, enabled=False)
     if kind in ("equivariant", "robust-equivariant"):
         sigma = batch.noise_sigma if kind == "robust-equivariant" else 0.0
         tx = rotate(x_hat)
-        with float32:
+        with in_float32(x_hat.device.type):
             y_eq = batch.physics.A(tx)
         if sigma > 0:
             generator = torch.Generator().manual_seed(
@@ -88,12 +88,12 @@ def inner_loss(
             e = torch.randn(y_eq.shape, generator=generator, dtype=y_eq.dtype)
             y_eq = y_eq + sigma * e.to(y_eq.device)
         else:
-            with float32:
+            with in_float32(x_hat.device.type):
                 data = measurement_consistency_loss(x_hat, batch.y, batch.physics)
         x_eq = functional_call(model, phi, (y_eq, batch.physics))
         loss = data + supervised_loss(x_eq, tx)
     else:
-        with float32:
+        with in_float32(x_hat.device.type):
             loss = data_loss(kind, x_hat, batch)
     if prox_lambda:
         loss = loss + proximal_term(phi, theta, prox_lambda)

@@ -40,7 +40,7 @@ from deepinv.physics import LinearPhysics
 from torch import Tensor, nn
 
 from metaprior.models.ffdnet import FFDNet, noise_schedule
-from metaprior.physics.operators import operator_norm_sq
+from metaprior.physics.operators import in_float32, operator_norm_sq
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ def smooth_estimate(physics: LinearPhysics, y: Tensor, eps: float = 1e-2, iters:
 
 class HQSNet(Reconstructor):
     """Unrolled HQS with an FFDNet prior, a deepinv ``Reconstructor``:
-    ``x_hat = model(y, physics)``.
+    ``x_hat = model(y, physics)``. Under ``torch.autocast`` only the denoiser takes the
+    autocast's dtype (``mixed_precision``): the data steps stay float32.
 
     Parameters: ``log_sigma`` (K,), ``log_gamma`` (K,), ``denoiser.*`` (and ``denoiser_rgb.*``
     with ``colour``).
@@ -109,6 +110,9 @@ class HQSNet(Reconstructor):
         >>> model(torch.rand(1, 1, 16, 16), dinv.physics.Denoising()).shape
         torch.Size([1, 1, 16, 16])
     """
+
+    #: Adaptation may run in mixed precision (``AdaptConfig.precision``).
+    mixed_precision = True
 
     def __init__(self, config: HQSNetConfig | None = None) -> None:
         super().__init__()
@@ -197,8 +201,8 @@ class HQSNet(Reconstructor):
         c = self.config
         # The data steps (start, norm, prox: conjugate gradients for some operators) run in
         # float32 under any autocast; only the denoiser takes the autocast's dtype.
-        float32 = torch.autocast(y.device.type, enabled=False)
-        with float32:
+        device = y.device.type
+        with in_float32(device):
             aty = physics.A_adjoint(y)
             if aty.is_complex():
                 raise ValueError("physics.A_adjoint must return a real image; wrap complex "
@@ -207,7 +211,7 @@ class HQSNet(Reconstructor):
             x = smooth_estimate(physics, y, c.init_eps * norm_sq, c.init_iters, aty=aty)
         sigmas, gammas = self.schedule()
         for k in range(c.iterations):
-            with float32:
+            with in_float32(device):
                 z = physics.prox_l2(x, y, gammas[k] / norm_sq)
-            x = self.denoise(z, sigmas[k], k)
+            x = self.denoise(z, sigmas[k], k).to(aty.dtype)
         return x

@@ -15,6 +15,8 @@ attribute ``norm_sq_bound`` so PDNet's step sizes need no power iteration (see
 
 from __future__ import annotations
 
+import contextlib
+
 import deepinv as dinv
 import torch
 from deepinv.physics import LinearPhysics
@@ -26,6 +28,15 @@ from metaprior.physics.fft import fft2c, ifft2c
 def _with_bound(physics: LinearPhysics, bound: float) -> LinearPhysics:
     physics.norm_sq_bound = float(bound)
     return physics
+
+
+def in_float32(device_type: str):
+    """A context in which operator computations run in float32 under an active
+    ``torch.autocast`` (mixed-precision adaptation, ``AdaptConfig.precision``); a no-op
+    otherwise."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def operator_norm_sq(physics: LinearPhysics, x_like: Tensor) -> float:
