@@ -167,6 +167,10 @@ def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:
     if start is not None and not isinstance(start, AdaptState):
         raise ValueError(f"fine_tune: start must be an AdaptState or None, got "
                          f"{type(start).__name__}")
+    if config.precision != "float32" and not getattr(model, "mixed_precision", False):
+        raise ValueError(f"adapt: precision {config.precision} needs a model whose data steps "
+                         f"stay float32 under autocast (HQSNet); a {type(model).__name__} "
+                         f"adapts in float32")
 
 
 @dataclass
@@ -245,10 +249,6 @@ def fine_tune(
     losses = []
     snapshots = {0: dict(anchor)} if 0 in keep else {}
     dtype = PRECISIONS[config.precision]
-    if dtype is not None and not getattr(model, "mixed_precision", False):
-        raise ValueError(f"adapt: precision {config.precision} needs a model whose data steps "
-                         f"stay float32 under autocast (HQSNet); a {type(model).__name__} "
-                         f"adapts in float32")
     for step in range(first, config.steps):
         batch = next_batch(step)
         if not isinstance(batch, TaskBatch):
