@@ -97,10 +97,11 @@ def main() -> None:
     # default layout takes about 2.0 s, though 3.3 s in a fresh process (three times the 8
     # iterations): oneDNN's choices depend on the convolutions run before.
     theta = mp.parameters_of(model)
+    variants = {k: model if k == model.config.iterations else model.with_iterations(k)
+                for k in sorted({model.config.iterations, 8, 24})}
     for layout in ("default", "channels_last"):
         ffdnet.CHANNELS_LAST = layout == "channels_last"
-        for k in sorted({model.config.iterations, 8, 24}):
-            m = model if k == model.config.iterations else model.with_iterations(k)
+        for k, m in variants.items():
             for name, image in (("gray", gray), ("colour", colour)):
                 s = reconstruction_seconds(m, task, image, device, args.repeat)
                 results["reconstruction_256"][f"{name}/K{k}/{layout}"] = s
@@ -118,8 +119,7 @@ def main() -> None:
     results["adaptation_step_8x64"][tag] = s
     print(f"step {tag:40s} {s:6.3f} s (50 steps: {50 * s:5.1f} s)", flush=True)
     # FLOPs last, so that the counting pass does not sit between the timed convolutions
-    for k in sorted({model.config.iterations, 8, 24}):
-        m = model if k == model.config.iterations else model.with_iterations(k)
+    for k, m in variants.items():
         for name, image in (("gray", gray), ("colour", colour)):
             gflop = reconstruction_gflop(m, task, image, device)
             results["gflop_256"][f"{name}/K{k}"] = gflop
