@@ -41,16 +41,6 @@ def reconstruction_seconds(model, task, image, device, repeat) -> float:
         return timeit(lambda: model(batch.y, batch.physics), repeat=repeat, sync=_sync(device))
 
 
-def cpu_bfloat16_flags() -> list[str]:
-    """The CPU's bfloat16 instructions (``/proc/cpuinfo`` flags), on which the speed of
-    ``precision="bfloat16"`` depends."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    return sorted({f for f in text.split() if f in ("avx512_bf16", "amx_bf16", "avx_ne_convert")})
-
-
 def reconstruction_gflop(model, task, image, device) -> float:
     """Floating-point operations of one reconstruction (``torch.utils.flop_counter``: the
     convolutions and matrix products, 2 per multiply-add), in GFLOP."""
@@ -90,7 +80,7 @@ def main() -> None:
                                              mode="area")[0]
     patches = torch.stack(demo_images("train", size=64)).to(device)  # the 8 training pictures
     results = {"model": args.model, "iterations": model.config.iterations,
-               "machine": machine(), "cpu_bfloat16_flags": cpu_bfloat16_flags(),
+               "machine": machine(),
                "threads": args.threads, "reconstruction_256": {},
                "adaptation_step_8x64": {}, "gflop_256": {}}
     # Layout by layout. In this sequence the 24-iteration grayscale reconstruction in the
