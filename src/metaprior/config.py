@@ -23,19 +23,8 @@ def _field_type(cls, f: dataclasses.Field):
     return typing.get_type_hints(cls)[f.name]
 
 
-def _parse_bool(text: str) -> bool:
-    low = text.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
 def _converter(tp):
     origin = typing.get_origin(tp)
-    if tp is bool:
-        return _parse_bool
     if origin is tuple:
         item = _converter(typing.get_args(tp)[0])
         return lambda s: tuple(item(x.strip()) for x in s.split(",") if x.strip())
@@ -64,15 +53,12 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str, type],
-                            prefixes: dict[str, str] | None = None,
                             exclude: dict[str, tuple[str, ...]] | None = None,
                             defaults_text: dict[str, str] | None = None) -> None:
     """One ``--field-name`` flag per field of each section's dataclass (default ``None`` =
     not given, so the file or the dataclass default applies).
 
     Args:
-        prefixes: a flag prefix per section (``{"data": "data-"}``: ``--data-root`` for the
-            field ``root``).
         exclude: fields of a section that get no flag (still settable in the config file).
         defaults_text: the ``(default: ...)`` shown for ``"section.field"`` keys, where the
             value comes from elsewhere (e.g. the model being adapted).
@@ -81,7 +67,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str,
     named ``no_*`` has the one switch ``--no-*``); the config file takes ``true``/``false``. A
     field without a default is required: from the flag or the config file.
     """
-    prefixes, exclude, defaults_text = prefixes or {}, exclude or {}, defaults_text or {}
+    exclude, defaults_text = exclude or {}, defaults_text or {}
     for section, cls in sections.items():
         group = parser.add_argument_group(f"{section} ({cls.__name__})")
         comments = field_comments(cls)
@@ -93,7 +79,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str,
             shown = defaults_text.get(f"{section}.{f.name}", (
                 "required" if default is dataclasses.MISSING else
                 ",".join(map(str, default)) if isinstance(default, tuple) else default))
-            flag = f"--{prefixes.get(section, '')}{f.name.replace('_', '-')}"
+            flag = f"--{f.name.replace('_', '-')}"
             text = f"{comments.get(f.name, '')} (default: {shown})"
             if tp is bool:
                 group.add_argument(flag, dest=f"{section}.{f.name}", default=None, help=text,
@@ -133,7 +119,7 @@ def section_values(section: str, cls, file_values: dict | None,
 
 
 def build_section(section: str, cls, file_values: dict | None,
-                  cli: argparse.Namespace | None = None, base=None, flag_prefix: str = ""):
+                  cli: argparse.Namespace | None = None, base=None):
     """``cls`` (or ``base``, an instance) with the section's explicit values; a required field
     missing from both the flags and the file is a one-line error naming its flag."""
     values = section_values(section, cls, file_values, cli)
@@ -141,7 +127,7 @@ def build_section(section: str, cls, file_values: dict | None,
         return dataclasses.replace(base, **values)
     for f in dataclasses.fields(cls):
         if f.name not in values and _default(f) is dataclasses.MISSING:
-            raise ValueError(f"--{flag_prefix}{f.name.replace('_', '-')} is required (a flag, "
+            raise ValueError(f"--{f.name.replace('_', '-')} is required (a flag, "
                              f"or {f.name!r} in the config file's {section!r} section)")
     return cls(**values)
 
