@@ -224,6 +224,8 @@ def test_frozen_denoiser_adapts_the_schedule_alone():
             mp.AdaptConfig(frozen=bad)
     with pytest.raises(ValueError, match="nothing would adapt"):
         mp.fine_tune(model, theta, lambda _s: batch, mp.AdaptConfig(frozen=("log", "denoiser")))
+    with pytest.raises(ValueError, match=r"'denoisr' names no parameter.*denoiser, log_gamma"):
+        mp.fine_tune(model, theta, lambda _s: batch, mp.AdaptConfig(frozen=("denoisr",)))
 
 
 def test_bfloat16_precision_runs_the_network_alone_in_bfloat16():

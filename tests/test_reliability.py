@@ -511,6 +511,28 @@ def test_a_diverged_checkpointed_adapt_leaves_nothing_behind(sandbox, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_adapted_model_whose_reconstruction_is_not_finite_is_not_written(sandbox, tmp_path):
+    """Finite weights can still reconstruct NaN (a huge step into a region where the network
+    overflows): the run fails after its last step and writes nothing, without ground truth
+    too."""
+    from metaprior.models import HQSNet, HQSNetConfig
+
+    save_model(tmp_path / "hqs.safetensors", HQSNet(HQSNetConfig(iterations=2, pretrained=False)))
+    y = tmp_path / "y.safetensors"
+    main(["measure", "--images", str(sandbox / "imgs"), "--task", "sr2", "--no-ground-truth",
+          "--out", str(y)])
+    out = tmp_path / "a.safetensors"
+    with pytest.raises(SystemExit, match=r"reconstruction.*not finite.*lower --lr"):
+        main(["adapt", "--model", str(tmp_path / "hqs.safetensors"), "--measurements", str(y),
+              "--loss", "unsupervised", "--lr", "1e6", "--steps", "1",
+              "--no-progress", "--out", str(out)])
+    with pytest.raises(SystemExit, match=r"reconstruction.*not finite.*lower --lr"):
+        main(["adapt", "--model", str(tmp_path / "hqs.safetensors"), "--measurements", str(y),
+              "--loss", "unsupervised", "--lr", "1e6", "--steps", "1", "--ckpt-every", "1",
+              "--no-progress", "--out", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hqs.safetensors", "y.safetensors"]
+
+
 def test_leftover_temporary_files_are_removed_by_the_next_locked_run(sandbox, tmp_path):
     """Temporary files of a killed writer (ours, ``.NAME.tmp-PID``, and safetensors' own
     ``.tmpXXXXXX``) go when the next run holds the folder's lock; other files stay."""

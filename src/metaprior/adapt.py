@@ -19,7 +19,7 @@ from torch import nn
 
 from metaprior.config import _coerce, check_at_least, check_positive
 from metaprior.meta.inner import make_inner_optimizer
-from metaprior.meta.problem import inner_step
+from metaprior.meta.problem import inner_step, reconstruct
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 
@@ -240,6 +240,11 @@ def fine_tune(
     first = start.step if start is not None else 0
     phi = {k: v.detach().clone().requires_grad_(not k.startswith(tuple(config.frozen)))
            for k, v in (start.phi if start is not None else theta).items()}
+    for prefix in config.frozen:
+        if not any(k.startswith(prefix) for k in phi):
+            tops = sorted({k.split(".")[0] for k in phi})
+            raise ValueError(f"adapt: frozen prefix {prefix!r} names no parameter; the model's "
+                             f"parameters start with {', '.join(tops)}")
     if config.frozen and not any(p.requires_grad for p in phi.values()):
         raise ValueError(f"adapt: frozen {config.frozen} holds every parameter fixed: "
                          f"nothing would adapt")
@@ -262,6 +267,11 @@ def fine_tune(
         if not all(bool(torch.isfinite(v).all()) for v in phi.values()):
             raise FloatingPointError(f"non-finite weights after adaptation step {step}: lower "
                                      f"--lr")
+        if step + 1 == config.steps:  # finite weights can still reconstruct inf or NaN
+            with torch.no_grad():
+                if not bool(torch.isfinite(reconstruct(model, phi, batch)).all()):
+                    raise FloatingPointError(f"the adapted model's reconstruction is not finite "
+                                             f"after {config.steps} steps (diverged): lower --lr")
         losses.append(float(loss))
         if step + 1 in keep:
             snapshots[step + 1] = {k: v.detach().clone() for k, v in phi.items()}
