@@ -32,7 +32,7 @@ from metaprior.outputs import check_output_file, check_writable_dir
 class SuiteRun:
     out: str | None = None  # results JSON (default runs/<command>.json); scratch: the model
     data_root: str | None = None  # data root (default $METAPRIOR_DATA)
-    grid_cache: str | None = None  # table1: JSON of grid-search and lr choices to reuse/update
+    grid_cache: str | None = None  # table1: grid/lr choices to reuse, update (--quick: if new)
     scratch_steps: int | None = None  # scratch: training steps (paper: 10k)
     resume: bool = False  # scratch: continue from <out stem>.run/checkpoints
     quick: bool = False  # smoke-sized protocol: 2 steps, 1 test image, 1 grid image
@@ -93,7 +93,10 @@ def cmd_suite(args) -> None:
     if args.command == "depth":
         results = run_depth_sweep(config, out, run.data_root, run.device)
     else:
-        results = run_table1(config, out, run.data_root, run.device, run.grid_cache)
+        # a smoke run never changes a cache it did not start (e.g. the committed choices)
+        keep = run.quick and run.grid_cache is not None and Path(run.grid_cache).exists()
+        results = run_table1(config, out, run.data_root, run.device, run.grid_cache,
+                             update_cache=not keep)
     print(f"wrote {out} ({results['wall_seconds'] / 60:.1f} min); figures: python -m "
           f"reproductions report --results {out}")
 

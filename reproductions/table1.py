@@ -482,7 +482,8 @@ def _fmt(rec: dict) -> str:
 # --- the suite -----------------------------------------------------------------------------
 
 def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cpu",
-               grid_cache: str | Path | None = None, log=print) -> dict:
+               grid_cache: str | Path | None = None, log=print, update_cache: bool = True
+               ) -> dict:
     """Run the whole Table 1 protocol and write ``out`` (JSON) and, next to it,
     ``<stem>_visuals.safetensors`` (the first test image of every task, every method).
 
@@ -492,14 +493,17 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
         data_root: data root (default ``$METAPRIOR_DATA``).
         device: torch device.
         grid_cache: JSON of earlier grid-search choices to reuse (and update).
+        update_cache: write the choices made into ``grid_cache`` (False: read it only, as
+            a smoke run of another protocol must not replace the committed choices).
     """
     from metaprior.adapt import AdaptConfig
     from metaprior.checkpoint import save_tensors
 
     t_start = time.perf_counter()
     out = Path(out)
-    cache_path = Path(grid_cache) if grid_cache else None
-    cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
+    cache_file = Path(grid_cache) if grid_cache else None
+    cache = json.loads(cache_file.read_text()) if cache_file and cache_file.is_file() else {}
+    cache_path = cache_file if update_cache else None
     # "random" borrows the supervised meta-model's architecture.
     needed = [n for n in ("meta_sup", "meta_unsup", "joint", "recommended")
               if n in config.inits or (n == "meta_sup" and "random" in config.inits)]

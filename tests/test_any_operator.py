@@ -107,8 +107,11 @@ def test_a_broken_plugin_is_one_line(tmp_path):
     bad.write_text("raise KeyError('oops')\n")
     with pytest.raises(SystemExit, match=r"--plugin .*bad.py failed: KeyError"):
         main(["--plugin", str(bad), "evaluate", "--model", "x"])
-    with pytest.raises(SystemExit, match=r"is not a \.py file"):
+    with pytest.raises(SystemExit, match=r"none\.py does not exist"):
         main(["--plugin", str(tmp_path / "none.py"), "evaluate", "--model", "x"])
+    (tmp_path / "ops.txt").write_text("")
+    with pytest.raises(SystemExit, match=r"is not a \.py file"):
+        main(["--plugin", str(tmp_path / "ops.txt"), "evaluate", "--model", "x"])
 
 
 def test_the_table1_protocol_accepts_any_task():

@@ -240,9 +240,11 @@ def test_bfloat16_precision_runs_the_network_alone_in_bfloat16():
     physics = dinv.physics.Blur(filter=ops.gaussian_kernel(0.8, 5))  # conv2d, not FFT
     task = mp.task_from_physics("blur-test", physics, noise_sigma=0.01)
     batch = task.sample(torch.rand(2, 1, 16, 16, generator=g), g)
-    seen = {"denoiser": [], "operator": []}
+    seen = {"denoiser": [], "operator": [], "final check": []}
+    # the step runs with gradients; fine_tune's final finite check reconstructs without
     hook = model.denoiser.convs[1].register_forward_hook(
-        lambda m, i, o: seen["denoiser"].append(o.dtype))
+        lambda m, i, o: seen["denoiser" if torch.is_grad_enabled() else "final check"].append(
+            o.dtype))
     A = batch.physics.A
     batch.physics.A = lambda x, **kw: seen["operator"].append(A(x, **kw).dtype) or A(x, **kw)
     steps = {}
@@ -254,6 +256,7 @@ def test_bfloat16_precision_runs_the_network_alone_in_bfloat16():
         phi = mp.fine_tune(model, theta, lambda _s: batch, rule).params
         assert all(v.dtype == torch.float32 for v in phi.values())
         assert set(seen["denoiser"]) == {getattr(torch, precision)}
+        assert set(seen["final check"]) == {torch.float32}  # what a user's reconstruction runs
         assert set(seen["operator"]) == {torch.float32}
         steps[precision] = torch.cat([(phi[k] - theta[k]).flatten()
                                       for k in ("log_sigma", "log_gamma")])

@@ -114,6 +114,16 @@ CFG = ["meta-train", "--dataset", "demo", "--steps", "1", "--no-progress", "--co
 
 # (command line, a fragment the one-line message must contain)
 BAD_INPUTS = [
+    (["reconstruct", "--model", M, "--measurements", Y, "--out", "{root}/r", "--device", "foo"],
+     "--device foo is not a torch device"),
+    (["reconstruct", "--model", M, "--measurements", Y, "--out", "{root}/r", "--device", "mps"],
+     "metaprior runs on cpu or cuda"),
+    (["evaluate", "--model", M, "--images", IMGS, "--tasks", ""], "--tasks is empty"),
+    (["evaluate", "--model", M, "--images", "{root}/nope"], "/nope: no such folder"),
+    (["--plugin", "{root}/nope.py", "evaluate", "--model", M, "--images", IMGS], "does not exist"),
+    ([*MT, "--architecture", "hqs", "--depth", "5", "--out", "{root}/r"],
+     "--depth applies to --architecture pdnet"),
+    ([*MT, "--iterations", "3", "--out", "{root}/r"], "--iterations applies to --architecture hqs"),
     (["adapt", "--model", M, "--measurements", Y, "--steps", "0", "--out", "{root}/o.safetensors"],
      "--steps must be >= 1"),
     (["adapt", "--model", M, "--measurements", Y, "--steps", "-3", "--out",
@@ -531,6 +541,48 @@ def test_an_adapted_model_whose_reconstruction_is_not_finite_is_not_written(sand
               "--loss", "unsupervised", "--lr", "1e6", "--steps", "1", "--ckpt-every", "1",
               "--no-progress", "--out", str(out)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hqs.safetensors", "y.safetensors"]
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(capsys):
+    from metaprior.cli import one_line_errors
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        one_line_errors(interrupted)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 130 and len(err) == 1 and "interrupted" in err[0]
+    assert "--resume" in err[0]
+
+
+def test_single_file_outputs_are_replaced_only_with_overwrite(sandbox, tmp_path):
+    """``measure --out``, ``adapt --out`` (and its checkpoint folder) and ``evaluate --json``
+    refuse an existing output before any work, naming ``--overwrite``; with it they replace
+    it. ``evaluate --json`` creates a missing folder."""
+    y, model = tmp_path / "y.safetensors", tmp_path / "a.safetensors"
+    measure = ["measure", "--images", str(sandbox / "imgs"), "--task", "sr2", "--out", str(y)]
+    adapt = ["adapt", "--model", str(sandbox / "model.safetensors"), "--measurements", str(y),
+             "--steps", "1", "--no-progress", "--out", str(model)]
+    evaluate = ["evaluate", "--model", str(sandbox / "model.safetensors"), "--images",
+                str(sandbox / "imgs"), "--tasks", "sr2", "--json", str(tmp_path / "new" / "e.json")]
+    for command in (measure, adapt, evaluate):
+        main(command)
+    for command, flag in ((measure, "--out"), (adapt, "--out"), (evaluate, "--json")):
+        before = _snapshot(tmp_path)
+        with pytest.raises(SystemExit, match=rf"{flag} .* exists: pass --overwrite"):
+            main(command)
+        assert _snapshot(tmp_path) == before
+        main([*command, "--overwrite"])
+    ckpt = [*adapt[:-1], str(tmp_path / "b.safetensors"), "--ckpt-every", "1"]
+    main(ckpt)
+    (tmp_path / "b.safetensors").unlink()  # the model gone, its checkpoints still there
+    before = _snapshot(tmp_path)
+    with pytest.raises(SystemExit, match=r"holds the checkpoints of an earlier run.*--resume.*"
+                                         r"--overwrite"):
+        main(ckpt)
+    assert _snapshot(tmp_path) == before
+    main([*ckpt, "--overwrite"])
 
 
 def test_leftover_temporary_files_are_removed_by_the_next_locked_run(sandbox, tmp_path):

@@ -29,6 +29,10 @@ def test_quick_suite_structure_and_report(tmp_path):
             for name in results["tasks"][t]["pdnet"] if name != "scratch"}
     assert set(json.loads((tmp_path / "grid.json").read_text())) == runs | {
         f"{t}/{b}" for t in results["config"]["tasks"] for b in results["config"]["baselines"]}
+    cached = (tmp_path / "grid.json").read_bytes()
+    rmain(["table1", "--quick", "--seed", "1", "--out", str(tmp_path / "seed1.json"),
+          "--grid-cache", str(tmp_path / "grid.json")])  # a smoke run: the cache it found stays
+    assert (tmp_path / "grid.json").read_bytes() == cached
     rmain(["report", "--results", str(out), "--figures", str(tmp_path / "fig"),
           "--markdown", str(tmp_path / "RESULTS.md")])
     for task in results["config"]["tasks"]:
@@ -101,6 +105,10 @@ def test_depth_suite_and_report(tmp_path):
     assert abs(row["model"][0] - row["pseudo_inverse"][0]) < 1.0
     md = tmp_path / "RESULTS.md"
     md.write_text("# R\n\n<!-- depth:begin -->\nold\n<!-- depth:end -->\n\ntail\n")
+    cached = (tmp_path / "grid.json").read_bytes()
+    rmain(["table1", "--quick", "--seed", "1", "--out", str(tmp_path / "seed1.json"),
+          "--grid-cache", str(tmp_path / "grid.json")])  # a smoke run: the cache it found stays
+    assert (tmp_path / "grid.json").read_bytes() == cached
     rmain(["report", "--results", str(out), "--figures", str(tmp_path / "fig"), "--markdown",
           str(md)])
     assert (tmp_path / "fig" / "training_tasks_depth.png").stat().st_size > 10_000
@@ -108,7 +116,11 @@ def test_depth_suite_and_report(tmp_path):
     assert "old" not in text and text.endswith("tail\n") and "| 3 | " in text
     md.write_text("# R\n\n<!-- depth:begin -->\nno end marker\n")
     with pytest.raises(SystemExit, match="only one of the markers"):
-        rmain(["report", "--results", str(out), "--figures", str(tmp_path / "fig"),
+        cached = (tmp_path / "grid.json").read_bytes()
+    rmain(["table1", "--quick", "--seed", "1", "--out", str(tmp_path / "seed1.json"),
+          "--grid-cache", str(tmp_path / "grid.json")])  # a smoke run: the cache it found stays
+    assert (tmp_path / "grid.json").read_bytes() == cached
+    rmain(["report", "--results", str(out), "--figures", str(tmp_path / "fig"),
               "--markdown", str(md)])
 
 

@@ -171,7 +171,8 @@ def test_adapt_measure_reconstruct_cli(tmp_path, capsys):
     assert meta["adapted"]["task"] == "sr2" and meta["adapted"]["loss"] == "unsupervised"
     main(["adapt", "--model", str(tmp_path / "run" / "model.safetensors"), "--images", str(imgs),
           "--task", "sr2", "--patch-size", "16", "--batch-size", "2", "--steps", "2",
-          "--loss", "supervised", "--eval-measurements", str(y), "--out", str(adapted)])
+          "--loss", "supervised", "--eval-measurements", str(y), "--out", str(adapted),
+          "--overwrite"])
     main(["reconstruct", "--model", str(adapted), "--measurements", str(y), "--out",
           str(tmp_path / "rec")])
     main(["evaluate", "--model", str(adapted), "--images", str(imgs), "--tasks", "inpaint,sr2",

@@ -30,11 +30,11 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    steps: int = 50  # Adam steps (Table 1: 50)
-    lr: float = 1e-3  # learning rate η, the meta-model's inner one (its inner_lr) by default
-    # "supervised" | "unsupervised" | "equivariant" | "robust-equivariant" (the last three need
-    # no ground truth; the last one uses the noise level: SURE instead of consistency)
-    loss: str = "unsupervised"
+    steps: int = 50  # optimizer steps (Table 1: 50)
+    lr: float = 1e-3  # learning rate η
+    # the last three need no ground truth; the last one uses the noise level (SURE instead of
+    # consistency)
+    loss: str = "unsupervised"  # supervised | unsupervised | equivariant | robust-equivariant
     prox_lambda: float = 0.0  # λ of λ/2‖φ − θ‖²
     optimizer: str = "adam"  # "adam" | "sgd"
     # relative learning rates: each parameter tensor's rate over ``lr`` (a meta-model's learned
@@ -292,7 +292,7 @@ def fine_tune_run(
     model: nn.Module, theta: Params, next_batch: Callable[[int], TaskBatch],
     config: AdaptConfig, run_dir: str | Path, recipe: dict, ckpt_every: int = 500,
     resume: bool = False, callback: Callable[[AdaptState, float], None] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, overwrite: bool = False,
 ) -> AdaptRunResult:
     """:func:`fine_tune` for long runs: φ and the optimizer state are checkpointed atomically
     under ``run_dir/checkpoints`` every ``ckpt_every`` steps and at the end, and ``resume``
@@ -306,9 +306,11 @@ def fine_tune_run(
             than the first call extend the run).
         ckpt_every: checkpoint interval in steps (0: at the end only).
         log: one-line progress messages.
+        overwrite: start afresh where ``run_dir`` holds checkpoints (without it, or
+            ``resume``, such a folder is refused).
     """
     from metaprior import checkpoint as ckpt
-    from metaprior.outputs import RunLock, remove_orphans
+    from metaprior.outputs import RunFolderError, RunLock, remove_orphans
 
     with RunLock(run_dir):
         remove_orphans(run_dir)
@@ -337,9 +339,12 @@ def fine_tune_run(
                                               state["opt"]))
             seconds_before = state["seconds"]
             log(f"resumed from {latest} at step {start.step}")
+        elif latest is not None and not overwrite:
+            raise RunFolderError(f"{run_dir} holds the checkpoints of an earlier run: --resume "
+                                 f"continues it, --overwrite replaces it")
         elif latest is not None:
             log(f"starting afresh: the checkpoints under {ckpt.checkpoint_dir(run_dir)} will be "
-                f"replaced (--resume continues them)")
+                f"replaced")
         t0 = time.perf_counter()
 
         def on_step(state: AdaptState, loss: float) -> None:

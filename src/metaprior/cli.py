@@ -42,9 +42,20 @@ def cmd_meta_train(args) -> None:
     file_values = load_config_file(args.config)
     config = build_config(TrainConfig, file_values, args)
     check_device(config.run.device)
+    given = explicit_values(TrainConfig, file_values, args)
+    arch = config.network.architecture
+    for key in given:  # the other architecture's options would be silently ignored
+        section, name = key.split(".")
+        if section in ARCHITECTURE_SECTIONS and ARCHITECTURE_SECTIONS[section] != arch:
+            raise ValueError(f"--{name.replace('_', '-')} applies to --architecture "
+                             f"{ARCHITECTURE_SECTIONS[section]} only; this run trains {arch}: "
+                             f"drop it or pass --architecture {ARCHITECTURE_SECTIONS[section]}")
     meta_train(config, resume=args.resume, progress=not args.no_progress,
-               steps=getattr(args, "optim.steps"), overwrite=args.overwrite,
-               given=explicit_values(TrainConfig, file_values, args))
+               steps=getattr(args, "optim.steps"), overwrite=args.overwrite, given=given)
+
+
+#: meta-train's option sections that configure one architecture's network.
+ARCHITECTURE_SECTIONS = {"model": "pdnet", "hqs": "hqs"}
 
 
 def _add_meta_train(sub) -> None:
@@ -103,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     from metaprior.commands import adapt, evaluate, io
     from metaprior.demo import DemoConfig
 
-    parser = argparse.ArgumentParser(prog="metaprior", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="metaprior",
+                                     description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"metaprior {__version__}")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="a Python file run before the command, e.g. one that registers "
@@ -141,6 +153,8 @@ def load_plugin(path: str) -> None:
     import importlib.util
 
     file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"--plugin {path} does not exist")
     if not file.is_file() or file.suffix != ".py":
         raise FileNotFoundError(f"--plugin {path} is not a .py file")
     spec = importlib.util.spec_from_file_location(f"metaprior_plugin_{file.stem}", file)
@@ -188,6 +202,10 @@ def one_line_errors(func, *args):
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         message = lines[0][:500] if lines else type(e).__name__  # one line, whatever e holds
         raise SystemExit(f"error: {message}") from None
+    except KeyboardInterrupt:
+        print("error: interrupted (a run that wrote checkpoints continues from the last one "
+              "with --resume)", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def main(argv: list[str] | None = None) -> None:

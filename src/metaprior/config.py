@@ -78,9 +78,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str,
             default = _default(f)
             shown = defaults_text.get(f"{section}.{f.name}", (
                 "required" if default is dataclasses.MISSING else
-                ",".join(map(str, default)) if isinstance(default, tuple) else default))
+                ",".join(map(str, default)) if isinstance(default, tuple) else
+                f"{default:.6g}" if isinstance(default, float) else
+                '""' if default == "" else default))
             flag = f"--{f.name.replace('_', '-')}"
-            text = f"{comments.get(f.name, '')} (default: {shown})"
+            comment = comments.get(f.name, "")  # a comment may say its default in its own words
+            text = comment if "(default" in comment else f"{comment} (default: {shown})"
             if tp is bool:
                 group.add_argument(flag, dest=f"{section}.{f.name}", default=None, help=text,
                                    **bool_switch(f.name))
@@ -251,10 +254,18 @@ def resolve(args: argparse.Namespace, sections: dict[str, type],
 
 
 def check_device(device: str) -> None:
-    """A one-line error for a CUDA device on a machine without one."""
+    """A one-line error for a device torch does not know, or a CUDA device on a machine
+    without one."""
     import torch
 
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device} is not a torch device: use cpu or cuda "
+                         f"(cuda:N for one GPU)") from None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: metaprior runs on cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA device is available: use "
                          "--device cpu")
 

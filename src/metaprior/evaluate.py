@@ -69,13 +69,18 @@ def summarize(values: Sequence[float]) -> str:
 
 def load_eval_images(name: str, data_root: str | None = None) -> list[Tensor]:
     """Evaluation images by name: ``set3c`` (RGB, colour folded into the batch), ``demo``
-    (scikit-image's held-out pictures) or a folder path (grayscale)."""
+    (scikit-image's held-out pictures) or a folder path (grayscale; an existing folder of
+    either name wins, ``./set3c`` says so explicitly)."""
+    from pathlib import Path
+
     from metaprior.data import demo_images, list_images, load_image, set3c
 
-    if name == "set3c":
+    if name == "set3c" and not Path(name).is_dir():
         return set3c(data_root)
-    if name == "demo":
+    if name == "demo" and not Path(name).is_dir():
         return demo_images("test")
+    if not Path(name).is_dir():
+        raise ValueError(f"--images {name}: no such folder (or give set3c or demo)")
     return [load_image(p) for p in list_images(name)]
 
 

@@ -94,14 +94,19 @@ def write_or_keep(write: Callable[[Path], object], path: str | Path, flag: str, 
                       f"{keep}; move it into place") from None
 
 
-def check_output_file(path: str | Path, flag: str, suffix: str | None = None) -> Path:
+def check_output_file(path: str | Path, flag: str, suffix: str | None = None,
+                      overwrite: bool = True) -> Path:
     """``path`` can be written as a file (its folder exists or can be created and is writable,
-    it is not a folder, it ends in ``suffix``); else a one-line error naming ``flag``."""
+    it is not a folder, it ends in ``suffix``, and with ``overwrite=False`` it does not exist
+    yet); else a one-line error naming ``flag``."""
     path = Path(path)
     if suffix is not None and path.suffix != suffix:
         raise RunFolderError(f"{flag} {path} must end in {suffix}")
     if path.is_dir():
         raise RunFolderError(f"{flag} {path} is a folder: give a file path")
+    if not overwrite and path.exists():
+        raise RunFolderError(f"{flag} {path} exists: pass --overwrite to replace it, or choose "
+                             f"another {flag}")
     if path.exists() and not os.access(path, os.W_OK):
         raise RunFolderError(f"{flag} {path} exists and is not writable")
     check_writable_dir(path.parent, flag)

@@ -68,8 +68,9 @@ def get_task(name: str) -> Task:
             if task.name != name:  # e.g. "inpaint-0.50" is the canonical "inpaint"
                 return get_task(task.name)
             return register_task(task, overwrite=True)
-    raise ValueError(f"unknown task {name!r}: choose among {', '.join(available_tasks())}, or "
-                     f"a parametrised name: {FAMILY_HELP}")
+    raise ValueError(f"unknown task {name!r} (a task of your own needs the --plugin file, or "
+                     f"the register_task call, that registers it): choose among "
+                     f"{', '.join(available_tasks())}, or a parametrised name: {FAMILY_HELP}")
 
 
 def available_tasks() -> list[str]:

@@ -28,6 +28,7 @@ class AdaptRun:
     out: str  # adapted model .safetensors
     ckpt_every: int = 0  # checkpoint every N steps under <out stem>.run/ (0: none)
     resume: bool = False  # continue the latest checkpoint under <out stem>.run/ exactly
+    overwrite: bool = False  # replace an existing --out (and the checkpoints of <out stem>.run/)
     no_progress: bool = False  # no progress bar
     seed: int = 0  # random seed of the patch stream
     device: str = "cpu"  # torch device: cpu or cuda
@@ -131,6 +132,7 @@ def cmd_adapt(args) -> None:
     check_out_is_not_an_input(args.out, {"--model": resolve_model_path(args.model),
                                          "--measurements": args.measurements,
                                          "--eval-measurements": args.eval_measurements})
+    check_output_file(args.out, "--out", ".safetensors", overwrite=args.overwrite or args.resume)
     model, meta = load_model(args.model, args.device)
     given = section_values("adapt", AdaptConfig, args.file_values, args)
     if given.get("steps", 1) < 1:
@@ -157,7 +159,7 @@ def cmd_adapt(args) -> None:
             result = fine_tune_run(model, theta, next_batch, config,
                                    Path(args.out).with_name(Path(args.out).stem + ".run"),
                                    recipe, args.ckpt_every, args.resume, callback=progress,
-                                   log=bar.write)
+                                   log=bar.write, overwrite=args.overwrite)
         else:
             result = fine_tune(model, theta, next_batch, config, callback=progress)
     if evaluation is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from metaprior.outputs import check_output_file
 
@@ -19,6 +20,7 @@ class EvaluateOptions:
     adapt_steps: int = 0  # also score after N inner steps on each image (Fig. 3; 0: off)
     seed: int = 0  # random seed of the operators and the noise
     device: str = "cpu"  # torch device: cpu or cuda
+    overwrite: bool = False  # replace an existing --json
 
 
 def cmd_evaluate(args) -> None:
@@ -29,11 +31,13 @@ def cmd_evaluate(args) -> None:
     from metaprior.tasks import get_task
 
     resolve(args, {"evaluate": EvaluateOptions})
+    if not args.tasks:
+        raise ValueError("--tasks is empty: name at least one task, e.g. --tasks sr2,mri4")
     if args.adapt_steps < 0:
         raise ValueError(f"--adapt-steps must be >= 0 (0: no adaptation), got "
                          f"{args.adapt_steps}")
     if args.json:
-        check_output_file(args.json, "--json", ".json")
+        check_output_file(args.json, "--json", ".json", overwrite=args.overwrite)
     model, meta = load_model(args.model, args.device)
     images = [im.to(args.device) for im in load_eval_images(args.images, args.data_root)]
     adapt = AdaptConfig.from_model(meta, steps=args.adapt_steps) if args.adapt_steps else None
@@ -50,4 +54,5 @@ def cmd_evaluate(args) -> None:
               f"λ {adapt.prox_lambda}) on each image's own measurements"
               + (" and ground truth" if adapt.loss == "supervised" else ""))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(args.json, json.dumps(rows, indent=1).encode())

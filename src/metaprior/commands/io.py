@@ -21,6 +21,7 @@ class MeasureOptions:
     color: bool = False  # keep RGB (default: grayscale)
     no_ground_truth: bool = False  # store y only
     seed: int = 0  # random seed of the operator and the noise
+    overwrite: bool = False  # replace an existing --out
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def cmd_measure(args) -> None:
     from metaprior.tasks import get_task
 
     resolve(args, {"measure": MeasureOptions})
-    check_output_file(args.out, "--out", ".safetensors")
+    check_output_file(args.out, "--out", ".safetensors", overwrite=args.overwrite)
     task = get_task(args.task)
     files = image_files(args.images)
     images = read_images(args.images, args.color)

@@ -56,9 +56,8 @@ class HQSNetConfig:
     init_iters: int = 50  # conjugate-gradient iterations for x_0
     colour: bool = False  # also hold the colour FFDNet, used for 3-channel images
     pretrained: bool = True  # start from the published FFDNet weights (False: random)
-    # denoise iteration k in the k-th of the 8 rotations/flips of the image (and back): an
-    # ensemble over the iterations at no extra cost (DPIR's "x8" option)
-    dihedral: bool = False
+    # an ensemble over the iterations at no extra cost (DPIR's "x8" option)
+    dihedral: bool = False  # denoise iteration k in the k-th of the 8 rotations/flips (and back)
 
     def __post_init__(self) -> None:
         if not (1 <= self.iterations <= 1000 and 0 <= self.init_iters <= 10_000):
