@@ -41,10 +41,9 @@ from pathlib import Path
 import torch
 
 from metaprior.adapt import AdaptConfig, parameters_of
-from metaprior.baselines import geometric_search
 from metaprior.checkpoint import load_model
 from metaprior.data import PatchSampler, bsds500
-from metaprior.evaluate import finetune_and_score, pseudo_inverse, score
+from metaprior.evaluate import pseudo_inverse, score, search_lr
 from metaprior.extras import require
 from metaprior.meta.problem import reconstruct
 from metaprior.metrics import mean_std
@@ -98,17 +97,12 @@ def score_model(model, theta, steps: int, lr_grid, data_root=None, seed: int = 0
         for loss in losses:
             curves: dict = {}
 
-            def final_psnr(lr: float, loss=loss, stream=stream, val=val, curves=curves):
-                cfg = replace(rule, steps=steps, lr=lr, loss=loss, prox_lambda=0.0)
-                try:
-                    run = finetune_and_score(model, theta, stream(), cfg, val, keep=keep)
-                except FloatingPointError:
-                    curves[lr] = None
-                    return None
-                curves[lr] = {str(n): v for n, v in run["psnr"].items()}
-                return run["psnr"][steps]
+            def record(lr: float, run: dict | None, curves=curves) -> None:
+                curves[lr] = run and {str(n): v for n, v in run["psnr"].items()}
 
-            best, _ = geometric_search(final_psnr, lr_grid, extend=0)
+            best, _ = search_lr(model, theta, stream,
+                                replace(rule, steps=steps, loss=loss, prox_lambda=0.0), val,
+                                lr_grid, keep=keep, on_run=record)
             grid = {str(lr): curves[lr] for lr in sorted(curves)}
             entry[loss] = {"best_lr": float(best), "curve": grid[str(best)], "grid": grid}
             log(f"  {name:8s} {loss:12s} theta {entry['theta']:6.2f}  "

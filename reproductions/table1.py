@@ -361,8 +361,7 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     import hashlib
 
     from metaprior.adapt import AdaptConfig
-    from metaprior.baselines import geometric_search
-    from metaprior.evaluate import finetune_and_score
+    from metaprior.evaluate import search_lr
 
     digest = hashlib.sha256()
     for k in sorted(theta):
@@ -385,28 +384,16 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     seconds = entry.get("seconds", 0.0)
     lr_grid = search_grid(config.lr_grid, config.scale_grid,
                           rule.lr if rule.lr_scales is not None else None)
-    t0, ran = time.perf_counter(), False
-
-    def validation_psnr(lr: float) -> float | None:
-        nonlocal ran
-        if str(lr) not in scores:
-            ran = True
-            cfg = replace(rule, steps=config.steps, lr=lr, loss=loss, prox_lambda=prox_lambda)
-            try:
-                run = finetune_and_score(model, theta, data.select_stream(), cfg, data.val,
-                                         keep=(), peak=data.peak)
-                scores[str(lr)] = run["psnr"][config.steps]
-            except FloatingPointError:  # diverged at this lr: not a candidate
-                scores[str(lr)] = None
-        return scores[str(lr)]
-
+    t0, cached = time.perf_counter(), len(scores)
+    cfg = replace(rule, steps=config.steps, loss=loss, prox_lambda=prox_lambda)
     try:
-        best, tried = geometric_search(validation_psnr, lr_grid, config.lr_extend)
+        best, tried = search_lr(model, theta, data.select_stream, cfg, data.val, lr_grid,
+                                config.lr_extend, data.peak, scores=scores)
     except FloatingPointError:
         raise FloatingPointError(f"{key}: fine-tuning diverged at every lr tried "
                                  f"({sorted(float(k) for k in scores)})") from None
     finally:
-        if ran:
+        if len(scores) > cached:  # something ran: keep it
             seconds += time.perf_counter() - t0
             cache_store(cache, key, fingerprint, {"grid": scores, "seconds": seconds},
                         cache_path)

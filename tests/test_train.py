@@ -291,3 +291,29 @@ def test_every_command_takes_a_config_file_and_flags_win(tmp_path):
         adapted = load_model(out)[1]["adapted"]
         assert adapted["steps"] == steps and adapted["prox_lambda"] == 0.5
         assert adapted["lr"] == 1e-2  # the model's inner_lr (tiny_config)
+
+
+def test_adapt_chooses_its_lr_on_pictures_with_ground_truth(tmp_path, capsys):
+    """``adapt --lr-search DIR``: the rule's lr ×1, ×10/3, ×10 (one more past an edge) each
+    adapt on patches of DIR's pictures measured by the task and are scored on them; the best
+    one adapts on the measurements, and the adapted file records every lr's PSNR."""
+    from metaprior.checkpoint import save_model
+    from metaprior.models import PDNet, PDNetConfig
+
+    imgs = write_pngs(tmp_path / "imgs", size=32)
+    pictures = write_pngs(tmp_path / "pictures", size=32, seed=1)
+    save_model(tmp_path / "m.safetensors", PDNet(PDNetConfig(depth=2)))
+    y = tmp_path / "y.safetensors"
+    main(["measure", "--task", "sr2", "--images", str(imgs), "--no-ground-truth", "--out", str(y)])
+    out = tmp_path / "a.safetensors"
+    main(["adapt", "--model", str(tmp_path / "m.safetensors"), "--measurements", str(y),
+          "--lr-search", str(pictures), "--patch-size", "16", "--batch-size", "2", "--steps", "2",
+          "--lr", "1e-3", "--loss", "unsupervised", "--no-progress", "--out", str(out)])
+    assert "choosing the lr on 2 picture(s)" in capsys.readouterr().out
+    adapted = load_model(out)[1]["adapted"]
+    tried = {float(k): v for k, v in adapted["lr_search"].items()}
+    assert {1e-3, 1e-2} <= set(tried) and len(tried) in (3, 4)
+    assert adapted["lr"] == max((v, k) for k, v in tried.items() if v is not None)[1]
+    with pytest.raises(SystemExit, match="--patch-size applies to --images only"):
+        main(["adapt", "--model", str(tmp_path / "m.safetensors"), "--measurements", str(y),
+              "--patch-size", "16", "--out", str(tmp_path / "b.safetensors")])

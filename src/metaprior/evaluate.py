@@ -140,3 +140,47 @@ def finetune_and_score(model, theta, next_batch: Callable[[int], TaskBatch], rul
             "records": records, "seconds": seconds,
             "s_per_step": seconds / rule.steps if rule.steps else 0.0,
             "losses": result.losses, "params": result.params}
+
+
+def search_lr(model, theta, stream: Callable[[], Callable[[int], TaskBatch]], rule,
+              batches: Sequence[TaskBatch], lrs: Sequence[float], extend: int = 0,
+              peak: float | str = 1.0, keep: Sequence[int] = (), scores: dict | None = None,
+              on_run: Callable[[float, dict], None] | None = None
+              ) -> tuple[float, dict[float, float | None]]:
+    """The learning rate of ``lrs`` whose ``rule.steps``-step fine-tuning from θ (the step rule
+    ``rule`` at that lr, on a fresh ``stream()`` each time) gives the best mean PSNR on
+    ``batches``, which hold ground truth (e.g. pictures of your own put through the operator,
+    as the classical solvers' parameters are grid-searched); past an edge choice the grid
+    extends by up to ``extend`` values a side (:func:`metaprior.baselines.geometric_search`).
+    An lr whose fine-tuning diverges is never chosen: the one lr search of the package.
+
+    Args:
+        keep: also score after these numbers of steps (in the runs ``on_run`` receives).
+        scores: ``{str(lr): PSNR or None}`` of runs already done, reused and filled (a
+            cache: a rerun runs only the values it lacks).
+        on_run: called as ``on_run(lr, run)`` with each run of :func:`finetune_and_score`
+            (``None`` for a run that diverged).
+
+    Returns:
+        the best lr and ``{lr: PSNR after rule.steps, None where it diverged}`` for every lr
+        tried, in increasing order.
+    """
+    from dataclasses import replace
+
+    from metaprior.baselines import geometric_search
+
+    scores = {} if scores is None else scores
+
+    def final_psnr(lr: float) -> float | None:
+        if str(lr) not in scores:
+            try:
+                run = finetune_and_score(model, theta, stream(), replace(rule, lr=lr), batches,
+                                         keep=keep, peak=peak)
+                scores[str(lr)] = run["psnr"][rule.steps]
+            except FloatingPointError:
+                run = scores[str(lr)] = None
+            if on_run is not None:
+                on_run(lr, run)
+        return scores[str(lr)]
+
+    return geometric_search(final_psnr, lrs, extend)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,9 +17,12 @@ class AdaptData:
     task: str | None = None  # task of --images (e.g. sr2, sr3, inpaint-0.7, or from --plugin)
     measurements: str | None = None  # measurement file (`metaprior measure`): adapt on it
     eval_measurements: str | None = None  # with --images: held-out measurements to score
-    patch_size: int = 64  # with --images: patch side (0 = full images)
-    batch_size: int = 8  # with --images: patches per step
-    color: bool = False  # with --images: keep RGB
+    # choose the lr first: the rule's lr ×1, ×10/3, ×10 (one more value past an edge), each
+    # adapting on patches of these pictures put through the task's operator, scored on them
+    lr_search: str | None = None  # pictures with ground truth: try lr ×1, ×10/3, ×10, keep the best
+    patch_size: int = 64  # with --images or --lr-search: patch side (0 = full images)
+    batch_size: int = 8  # with --images or --lr-search: patches per step
+    color: bool = False  # with --images or --lr-search: keep RGB
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,11 @@ class AdaptRun:
 
 
 SECTIONS = {"data": AdaptData, "run": AdaptRun}
-#: Options of ``adapt`` that apply to an image folder only.
+#: Options of ``adapt`` that apply to an image folder only (all but the first to ``--lr-search``'s
+#: folder too).
 IMAGES_ONLY = ("eval_measurements", "patch_size", "batch_size", "color")
+#: ``--lr-search``: the multiples of the rule's lr tried (and one more past an edge choice).
+LR_SEARCH = (1.0, 10 / 3, 10.0)
 #: What ``--help`` shows where the value comes from the model being adapted.
 DEFAULTS_TEXT = {
     "adapt.lr": "the model's rule for the loss, else its inner_lr (with its relative learning "
@@ -49,9 +55,10 @@ DEFAULTS_TEXT = {
 
 def check_adapt_data(given: dict) -> None:
     """Refuse ``adapt`` data options that the chosen data would ignore: the options of
-    :data:`IMAGES_ONLY` given with ``--measurements`` (or without ``--images``)."""
+    :data:`IMAGES_ONLY` given with ``--measurements`` (or without ``--images``), except those
+    that ``--lr-search`` uses."""
     if given.get("images") is None:
-        for name in IMAGES_ONLY:
+        for name in IMAGES_ONLY if given.get("lr_search") is None else IMAGES_ONLY[:1]:
             if name in given and given[name] not in (None, False):
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} applies to --images only (with --measurements the "
@@ -78,6 +85,28 @@ def batches_from_images(args, task, device):
         sampler = PatchSampler(images, args.patch_size, seed=args.seed)
         return lambda step: task.sample(sampler.sample(args.batch_size).to(device), g)
     return lambda step: task.sample(images[step % len(images)].unsqueeze(0).to(device), g)
+
+
+def lr_from_pictures(args, model, theta, task_name: str, rule) -> tuple[float, dict]:
+    """``--lr-search``: the lr of :data:`LR_SEARCH` × the rule's whose adaptation on patches of
+    the folder's pictures (measured by the task) scores the best PSNR on those pictures
+    (:func:`metaprior.evaluate.search_lr`); returns it and every lr's PSNR."""
+    import argparse
+
+    from metaprior.evaluate import search_lr, task_batches
+    from metaprior.tasks import get_task
+
+    task = get_task(task_name)
+    pictures = [im.to(args.device) for im in read_images(args.lr_search, args.color)]
+    search = argparse.Namespace(**{**vars(args), "images": args.lr_search})
+    print(f"choosing the lr on {len(pictures)} picture(s) of {args.lr_search}: "
+          f"{len(LR_SEARCH)}+ runs of {rule.steps} steps ...")
+    best, tried = search_lr(model, theta, lambda: batches_from_images(search, task, args.device),
+                            rule, task_batches(task, pictures, seed=args.seed + 2),
+                            [rule.lr * m for m in LR_SEARCH], extend=1, peak=task.peak)
+    print("lr " + ", ".join(f"{lr:.3g}: " + ("diverged" if v is None else f"{v:.2f} dB")
+                            for lr, v in tried.items()) + f" -> {best:.3g}")
+    return best, tried
 
 
 def adapt_rule(meta: dict, given: dict):
@@ -142,6 +171,10 @@ def cmd_adapt(args) -> None:
     if config.loss == "supervised" and args.measurements and evaluation is None:
         raise ValueError(f"{args.measurements} has no ground truth: use --loss unsupervised")
     theta = parameters_of(model)
+    searched = {}
+    if args.lr_search is not None:
+        lr, searched = lr_from_pictures(args, model, theta, task_name, config)
+        config = replace(config, lr=lr)
     if evaluation is not None:
         print(f"before: {psnr_line(model, theta, evaluation)}")
     with tqdm(total=config.steps, desc="adapt", unit="step", disable=args.no_progress,
@@ -166,7 +199,8 @@ def cmd_adapt(args) -> None:
         print(f"after {config.steps} {config.loss} steps: "
               f"{psnr_line(model, result.params, evaluation)}")
     path = write_or_keep(lambda out: save_model(
-        out, model, result.params, metadata={**meta, "adapted": {"task": task_name,
-                                                                 **config.__dict__}}),
+        out, model, result.params, metadata={**meta, "adapted": {
+            "task": task_name, **config.__dict__,
+            **({"lr_search": {str(k): v for k, v in searched.items()}} if searched else {})}}),
         args.out, "--out", "adapted model")
     print(f"wrote {path}")
