@@ -35,6 +35,7 @@ class SuiteRun:
     grid_cache: str | None = None  # table1: grid/lr choices to reuse, update (--quick: if new)
     scratch_steps: int | None = None  # scratch: training steps (paper: 10k)
     resume: bool = False  # scratch: continue from <out stem>.run/checkpoints
+    overwrite: bool = False  # scratch: start afresh over <out stem>.run/checkpoints
     quick: bool = False  # smoke-sized protocol: 2 steps, 1 test image, 1 grid image
     device: str = "cpu"  # torch device: cpu or cuda
 
@@ -85,7 +86,8 @@ def cmd_suite(args) -> None:
         if not (run.out or "").endswith(".safetensors"):
             raise ValueError("scratch writes a model: give --out PATH.safetensors")
         path = train_scratch(config.tasks[0], config, run.scratch_steps, run.out,
-                             run.data_root, run.device, resume=run.resume)
+                             run.data_root, run.device, resume=run.resume,
+                             overwrite=run.overwrite)
         print(f"wrote {path}")
         return
     out = run.out or SUITE_OUT[args.command]

@@ -702,14 +702,15 @@ def quick_config(**overrides) -> Table1Config:
 
 def train_scratch(task_name: str, config: Table1Config, steps: int, out: str | Path,
                   data_root=None, device="cpu", depth: int = 20, resume: bool = False,
-                  ckpt_every: int = 500, log=print) -> Path:
+                  ckpt_every: int = 500, log=print, overwrite: bool = False) -> Path:
     """The paper's "PDNet" baseline: a depth-``depth`` PDNet trained from a random
     initialisation on ``task_name``'s fine-tuning stream (the one Table 1 fine-tunes on),
     supervised Adam at ``config.scratch_lr``; written to ``out`` (.safetensors).
 
     It is a long supervised adaptation run (:func:`metaprior.adapt.fine_tune_run`), checkpointed
     under ``<out stem>.run/checkpoints``; ``resume`` continues the latest checkpoint (the same
-    task, lr, seed, depth and stream; ``steps`` may exceed the first run's, to extend it).
+    task, lr, seed, depth and stream; ``steps`` may exceed the first run's, to extend it);
+    ``overwrite`` starts afresh over earlier checkpoints.
     """
     from metaprior.adapt import AdaptConfig, fine_tune_run
     from metaprior.checkpoint import save_model
@@ -731,7 +732,8 @@ def train_scratch(task_name: str, config: Table1Config, steps: int, out: str | P
     run = fine_tune_run(model, theta, data.stream(),
                         AdaptConfig(steps=steps, lr=config.scratch_lr, loss="supervised"),
                         out.with_name(out.stem + ".run"), recipe, ckpt_every, resume,
-                        callback=progress, log=lambda line: log(f"  {line}"))
+                        callback=progress, log=lambda line: log(f"  {line}"),
+                        overwrite=overwrite)
     meta = {"scratch": {"task": task_name, "steps": steps, "lr": config.scratch_lr,
                         "seed": config.seed, "seconds": run.seconds,
                         "data": data.about["finetune"], "resumed_at": run.resumed_at},

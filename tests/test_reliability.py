@@ -543,17 +543,24 @@ def test_an_adapted_model_whose_reconstruction_is_not_finite_is_not_written(sand
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hqs.safetensors", "y.safetensors"]
 
 
-def test_ctrl_c_ends_a_command_with_one_line_and_status_130(capsys):
-    from metaprior.cli import one_line_errors
+def test_ctrl_c_ends_a_command_with_one_line_and_dies_by_sigint():
+    """One line naming --resume, then death by SIGINT as Python's own handler does (so a
+    calling shell loop stops too), not a traceback."""
+    code = ("from metaprior.cli import one_line_errors\n"
+            "def interrupted():\n    raise KeyboardInterrupt\n"
+            "one_line_errors(interrupted)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode in (-2, 130) and len(err) == 1, proc.stderr
+    assert "interrupted" in err[0] and "--resume" in err[0]
 
-    def interrupted():
-        raise KeyboardInterrupt
 
-    with pytest.raises(SystemExit) as stop:
-        one_line_errors(interrupted)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 130 and len(err) == 1 and "interrupted" in err[0]
-    assert "--resume" in err[0]
+def test_meta_train_takes_the_other_architecture_s_defaults(tmp_path):
+    """A run's own config.json holds both networks' sections: values equal to the other
+    architecture's defaults are not refused (values that differ are: BAD_INPUTS)."""
+    main([*MT, "--iterations", "8", "--no-dihedral", "--out", str(tmp_path / "r")])
+    assert (tmp_path / "r" / "model.safetensors").exists()
 
 
 def test_single_file_outputs_are_replaced_only_with_overwrite(sandbox, tmp_path):

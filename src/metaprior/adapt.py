@@ -215,7 +215,7 @@ def parameters_of(model: nn.Module) -> Params:
 def fine_tune(
     model: nn.Module, theta: Params, next_batch: Callable[[int], TaskBatch],
     config: AdaptConfig, callback: Callable[[AdaptState, float], None] | None = None,
-    keep: Sequence[int] = (), start: AdaptState | None = None,
+    keep: Sequence[int] = (), start: AdaptState | None = None, check_finite: bool = True,
 ) -> AdaptResult:
     """Solve the inner problem approximately by ``config.steps`` optimizer steps from θ.
 
@@ -229,6 +229,9 @@ def fine_tune(
         keep: also return the parameters after these numbers of steps (0 = θ itself).
         start: resume from this state (θ stays the anchor). ``next_batch`` is still called for
             the steps already done, so a stateful stream draws what an unbroken run draws.
+        check_finite: after the last step, reconstruct its batch with the final weights and
+            raise ``FloatingPointError`` if that is not finite (before the last ``callback``);
+            False only to time steps alone.
 
     Returns:
         the adapted parameters, the loss of every step and the kept snapshots (with ``start``:
@@ -267,7 +270,7 @@ def fine_tune(
         if not all(bool(torch.isfinite(v).all()) for v in phi.values()):
             raise FloatingPointError(f"non-finite weights after adaptation step {step}: lower "
                                      f"--lr")
-        if step + 1 == config.steps:  # finite weights can still reconstruct inf or NaN
+        if check_finite and step + 1 == config.steps:  # finite weights, inf or NaN output
             with torch.no_grad():
                 if not bool(torch.isfinite(reconstruct(model, phi, batch)).all()):
                     raise FloatingPointError(f"the adapted model's reconstruction is not finite "

@@ -10,6 +10,8 @@ resolves its options the same way: dataclass defaults < ``--config`` JSON < flag
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,17 +38,23 @@ def _setup(args) -> None:
 
 
 def cmd_meta_train(args) -> None:
+    from dataclasses import fields
+
     from metaprior.config import build_config, check_device, explicit_values, load_config_file
     from metaprior.train import TrainConfig, meta_train
+    from metaprior.train_config import SECTIONS
 
     file_values = load_config_file(args.config)
     config = build_config(TrainConfig, file_values, args)
     check_device(config.run.device)
     given = explicit_values(TrainConfig, file_values, args)
     arch = config.network.architecture
-    for key in given:  # the other architecture's options would be silently ignored
+    for key, value in given.items():  # the other architecture's options would be ignored
         section, name = key.split(".")
-        if section in ARCHITECTURE_SECTIONS and ARCHITECTURE_SECTIONS[section] != arch:
+        if args.resume or section not in ARCHITECTURE_SECTIONS:
+            continue  # a resumed run keeps its saved configuration, checked by resume_config
+        default = next(f.default for f in fields(SECTIONS[section]) if f.name == name)
+        if ARCHITECTURE_SECTIONS[section] != arch and value != default:
             raise ValueError(f"--{name.replace('_', '-')} applies to --architecture "
                              f"{ARCHITECTURE_SECTIONS[section]} only; this run trains {arch}: "
                              f"drop it or pass --architecture {ARCHITECTURE_SECTIONS[section]}")
@@ -205,6 +213,9 @@ def one_line_errors(func, *args):
     except KeyboardInterrupt:
         print("error: interrupted (a run that wrote checkpoints continues from the last one "
               "with --resume)", file=sys.stderr)
+        if hasattr(signal, "SIGINT") and hasattr(os, "kill"):  # die by SIGINT, as Python
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # does: a calling shell stops too
+            os.kill(os.getpid(), signal.SIGINT)
         raise SystemExit(130) from None
 
 

@@ -78,12 +78,13 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str,
             default = _default(f)
             shown = defaults_text.get(f"{section}.{f.name}", (
                 "required" if default is dataclasses.MISSING else
-                ",".join(map(str, default)) if isinstance(default, tuple) else
+                ",".join(map(str, default)) or '""' if isinstance(default, tuple) else
                 f"{default:.6g}" if isinstance(default, float) else
                 '""' if default == "" else default))
             flag = f"--{f.name.replace('_', '-')}"
             comment = comments.get(f.name, "")  # a comment may say its default in its own words
-            text = comment if "(default" in comment else f"{comment} (default: {shown})"
+            said = "(default" in comment or "default:" in comment
+            text = comment if said else f"{comment} (default: {shown})"
             if tp is bool:
                 group.add_argument(flag, dest=f"{section}.{f.name}", default=None, help=text,
                                    **bool_switch(f.name))

@@ -69,15 +69,15 @@ def summarize(values: Sequence[float]) -> str:
 
 def load_eval_images(name: str, data_root: str | None = None) -> list[Tensor]:
     """Evaluation images by name: ``set3c`` (RGB, colour folded into the batch), ``demo``
-    (scikit-image's held-out pictures) or a folder path (grayscale; an existing folder of
-    either name wins, ``./set3c`` says so explicitly)."""
+    (scikit-image's held-out pictures) or a folder path (grayscale; ``./set3c`` for a folder
+    of either name)."""
     from pathlib import Path
 
     from metaprior.data import demo_images, list_images, load_image, set3c
 
-    if name == "set3c" and not Path(name).is_dir():
+    if name == "set3c":
         return set3c(data_root)
-    if name == "demo" and not Path(name).is_dir():
+    if name == "demo":
         return demo_images("test")
     if not Path(name).is_dir():
         raise ValueError(f"--images {name}: no such folder (or give set3c or demo)")
