@@ -38,8 +38,6 @@ def _setup(args) -> None:
 
 
 def cmd_meta_train(args) -> None:
-    from dataclasses import fields
-
     from metaprior.config import build_config, check_device, explicit_values, load_config_file
     from metaprior.train import TrainConfig, meta_train
     from metaprior.train_config import SECTIONS
@@ -53,7 +51,7 @@ def cmd_meta_train(args) -> None:
         section, name = key.split(".")
         if args.resume or section not in ARCHITECTURE_SECTIONS:
             continue  # a resumed run keeps its saved configuration, checked by resume_config
-        default = next(f.default for f in fields(SECTIONS[section]) if f.name == name)
+        default = getattr(SECTIONS[section](), name)  # the section's own default config
         if ARCHITECTURE_SECTIONS[section] != arch and value != default:
             raise ValueError(f"--{name.replace('_', '-')} applies to --architecture "
                              f"{ARCHITECTURE_SECTIONS[section]} only; this run trains {arch}: "

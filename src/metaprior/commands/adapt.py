@@ -149,7 +149,6 @@ def cmd_adapt(args) -> None:
     from metaprior.config import resolve, section_values
 
     resolve(args, SECTIONS, extra=("adapt",))
-    check_output_file(args.out, "--out", ".safetensors")
     if args.ckpt_every < 0:
         raise ValueError(f"--ckpt-every must be >= 0 (0: no checkpoints), got {args.ckpt_every}")
     if (args.images is None) == (args.measurements is None):
