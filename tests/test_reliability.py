@@ -804,3 +804,29 @@ def test_the_demo_replaces_an_earlier_demo_only_with_overwrite(tmp_path):
     main([*argv, "--overwrite"])
     assert (out / "notes.txt").read_text() == "kept"
     assert (out / "adapted_sr2.safetensors").is_file()
+    with Image.open(out / "demo_sr2.png") as im:  # the short job's figure: 3 rows, 6 columns
+        assert im.size == (6 * 160, 18 + 3 * (160 + 16))
+
+
+def test_a_run_resumed_at_its_last_step_still_checks_its_reconstruction():
+    """A checkpoint taken at exactly the run's last step (a mid-run checkpoint of a longer
+    run) leaves no step to run: the final finite check still reconstructs the last batch."""
+    import metaprior as mp
+    from metaprior.adapt import AdaptState
+    from metaprior.meta.inner import make_inner_optimizer
+    from metaprior.models import HQSNet, HQSNetConfig
+
+    model = HQSNet(HQSNetConfig(iterations=2, init_iters=5, pretrained=False))
+    theta = mp.parameters_of(model)
+    g = torch.Generator().manual_seed(0)
+    batch = mp.get_task("sr2").sample(torch.rand(2, 1, 16, 16, generator=g), g)
+    rule = mp.AdaptConfig(steps=2, lr=1e-3, loss="unsupervised")
+    # finite weights whose reconstruction overflows
+    bad = {k: v * 1e30 if k.startswith("denoiser") else v for k, v in theta.items()}
+    state = AdaptState(2, bad, make_inner_optimizer("adam", 1e-3).init(bad))
+    seen = []
+    with pytest.raises(FloatingPointError, match="not finite after 2 steps"):
+        mp.fine_tune(model, theta, lambda s: seen.append(s) or batch, rule, start=state)
+    assert seen == [0, 1]  # the stream replayed, nothing more drawn
+    ok = AdaptState(2, theta, make_inner_optimizer("adam", 1e-3).init(theta))
+    assert mp.fine_tune(model, theta, lambda _s: batch, rule, start=ok).losses == []

@@ -229,9 +229,9 @@ def fine_tune(
         keep: also return the parameters after these numbers of steps (0 = θ itself).
         start: resume from this state (θ stays the anchor). ``next_batch`` is still called for
             the steps already done, so a stateful stream draws what an unbroken run draws.
-        check_finite: after the last step, reconstruct its batch with the final weights and
-            raise ``FloatingPointError`` if that is not finite (before the last ``callback``);
-            False only to time steps alone.
+        check_finite: after the last step (or on resuming at it), reconstruct its batch with
+            the final weights and raise ``FloatingPointError`` if that is not finite (before
+            the last ``callback``); False only to time steps alone.
 
     Returns:
         the adapted parameters, the loss of every step and the kept snapshots (with ``start``:
@@ -252,8 +252,11 @@ def fine_tune(
         raise ValueError(f"adapt: frozen {config.frozen} holds every parameter fixed: "
                          f"nothing would adapt")
     state = start.opt_state if start is not None else opt.init(phi)
+    batch = None
     for step in range(first):  # replay the stream
-        next_batch(step)
+        batch = next_batch(step)
+    if check_finite and batch is not None and first == config.steps:  # resumed at the end
+        _check_reconstruction(model, phi, batch, config.steps)
     losses = []
     snapshots = {0: dict(anchor)} if 0 in keep else {}
     dtype = PRECISIONS[config.precision]
@@ -265,22 +268,28 @@ def fine_tune(
         phi, state, loss = inner_step(model, phi, anchor, state, batch, opt, config.loss,
                                       config.prox_lambda, draw=step, autocast=dtype)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step {step}: "
-                                     f"lower --lr")
+            raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step "
+                                     f"{step}: lower --lr")
         if not all(bool(torch.isfinite(v).all()) for v in phi.values()):
-            raise FloatingPointError(f"non-finite weights after adaptation step {step}: lower "
-                                     f"--lr")
+            raise FloatingPointError(f"non-finite weights after adaptation step {step}: "
+                                     f"lower --lr")
         if check_finite and step + 1 == config.steps:  # finite weights, inf or NaN output
-            with torch.no_grad():
-                if not bool(torch.isfinite(reconstruct(model, phi, batch)).all()):
-                    raise FloatingPointError(f"the adapted model's reconstruction is not finite "
-                                             f"after {config.steps} steps (diverged): lower --lr")
+            _check_reconstruction(model, phi, batch, config.steps)
         losses.append(float(loss))
         if step + 1 in keep:
             snapshots[step + 1] = {k: v.detach().clone() for k, v in phi.items()}
         if callback is not None:
             callback(AdaptState(step + 1, phi, state), float(loss))
     return AdaptResult({k: v.detach() for k, v in phi.items()}, losses, snapshots)
+
+
+def _check_reconstruction(model: nn.Module, phi: Params, batch: TaskBatch, steps: int) -> None:
+    """``FloatingPointError`` if the model with ``phi`` reconstructs ``batch`` with an inf or
+    a NaN (finite weights can still overflow the network)."""
+    with torch.no_grad():
+        if not bool(torch.isfinite(reconstruct(model, phi, batch)).all()):
+            raise FloatingPointError(f"the adapted model's reconstruction is not finite after "
+                                     f"{steps} steps (diverged): lower --lr")
 
 
 @dataclass

@@ -11,8 +11,8 @@
    model before and after adaptation, and write a figure of all of them.
 
 ``--meta-train`` runs the short meta-training job instead: a small PDNet meta-trained on the
-four training tasks (denoise, TV, deblur, inpaint), then adapted to the same operator without
-ground truth.
+four training tasks (denoise, TV, deblur, inpaint), then adapted to the same operator with and
+without ground truth, with its own figure.
 """
 
 from __future__ import annotations
@@ -228,6 +228,17 @@ def _meta_train_demo(config: DemoConfig, device: str, log, progress: bool) -> di
         f"PSNR (dB, peak 1):")
     for name, values in rows.items():
         log(f"    {name:38s} {summarize(values)}")
+    with torch.no_grad():
+        columns = {"measurement y": [b.y.abs() if b.y.is_complex() else b.y for b in tests],
+                   "A^T y": [b.physics.A_adjoint(b.y) for b in tests],
+                   "meta-model": [reconstruct(model, theta, b) for b in tests],
+                   "unsupervised": [reconstruct(model, unsup["params"], b) for b in tests],
+                   "supervised": [reconstruct(model, sup["params"], b) for b in tests],
+                   "ground truth": [b.x for b in tests]}
+    scores = dict(zip(["A^T y", "meta-model", "unsupervised", "supervised"],
+                      rows.values(), strict=True))
+    path = figure({k: torch.cat(v) for k, v in columns.items()}, scores,
+                  Path(config.out) / f"demo_{task.name}.png")
     log(f"meta-training {t1 - t0:.0f} s, adaptation + evaluation "
-        f"{time.perf_counter() - t1:.0f} s; models in {config.out}/")
+        f"{time.perf_counter() - t1:.0f} s; models in {config.out}/; figure: {path}")
     return rows
