@@ -6,14 +6,15 @@ in colour, denoised channel by channel) at 8 and 24 iterations and at the model'
 adaptation step on the batch the adaptation recipes use (8 patches of 64², SR ×2, noise std
 0.01, so that the robust loss computes its SURE term) for each
 label-free loss, adapting every parameter or the schedule alone (``frozen=("denoiser",)``),
-and the schedule's equivariant step in mixed precision (``precision="bfloat16"``,
-channels-last only; the CPU's bfloat16 flags are recorded). Each reconstruction's floating-point
+and the schedule's equivariant step in mixed precision (``precision="bfloat16"``) and on an
+8-iteration copy (``coarse_iterations``, in float32 and mixed precision), channels-last only
+(the CPU's bfloat16 flags are recorded). Each reconstruction's floating-point
 operations are counted too (``gflop_256``).
 Every timing is taken on PyTorch's default layout and then with FFDNet's convolutions on
 channels-last feature maps, in one run (``metaprior.models.ffdnet.CHANNELS_LAST``).
 Writes ``benchmarks/results/solver_speed.json``.
 
-    python benchmarks/bench_solver.py [--model NAME] [--threads 1] [--device cpu]
+    python benchmarks/bench_solver.py [--model NAME] [--threads 1] [--device cpu] [--coarse 8]
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def reconstruction_gflop(model, task, image, device) -> float:
 
 
 def step_seconds(model, theta, task, patches, loss, frozen, repeat,
-                 precision: str = "float32") -> float:
+                 precision: str = "float32", coarse: int = 0) -> float:
     g = torch.Generator().manual_seed(0)
     batches = [task.sample(patches, g) for _ in range(repeat + 1)]
-    rule = mp.AdaptConfig(steps=1, lr=3e-3, loss=loss, frozen=frozen, precision=precision)
+    rule = mp.AdaptConfig(steps=1, lr=3e-3, loss=loss, frozen=frozen, precision=precision,
+                          coarse_iterations=coarse)
     runs = iter(batches)
     return timeit(lambda: mp.fine_tune(model, theta, lambda _s: next(runs), rule,
                                        check_finite=False),  # the step alone
@@ -69,6 +71,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--coarse", type=int, default=8,
+                    help="also time the label-free rule on an N-iteration copy "
+                         "(AdaptConfig.coarse_iterations; 0: skip)")
     ap.add_argument("--out", default="solver_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -103,12 +108,18 @@ def main() -> None:
                 tag = f"{loss}/{'schedule' if frozen else 'all'}/{layout}"
                 results["adaptation_step_8x64"][tag] = s
                 print(f"step {tag:40s} {s:6.3f} s (50 steps: {50 * s:5.1f} s)", flush=True)
-    # The schedule's label-free rule in mixed precision (AdaptConfig.precision), channels-last.
-    s = step_seconds(model, theta, task, patches, "equivariant", ("denoiser",), args.repeat,
-                     "bfloat16")
-    tag = "equivariant/schedule/channels_last/bfloat16"
-    results["adaptation_step_8x64"][tag] = s
-    print(f"step {tag:40s} {s:6.3f} s (50 steps: {50 * s:5.1f} s)", flush=True)
+    # The schedule's label-free rule in mixed precision (AdaptConfig.precision) and on a
+    # coarse copy (AdaptConfig.coarse_iterations), channels-last.
+    rules = [("bfloat16", 0)]
+    rules += [("float32", args.coarse), ("bfloat16", args.coarse)] if args.coarse else []
+    for precision, coarse in rules:
+        s = step_seconds(model, theta, task, patches, "equivariant", ("denoiser",),
+                         args.repeat, precision, coarse)
+        tag = "equivariant/schedule/channels_last" + (
+            f"/{precision}" if precision != "float32" else "") + (
+            f"/coarse{coarse}" if coarse else "")
+        results["adaptation_step_8x64"][tag] = s
+        print(f"step {tag:40s} {s:6.3f} s (50 steps: {50 * s:5.1f} s)", flush=True)
     # FLOPs last, so that the counting pass does not sit between the timed convolutions
     for k, m in variants.items():
         for name, image in (("gray", gray), ("colour", colour)):

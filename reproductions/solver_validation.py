@@ -156,6 +156,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--frozen", default="", help="parameter prefixes held fixed, e.g. denoiser")
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
                     help="bfloat16: mixed-precision fine-tuning steps (AdaptConfig.precision)")
+    ap.add_argument("--coarse-iterations", type=int, default=0,
+                    help="adapt an N-iteration copy and carry its change over "
+                         "(AdaptConfig.coarse_iterations; 0: the model itself)")
     ap.add_argument("--baselines", default="tv,dpir-ffdnet")
     ap.add_argument("--patch-size", type=int, default=60)
     ap.add_argument("--batch", type=int, default=8)
@@ -191,12 +194,15 @@ def main(argv=None) -> dict:
                        + (f"@{args.iterations}" if args.iterations else "")
                        + ("/dihedral" if args.dihedral else "") + f"/{loss}"
                        + (f"/frozen-{args.frozen}" if args.frozen else "")
-                       + (f"/{args.precision}" if args.precision != "float32" else ""))
+                       + (f"/{args.precision}" if args.precision != "float32" else "")
+                       + (f"/coarse{args.coarse_iterations}" if args.coarse_iterations
+                          else ""))
                 rows = []
                 for lr in (float(v) for v in args.lr.split(",")):
                     rule = mp.AdaptConfig(steps=args.steps, lr=lr, loss=loss,
                                           frozen=tuple(filter(None, args.frozen.split(","))),
-                                          precision=args.precision)
+                                          precision=args.precision,
+                                          coarse_iterations=args.coarse_iterations)
                     try:  # the grid-search crops are scored too, to choose the lr on
                         run = finetune_and_score(model, theta, data["stream"](), rule,
                                                  data["grid"] + data["val"], (0, 1, 5, 20),
@@ -205,7 +211,8 @@ def main(argv=None) -> dict:
                         continue
                     n_grid = len(data["grid"])
                     row = {"lr": lr, "s_per_step": run["s_per_step"],
-                           "frozen": list(rule.frozen), "precision": rule.precision}
+                           "frozen": list(rule.frozen), "precision": rule.precision,
+                           "coarse_iterations": rule.coarse_iterations}
                     for key, part in (("grid_psnr", slice(None, n_grid)),
                                       ("psnr", slice(n_grid, None))):
                         row[key] = {n: mean_std(r["psnr"][part])[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import deepinv as dinv
 import pytest
@@ -28,7 +29,7 @@ from metaprior.tasks import get_task
 
 
 def _tiny_hqs(**kw) -> HQSNet:
-    return HQSNet(HQSNetConfig(iterations=2, init_iters=10, **kw))
+    return HQSNet(HQSNetConfig(**{"iterations": 2, "init_iters": 10, **kw}))
 
 
 def test_registry_builds_every_architecture_as_a_reconstructor():
@@ -449,3 +450,61 @@ def test_adapt_command_takes_the_model_s_rule_for_the_loss(tmp_path):
     with pytest.raises(SystemExit, match="precision must be one of"):
         main([*base, "--precision", "half", "--out", str(tmp_path / "no.safetensors")])
     assert not (tmp_path / "no.safetensors").exists()
+
+
+def test_resampling_a_log_linear_schedule_is_exact_and_linear():
+    """DPIR's schedule is log-linear: resampled to 8 iterations and back to 24 it is itself;
+    resampling is linear, so a change carries over as the difference of the resampled."""
+    from metaprior.models.hqs import resample_schedule
+
+    theta = mp.parameters_of(_tiny_hqs(iterations=24, pretrained=False))
+    back = resample_schedule(resample_schedule(theta, 8), 24)
+    for name in ("log_sigma", "log_gamma"):
+        assert torch.allclose(back[name], theta[name], rtol=1e-6, atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    a = {k: torch.randn(v.shape, generator=g) for k, v in theta.items()}
+    b = {k: torch.randn(v.shape, generator=g) for k, v in theta.items()}
+    lhs = resample_schedule({k: 2 * a[k] - b[k] for k in a}, 5)
+    ra, rb = resample_schedule(a, 5), resample_schedule(b, 5)
+    assert all(torch.allclose(lhs[k], 2 * ra[k] - rb[k], atol=1e-6) for k in a)
+    assert torch.equal(lhs["denoiser.convs.0.weight"], 2 * a["denoiser.convs.0.weight"]
+                       - b["denoiser.convs.0.weight"])
+
+
+def test_coarse_adaptation_adapts_a_copy_and_carries_its_change_over():
+    """``coarse_iterations=2`` on a 4-iteration HQSNet: the steps are those of the
+    2-iteration copy from θ resampled; φ = θ + R⁺(φ' − θ'): the schedule's change at the first
+    and last iteration is the copy's, in between interpolated, the weights the copy's; no
+    change gives θ exactly; at the model's own iterations it is the plain adaptation."""
+    from metaprior.adapt import coarse_problem
+
+    g = torch.Generator().manual_seed(4)
+    batch = get_task("sr2").sample(torch.rand(2, 1, 16, 16, generator=g), g)
+    model = _tiny_hqs(iterations=4)
+    theta = mp.parameters_of(model)
+    rule = mp.AdaptConfig(steps=2, lr=1e-2, loss="equivariant")
+    coarse, coarse_theta, carry = coarse_problem(model, theta, 2)
+    assert coarse.config.iterations == 2 and model.config.iterations == 4
+    direct = mp.fine_tune(coarse, coarse_theta, lambda _s: batch, rule).params
+    result = mp.fine_tune(model, theta, lambda _s: batch, replace(rule, coarse_iterations=2),
+                          keep=(0, 2))
+    phi = result.params
+    assert all(torch.equal(result.snapshots[0][k], theta[k]) for k in theta)
+    assert all(torch.equal(result.snapshots[2][k], phi[k]) for k in theta)
+    for name in ("log_sigma", "log_gamma"):
+        change, coarse_change = phi[name] - theta[name], direct[name] - coarse_theta[name]
+        assert coarse_change.abs().min() > 0
+        assert torch.allclose(change[[0, -1]], coarse_change, atol=1e-6)
+        assert torch.allclose(change[1:3], torch.lerp(coarse_change[0], coarse_change[1],
+                                                      torch.tensor([1 / 3, 2 / 3])), atol=1e-6)
+    w = "denoiser.convs.0.weight"
+    assert torch.allclose(phi[w], direct[w], atol=1e-7) and not torch.equal(phi[w], theta[w])
+    own = mp.fine_tune(model, theta, lambda _s: batch, replace(rule, coarse_iterations=4)).params
+    plain = mp.fine_tune(model, theta, lambda _s: batch, rule).params
+    assert all(torch.allclose(own[k], plain[k], atol=1e-6) for k in theta)
+    pdnet = PDNet(PDNetConfig(depth=2))
+    with pytest.raises(ValueError, match="coarse_iterations 2 needs an unrolled model"):
+        mp.fine_tune(pdnet, mp.parameters_of(pdnet), lambda _s: batch,
+                     mp.AdaptConfig(steps=1, coarse_iterations=2))
+    with pytest.raises(ValueError, match="coarse_iterations must be >= 0"):
+        mp.AdaptConfig(coarse_iterations=-1)

@@ -272,6 +272,34 @@ def test_adapt_cli_resumes_a_long_run_bitwise(tmp_path):
         main([*base, "--steps", "2", "--resume", "--out", str(tmp_path / "none.safetensors")])
 
 
+def test_coarse_adaptation_resumes_bitwise_and_writes_the_model_s_own_iterations(tmp_path):
+    """``adapt --coarse-iterations 1`` on a 3-iteration HQSNet: the checkpoints hold the
+    1-iteration copy, a 2-step run resumed to 4 ends bitwise where an unbroken one does, the
+    adapted file has the model's 3 iterations, and resuming without the option is refused."""
+    from metaprior.checkpoint import save_model
+    from metaprior.models import HQSNet, HQSNetConfig
+
+    model = tmp_path / "hqs.safetensors"
+    save_model(model, HQSNet(HQSNetConfig(iterations=3, init_iters=5, pretrained=False)))
+    imgs = write_pngs(tmp_path / "imgs", size=32)
+    base = ["adapt", "--model", str(model), "--images", str(imgs), "--task", "sr2",
+            "--patch-size", "16", "--batch-size", "2", "--ckpt-every", "2", "--no-progress",
+            "--loss", "equivariant", "--lr", "1e-2"]
+    coarse = [*base, "--coarse-iterations", "1"]
+    main([*coarse, "--steps", "4", "--out", str(tmp_path / "ref.safetensors")])
+    main([*coarse, "--steps", "2", "--out", str(tmp_path / "cut.safetensors")])
+    main([*coarse, "--steps", "4", "--resume", "--out", str(tmp_path / "cut.safetensors")])
+    a, b = (load_tensors(tmp_path / f"{n}.safetensors") for n in ("ref", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a["log_sigma"].shape == (3,)
+    checkpoint = load_tensors(latest_checkpoint(tmp_path / "cut.run") / "model.safetensors")
+    assert checkpoint["log_sigma"].shape == (1,)
+    adapted = load_model(tmp_path / "ref.safetensors")[1]["adapted"]
+    assert adapted["coarse_iterations"] == 1
+    with pytest.raises(SystemExit, match=r"--resume: .* is step 4 of"):
+        main([*base, "--steps", "6", "--resume", "--out", str(tmp_path / "cut.safetensors")])
+
+
 def test_every_command_takes_a_config_file_and_flags_win(tmp_path):
     """``adapt`` (and every command) reads its dataclass sections from ``--config``; a flag
     overrides the file, and the model's own step rule fills what neither gives."""

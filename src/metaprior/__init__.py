@@ -41,7 +41,7 @@ _API = {
     # adaptation to a new operator
     "AdaptConfig": "metaprior.adapt", "fine_tune": "metaprior.adapt",
     "fine_tune_run": "metaprior.adapt", "parameters_of": "metaprior.adapt",
-    "load_into": "metaprior.adapt",
+    "load_into": "metaprior.adapt", "coarse_problem": "metaprior.adapt",
     # scoring
     "evaluate_method": "metaprior.evaluate", "finetune_and_score": "metaprior.evaluate",
     "search_lr": "metaprior.evaluate",

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -47,11 +47,16 @@ class AdaptConfig:
     # autocast, the operator, the losses, φ and the optimizer state in float32 (faster where
     # the hardware has bfloat16 arithmetic; best for rules that hold the weights fixed)
     precision: str = "float32"  # bfloat16: mixed-precision steps (best with weights held fixed)
+    # adapt a copy of an unrolled model (HQSNet) with this many iterations, its schedule
+    # resampled from θ's, and carry the change over: φ = θ + R⁺(φ′ − θ′), R⁺ resampling back
+    # to the model's own iterations (:func:`coarse_problem`); steps cost about N/K as much
+    coarse_iterations: int = 0  # adapt an N-iteration copy, carry its change over (0: the model)
 
     def __post_init__(self) -> None:
         from metaprior.losses import LOSSES
 
-        for name in ("steps", "lr", "prox_lambda", "loss", "optimizer", "precision"):
+        for name in ("steps", "lr", "prox_lambda", "loss", "optimizer", "precision",
+                     "coarse_iterations"):
             _coerce(AdaptConfig, name, getattr(self, name), "adapt: ")  # the field's type
         if self.lr_scales is not None and not (isinstance(self.lr_scales, Mapping) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -61,7 +66,8 @@ class AdaptConfig:
         # a model file's JSON list becomes a tuple; anything else is refused
         object.__setattr__(self, "frozen", _coerce(AdaptConfig, "frozen", self.frozen,
                                                    "adapt: "))
-        check_at_least("adapt", 0, steps=self.steps)  # 0: the model as it is
+        check_at_least("adapt", 0, steps=self.steps,  # 0: the model as it is
+                       coarse_iterations=self.coarse_iterations)  # 0: the model's own
         check_positive("adapt", lr=self.lr)
         if not (math.isfinite(self.prox_lambda) and self.prox_lambda >= 0):
             raise ValueError(f"adapt: prox_lambda must be >= 0, got {self.prox_lambda}")
@@ -171,6 +177,10 @@ def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:
         raise ValueError(f"adapt: precision {config.precision} needs a model whose data steps "
                          f"stay float32 under autocast (HQSNet); a {type(model).__name__} "
                          f"adapts in float32")
+    if config.coarse_iterations and not hasattr(model, "resample"):
+        raise ValueError(f"adapt: coarse_iterations {config.coarse_iterations} needs an unrolled "
+                         f"model that can be resampled (HQSNet); a {type(model).__name__} adapts "
+                         f"as it is: use 0")
 
 
 @dataclass
@@ -212,6 +222,38 @@ def parameters_of(model: nn.Module) -> Params:
     return {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}
 
 
+def coarse_problem(model: nn.Module, theta: Params, iterations: int
+                   ) -> tuple[nn.Module, Params, Callable[[Params], Params]]:
+    r"""The cheaper problem behind ``AdaptConfig.coarse_iterations``: a copy of the unrolled
+    ``model`` with ``iterations`` iterations (``model.with_iterations``), θ resampled to it
+    (:math:`\theta' = R\theta`, ``model.resample``), and the map
+    carrying parameters :math:`\varphi'` adapted there back to the model's own iterations,
+
+    .. math::
+        \varphi = \theta + R^{+}(\varphi' - \theta'),
+
+    with :math:`R^{+}` the resampling back (linear; weights shared by all iterations are
+    carried as they are). Without a change, :math:`\varphi = \theta` exactly. A step of the
+    copy costs about ``iterations``/K of one of the model.
+
+    Returns:
+        (the copy, θ', the map :math:`\varphi' \mapsto \varphi`).
+    """
+    _check_fine_tune_args(model, theta, lambda _s: None, AdaptConfig(
+        coarse_iterations=iterations), None)
+    with torch.no_grad():
+        coarse_theta = {k: v.detach().clone().requires_grad_(v.requires_grad)
+                        for k, v in model.resample(theta, iterations).items()}
+
+    def carry(phi: Params) -> Params:
+        with torch.no_grad():
+            change = model.resample({k: phi[k] - coarse_theta[k] for k in phi},
+                                    model.config.iterations)
+            return {k: theta[k].detach() + change[k] for k in phi}
+
+    return model.with_iterations(iterations), coarse_theta, carry
+
+
 def fine_tune(
     model: nn.Module, theta: Params, next_batch: Callable[[int], TaskBatch],
     config: AdaptConfig, callback: Callable[[AdaptState, float], None] | None = None,
@@ -223,7 +265,9 @@ def fine_tune(
         model: the architecture (its own parameters are not used or changed).
         theta: initial parameters θ (kept as the proximal anchor).
         next_batch: ``next_batch(step)`` returns the step's :class:`TaskBatch`.
-        config: steps, learning rate, loss kind, λ, optimizer, frozen parameters, precision.
+        config: steps, learning rate, loss kind, λ, optimizer, frozen parameters, precision,
+            coarse iterations (then ``callback``'s and ``start``'s states hold the copy's
+            parameters, :func:`coarse_problem`; the result and snapshots the model's).
         callback: called as ``callback(state, loss)`` after each step (``state.step`` steps
             done), e.g. to checkpoint a long run.
         keep: also return the parameters after these numbers of steps (0 = θ itself).
@@ -238,6 +282,12 @@ def fine_tune(
         of the steps after it).
     """
     _check_fine_tune_args(model, theta, next_batch, config, start)
+    if config.coarse_iterations:
+        coarse, coarse_theta, carry = coarse_problem(model, theta, config.coarse_iterations)
+        result = fine_tune(coarse, coarse_theta, next_batch, replace(config, coarse_iterations=0),
+                           callback, keep, start, check_finite)
+        return AdaptResult(carry(result.params), result.losses,
+                           {n: carry(p) for n, p in result.snapshots.items()})
     opt = make_inner_optimizer(config.optimizer, config.lrs(model))
     anchor = {k: v.detach() for k, v in theta.items()}
     first = start.step if start is not None else 0
@@ -328,10 +378,16 @@ def fine_tune_run(
         remove_orphans(run_dir)
         remove_orphans(ckpt.checkpoint_dir(run_dir))
         # what a resumed run must keep: the recipe and every field of config but steps
-        # (precision only when not float32, so float32 recipes do not name it)
+        # (precision and coarse_iterations only where not their defaults, so a recipe without
+        # them does not name them)
         config_fields = {k: v for k, v in asdict(config).items()
-                         if k != "steps" and (k, v) != ("precision", "float32")}
+                         if k != "steps" and (k, v) not in (("precision", "float32"),
+                                                            ("coarse_iterations", 0))}
         recipe = json.loads(json.dumps({**recipe, "config": config_fields}))
+        carry = dict  # the checkpoints hold the parameters being adapted: the copy's, if any
+        if config.coarse_iterations:
+            model, theta, carry = coarse_problem(model, theta, config.coarse_iterations)
+            config = replace(config, coarse_iterations=0)
         start, seconds_before = None, 0.0
         latest = ckpt.latest_checkpoint(run_dir)
         if resume:
@@ -369,7 +425,8 @@ def fine_tune_run(
                 callback(state, loss)
 
         result = fine_tune(model, theta, next_batch, config, callback=on_step, start=start)
-        return AdaptRunResult(result.params, result.losses, result.snapshots,
+        return AdaptRunResult(carry(result.params), result.losses,
+                              {n: carry(p) for n, p in result.snapshots.items()},
                               seconds_before + time.perf_counter() - t0,
                               start.step if start is not None else None)
 

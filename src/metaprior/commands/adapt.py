@@ -49,6 +49,7 @@ DEFAULTS_TEXT = {
                 "rates lr_scales, if any: --lr rescales them all)",
     "adapt.frozen": "the model's rule for the loss; '' holds nothing fixed",
     "adapt.precision": "the model's rule for the loss, else float32",
+    "adapt.coarse_iterations": "the model's rule for the loss, else 0",
     "adapt.prox_lambda": "the model's", "adapt.optimizer": "the model's",
     "adapt.loss": "the model's recommended loss, else unsupervised"}
 

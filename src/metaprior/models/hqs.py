@@ -32,6 +32,7 @@ Colour images are denoised channel by channel with the grayscale network, or, wi
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +90,26 @@ def smooth_estimate(physics: LinearPhysics, y: Tensor, eps: float = 1e-2, iters:
 
         x, _, _ = conjugate_gradient(matvec, rhs.reshape(-1), max_iter=iters, tol=tol)
     return x.view(shape)
+
+
+def resample_schedule(params: Mapping[str, Tensor], iterations: int) -> dict[str, Tensor]:
+    r"""An HQSNet's parameters (or a change of them) for ``iterations`` iterations:
+    :math:`\log\sigma_k` and :math:`\log\gamma_k` (``log_sigma``, ``log_gamma``, each (K,))
+    interpolated linearly over the iteration index scaled to [0, 1] (a one-entry schedule is
+    repeated), every other entry (the denoiser's weights) as it is. Linear in ``params``, and
+    a log-linear schedule (DPIR's) resamples exactly."""
+    if not 1 <= iterations <= 1000:
+        raise ValueError(f"iterations must be in [1, 1000], got {iterations}")
+    out = dict(params)
+    for name in ("log_sigma", "log_gamma"):
+        old = params[name]
+        if len(old) == 1:
+            out[name] = old.expand(iterations).clone()
+            continue
+        t = torch.linspace(0, len(old) - 1, iterations, dtype=old.dtype, device=old.device)
+        lo = t.floor().long().clamp(max=len(old) - 2)
+        out[name] = torch.lerp(old[lo], old[lo + 1], t - lo)
+    return out
 
 
 class HQSNet(Reconstructor):
@@ -156,25 +177,21 @@ class HQSNet(Reconstructor):
         return {name: 1.0 if name.startswith("log_") else self.config.denoiser_lr_scale
                 for name, _ in self.named_parameters()}
 
+    @staticmethod
+    def resample(params: Mapping[str, Tensor], iterations: int) -> dict[str, Tensor]:
+        """``params`` (θ, or a change of it) for ``iterations`` iterations
+        (:func:`resample_schedule`; ``AdaptConfig.coarse_iterations`` adapts through it)."""
+        return resample_schedule(params, iterations)
+
     def with_iterations(self, iterations: int) -> HQSNet:
-        r"""A copy that runs ``iterations`` HQS steps with the same denoiser: :math:`\log\sigma_k`
-        and :math:`\log\gamma_k` are interpolated linearly over the iteration index scaled to
-        [0, 1], so the schedule keeps its end points and its shape. From the untrained
-        (DPIR) schedule this gives DPIR with ``iterations`` steps; more steps than trained
-        refine the same annealing (DPIR's super-resolution setting uses 24)."""
+        r"""A copy that runs ``iterations`` HQS steps with the same denoiser and its schedule
+        resampled (:func:`resample_schedule`), so the schedule keeps its end points and its
+        shape. From the untrained (DPIR) schedule this gives DPIR with ``iterations`` steps;
+        more steps than trained refine the same annealing (DPIR's super-resolution setting
+        uses 24)."""
         from dataclasses import replace
 
-        if not 1 <= iterations <= 1000:
-            raise ValueError(f"iterations must be in [1, 1000], got {iterations}")
-        state = self.state_dict()
-        for name in ("log_sigma", "log_gamma"):
-            old = state[name].detach()
-            if len(old) == 1:
-                state[name] = old.expand(iterations).clone()
-                continue
-            t = torch.linspace(0, len(old) - 1, iterations, dtype=old.dtype)
-            lo = t.floor().long().clamp(max=len(old) - 2)
-            state[name] = torch.lerp(old[lo], old[lo + 1], t - lo)
+        state = self.resample(self.state_dict(), iterations)
         return HQSNet.from_state(replace(self.config, iterations=iterations), state)
 
     def schedule(self) -> tuple[Tensor, Tensor]:
