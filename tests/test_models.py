@@ -489,6 +489,7 @@ def test_coarse_adaptation_adapts_a_copy_and_carries_its_change_over():
     result = mp.fine_tune(model, theta, lambda _s: batch, replace(rule, coarse_iterations=2),
                           keep=(0, 2))
     phi = result.params
+    assert all(torch.equal(carry(direct)[k], phi[k]) for k in theta)
     assert all(torch.equal(result.snapshots[0][k], theta[k]) for k in theta)
     assert all(torch.equal(result.snapshots[2][k], phi[k]) for k in theta)
     for name in ("log_sigma", "log_gamma"):
