@@ -377,6 +377,8 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
         fingerprint["frozen"] = list(rule.frozen)
     if rule.precision != "float32":
         fingerprint["precision"] = rule.precision
+    if rule.coarse_iterations:  # the steps on a coarse copy: another fine-tuning
+        fingerprint["coarse_iterations"] = rule.coarse_iterations
     if rule.lr_scales is not None:  # learned step sizes: the grid rescales them
         fingerprint["lr_scales"] = {k: rule.lr_scales[k] for k in sorted(rule.lr_scales)}
     entry = cache_entry(cache, key, fingerprint)
@@ -537,6 +539,8 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                 run["lr"] = lr
                 applied = rule or AdaptConfig()
                 run["optimizer"], run["frozen"] = applied.optimizer, list(applied.frozen)
+                if applied.coarse_iterations:
+                    run["coarse_iterations"] = applied.coarse_iterations
                 if chosen is not None:
                     run["lr_selection"] = {k: chosen[k] for k in ("grid", "at_grid_edge",
                                                                   "seconds")}

@@ -472,22 +472,37 @@ def test_resampling_a_log_linear_schedule_is_exact_and_linear():
 
 
 def test_coarse_adaptation_adapts_a_copy_and_carries_its_change_over():
-    """``coarse_iterations=2`` on a 4-iteration HQSNet: the steps are those of the
-    2-iteration copy from θ resampled; φ = θ + R⁺(φ' − θ'): the schedule's change at the first
-    and last iteration is the copy's, in between interpolated, the weights the copy's; no
-    change gives θ exactly; at the model's own iterations it is the plain adaptation."""
-    from metaprior.adapt import coarse_problem
+    """``coarse_iterations=2`` on a 4-iteration HQSNet with a schedule that is not log-linear:
+    the steps are those of the 2-iteration copy from θ' = θ at iterations 1 and 4; φ = θ +
+    R⁺(φ' − θ'): the schedule's change at the first and last iteration is the copy's, in between
+    interpolated, the weights the copy's; no change gives θ exactly; the finite check
+    reconstructs with the model itself; at the model's own iterations it is the plain
+    adaptation."""
+    from metaprior.adapt import AdaptState, coarse_problem
+    from metaprior.meta.inner import make_inner_optimizer
 
     g = torch.Generator().manual_seed(4)
     batch = get_task("sr2").sample(torch.rand(2, 1, 16, 16, generator=g), g)
     model = _tiny_hqs(iterations=4)
+    with torch.no_grad():
+        model.log_sigma.add_(torch.tensor([0.0, 0.3, -0.2, 0.1]))
     theta = mp.parameters_of(model)
     rule = mp.AdaptConfig(steps=2, lr=1e-2, loss="equivariant")
     coarse, coarse_theta, carry = coarse_problem(model, theta, 2)
-    assert coarse.config.iterations == 2 and model.config.iterations == 4
+    assert coarse.config == replace(model.config, iterations=2, pretrained=False)
+    for name in ("log_sigma", "log_gamma"):
+        assert torch.equal(coarse_theta[name], theta[name][[0, 3]])
     direct = mp.fine_tune(coarse, coarse_theta, lambda _s: batch, rule).params
+    calls = []  # the model's own forward passes (the copy is another module)
+    forward = model.forward
+    model.forward = lambda *a, **kw: calls.append(torch.is_grad_enabled()) or forward(*a, **kw)
     result = mp.fine_tune(model, theta, lambda _s: batch, replace(rule, coarse_iterations=2),
                           keep=(0, 2))
+    assert calls == [False]  # the final finite check, on the adapted model itself
+    mp.fine_tune(model, theta, lambda _s: batch, replace(rule, coarse_iterations=2),
+                 check_finite=False)
+    assert calls == [False]
+    del model.forward
     phi = result.params
     assert all(torch.equal(carry(direct)[k], phi[k]) for k in theta)
     assert all(torch.equal(result.snapshots[0][k], theta[k]) for k in theta)
@@ -500,6 +515,10 @@ def test_coarse_adaptation_adapts_a_copy_and_carries_its_change_over():
                                                       torch.tensor([1 / 3, 2 / 3])), atol=1e-6)
     w = "denoiser.convs.0.weight"
     assert torch.allclose(phi[w], direct[w], atol=1e-7) and not torch.equal(phi[w], theta[w])
+    frozen = mp.fine_tune(model, theta, lambda _s: batch,
+                          replace(rule, coarse_iterations=2, frozen=("denoiser",))).params
+    assert torch.equal(frozen[w], theta[w]) and not torch.equal(frozen["log_sigma"],
+                                                                theta["log_sigma"])
     own = mp.fine_tune(model, theta, lambda _s: batch, replace(rule, coarse_iterations=4)).params
     plain = mp.fine_tune(model, theta, lambda _s: batch, rule).params
     assert all(torch.allclose(own[k], plain[k], atol=1e-6) for k in theta)
@@ -509,3 +528,9 @@ def test_coarse_adaptation_adapts_a_copy_and_carries_its_change_over():
                      mp.AdaptConfig(steps=1, coarse_iterations=2))
     with pytest.raises(ValueError, match="coarse_iterations must be >= 0"):
         mp.AdaptConfig(coarse_iterations=-1)
+    with pytest.raises(ValueError, match=r"coarse_iterations 5 must be in \[1, 4\]"):
+        mp.fine_tune(model, theta, lambda _s: batch, replace(rule, coarse_iterations=5))
+    full_state = AdaptState(1, theta, make_inner_optimizer("adam", 1e-2).init(theta))
+    with pytest.raises(ValueError, match="start's parameters do not have theta's shapes"):
+        mp.fine_tune(model, theta, lambda _s: batch, replace(rule, coarse_iterations=2),
+                     start=full_state)

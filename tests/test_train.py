@@ -275,7 +275,8 @@ def test_adapt_cli_resumes_a_long_run_bitwise(tmp_path):
 def test_coarse_adaptation_resumes_bitwise_and_writes_the_model_s_own_iterations(tmp_path):
     """``adapt --coarse-iterations 1`` on a 3-iteration HQSNet: the checkpoints hold the
     1-iteration copy, a 2-step run resumed to 4 ends bitwise where an unbroken one does, the
-    adapted file has the model's 3 iterations, and resuming without the option is refused."""
+    adapted file has the model's 3 iterations, and resuming with the option a run without it,
+    or without it a run with it, is refused."""
     from metaprior.checkpoint import save_model
     from metaprior.models import HQSNet, HQSNetConfig
 
@@ -298,6 +299,9 @@ def test_coarse_adaptation_resumes_bitwise_and_writes_the_model_s_own_iterations
     assert adapted["coarse_iterations"] == 1
     with pytest.raises(SystemExit, match=r"--resume: .* is step 4 of"):
         main([*base, "--steps", "6", "--resume", "--out", str(tmp_path / "cut.safetensors")])
+    main([*base, "--steps", "2", "--out", str(tmp_path / "plain.safetensors")])
+    with pytest.raises(SystemExit, match=r"--resume: .* is step 2 of"):
+        main([*coarse, "--steps", "4", "--resume", "--out", str(tmp_path / "plain.safetensors")])
 
 
 def test_every_command_takes_a_config_file_and_flags_win(tmp_path):

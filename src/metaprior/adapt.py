@@ -234,24 +234,30 @@ def coarse_problem(model: nn.Module, theta: Params, iterations: int
 
     with :math:`R^{+}` the resampling back (linear; weights shared by all iterations are
     carried as they are). Without a change, :math:`\varphi = \theta` exactly. A step of the
-    copy costs about ``iterations``/K of one of the model.
+    copy costs about ``iterations``/K of one of the model. The proximal term of
+    ``AdaptConfig.prox_lambda`` is taken on the copy's parameters, :math:`\tfrac\lambda2
+    \|\varphi' - \theta'\|^2`.
 
     Returns:
         (the copy, θ', the map :math:`\varphi' \mapsto \varphi`).
     """
     _check_fine_tune_args(model, theta, lambda _s: None, AdaptConfig(
         coarse_iterations=iterations), None)
+    own = model.config.iterations
+    if not 1 <= iterations <= own:
+        raise ValueError(f"adapt: coarse_iterations {iterations} must be in [1, {own}] (the "
+                         f"model's iterations); 0 adapts the model itself")
     with torch.no_grad():
         coarse_theta = {k: v.detach().clone().requires_grad_(v.requires_grad)
                         for k, v in model.resample(theta, iterations).items()}
 
     def carry(phi: Params) -> Params:
         with torch.no_grad():
-            change = model.resample({k: phi[k] - coarse_theta[k] for k in phi},
-                                    model.config.iterations)
+            change = model.resample({k: phi[k] - coarse_theta[k] for k in phi}, own)
             return {k: theta[k].detach() + change[k] for k in phi}
 
-    return model.with_iterations(iterations), coarse_theta, carry
+    with torch.random.fork_rng(devices=[]):  # building the copy draws weights it replaces
+        return model.with_iterations(iterations), coarse_theta, carry
 
 
 def fine_tune(
@@ -283,11 +289,11 @@ def fine_tune(
     """
     _check_fine_tune_args(model, theta, next_batch, config, start)
     if config.coarse_iterations:
-        coarse, coarse_theta, carry = coarse_problem(model, theta, config.coarse_iterations)
-        result = fine_tune(coarse, coarse_theta, next_batch, replace(config, coarse_iterations=0),
-                           callback, keep, start, check_finite)
-        return AdaptResult(carry(result.params), result.losses,
-                           {n: carry(p) for n, p in result.snapshots.items()})
+        return _fine_tune_coarse(model, theta, next_batch, config, callback, keep, start,
+                                 check_finite)
+    if start is not None and any(start.phi[k].shape != v.shape for k, v in theta.items()):
+        raise ValueError("fine_tune: start's parameters do not have theta's shapes (with "
+                         "coarse_iterations, a state holds the coarse copy's parameters)")
     opt = make_inner_optimizer(config.optimizer, config.lrs(model))
     anchor = {k: v.detach() for k, v in theta.items()}
     first = start.step if start is not None else 0
@@ -333,6 +339,32 @@ def fine_tune(
     return AdaptResult({k: v.detach() for k, v in phi.items()}, losses, snapshots)
 
 
+def _fine_tune_coarse(model, theta, next_batch, config, callback, keep, start, check_finite
+                      ) -> AdaptResult:
+    """:func:`fine_tune` with ``config.coarse_iterations``: the steps on the coarse copy, the
+    finite check on the model itself with the carried parameters (before the last
+    ``callback``, as without the option)."""
+    coarse, coarse_theta, carry = coarse_problem(model, theta, config.coarse_iterations)
+    last: list[TaskBatch] = []
+
+    def record(step: int) -> TaskBatch:
+        last[:] = [next_batch(step)]
+        return last[0]
+
+    def on_step(state: AdaptState, loss: float) -> None:
+        if check_finite and state.step == config.steps:
+            _check_reconstruction(model, carry(state.phi), last[0], config.steps)
+        if callback is not None:
+            callback(state, loss)
+
+    result = fine_tune(coarse, coarse_theta, record, replace(config, coarse_iterations=0),
+                       on_step, keep, start, check_finite=False)
+    if check_finite and start is not None and start.step == config.steps and last:
+        _check_reconstruction(model, carry(result.params), last[0], config.steps)  # resumed
+    return AdaptResult(carry(result.params), result.losses,
+                       {n: carry(p) for n, p in result.snapshots.items()})
+
+
 def _check_reconstruction(model: nn.Module, phi: Params, batch: TaskBatch, steps: int) -> None:
     """``FloatingPointError`` if the model with ``phi`` reconstructs ``batch`` with an inf or
     a NaN (finite weights can still overflow the network)."""
@@ -370,6 +402,9 @@ def fine_tune_run(
         log: one-line progress messages.
         overwrite: start afresh where ``run_dir`` holds checkpoints (without it, or
             ``resume``, such a folder is refused).
+
+    With ``config.coarse_iterations`` the checkpoints and ``callback``'s states hold the
+    coarse copy's parameters (:func:`coarse_problem`), the result the model's.
     """
     from metaprior import checkpoint as ckpt
     from metaprior.outputs import RunFolderError, RunLock, remove_orphans
@@ -384,10 +419,10 @@ def fine_tune_run(
                          if k != "steps" and (k, v) not in (("precision", "float32"),
                                                             ("coarse_iterations", 0))}
         recipe = json.loads(json.dumps({**recipe, "config": config_fields}))
-        carry = dict  # the checkpoints hold the parameters being adapted: the copy's, if any
-        if config.coarse_iterations:
-            model, theta, carry = coarse_problem(model, theta, config.coarse_iterations)
-            config = replace(config, coarse_iterations=0)
+        # the states, and so the checkpoints, hold the parameters being adapted: with
+        # coarse_iterations, the coarse copy's
+        adapted = (coarse_problem(model, theta, config.coarse_iterations)[0]
+                   if config.coarse_iterations else model)
         start, seconds_before = None, 0.0
         latest = ckpt.latest_checkpoint(run_dir)
         if resume:
@@ -418,15 +453,15 @@ def fine_tune_run(
         def on_step(state: AdaptState, loss: float) -> None:
             if (ckpt_every and state.step % ckpt_every == 0) or state.step == config.steps:
                 tensors, scalars = opt_state_tensors(state.opt_state)
-                ckpt.save_checkpoint(run_dir, state.step, load_into(model, state.phi), tensors,
+                ckpt.save_checkpoint(run_dir, state.step, load_into(adapted, state.phi),
+                                     tensors,
                                      {"step": state.step, "recipe": recipe, "opt": scalars,
                                       "seconds": seconds_before + time.perf_counter() - t0})
             if callback is not None:
                 callback(state, loss)
 
         result = fine_tune(model, theta, next_batch, config, callback=on_step, start=start)
-        return AdaptRunResult(carry(result.params), result.losses,
-                              {n: carry(p) for n, p in result.snapshots.items()},
+        return AdaptRunResult(result.params, result.losses, result.snapshots,
                               seconds_before + time.perf_counter() - t0,
                               start.step if start is not None else None)
 
