@@ -711,12 +711,13 @@ def train_scratch(task_name: str, config: Table1Config, steps: int, out: str | P
     initialisation on ``task_name``'s fine-tuning stream (the one Table 1 fine-tunes on),
     supervised Adam at ``config.scratch_lr``; written to ``out`` (.safetensors).
 
-    It is a long supervised adaptation run (:func:`metaprior.adapt.fine_tune_run`), checkpointed
+    It is a long supervised adaptation run (:func:`metaprior.adapt_run.fine_tune_run`), checkpointed
     under ``<out stem>.run/checkpoints``; ``resume`` continues the latest checkpoint (the same
     task, lr, seed, depth and stream; ``steps`` may exceed the first run's, to extend it);
     ``overwrite`` starts afresh over earlier checkpoints.
     """
-    from metaprior.adapt import AdaptConfig, fine_tune_run
+    from metaprior.adapt import AdaptConfig
+    from metaprior.adapt_run import fine_tune_run
     from metaprior.checkpoint import save_model
     from metaprior.models import PDNet, PDNetConfig
 

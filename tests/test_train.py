@@ -216,13 +216,8 @@ def test_fine_tune_resumed_from_a_state_equals_an_unbroken_run():
     split of the Adam state) ends bitwise where the unbroken 6-step run ends."""
     from dataclasses import replace
 
-    from metaprior.adapt import (
-        AdaptConfig,
-        fine_tune,
-        opt_state_from,
-        opt_state_tensors,
-        parameters_of,
-    )
+    from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
+    from metaprior.adapt_run import opt_state_from, opt_state_tensors
     from metaprior.models import PDNet, PDNetConfig
     from metaprior.tasks import get_task
 

@@ -40,7 +40,7 @@ _API = {
     "meta_gradient": "metaprior.meta.step",
     # adaptation to a new operator
     "AdaptConfig": "metaprior.adapt", "fine_tune": "metaprior.adapt",
-    "fine_tune_run": "metaprior.adapt", "parameters_of": "metaprior.adapt",
+    "fine_tune_run": "metaprior.adapt_run", "parameters_of": "metaprior.adapt",
     "load_into": "metaprior.adapt", "coarse_problem": "metaprior.adapt",
     # scoring
     "evaluate_method": "metaprior.evaluate", "finetune_and_score": "metaprior.evaluate",

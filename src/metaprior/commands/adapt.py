@@ -145,7 +145,8 @@ def data_stream(args):
 def cmd_adapt(args) -> None:
     from tqdm import tqdm
 
-    from metaprior.adapt import AdaptConfig, fine_tune, fine_tune_run, parameters_of
+    from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
+    from metaprior.adapt_run import fine_tune_run
     from metaprior.checkpoint import load_model, resolve_model_path, save_model
     from metaprior.config import resolve, section_values
 
