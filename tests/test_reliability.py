@@ -830,3 +830,19 @@ def test_a_run_resumed_at_its_last_step_still_checks_its_reconstruction():
     assert seen == [0, 1]  # the stream replayed, nothing more drawn
     ok = AdaptState(2, theta, make_inner_optimizer("adam", 1e-3).init(theta))
     assert mp.fine_tune(model, theta, lambda _s: batch, rule, start=ok).losses == []
+
+
+def test_adapt_checks_its_own_options_before_loading_the_model(tmp_path):
+    """Mistakes in adapt's own options are named before the model loads (a missing model
+    file would otherwise be reported first, after a slow load for a real one)."""
+    imgs = write_pngs(tmp_path / "imgs", size=16)
+    unreadable = tmp_path / "bad.safetensors"  # found, but loading it fails
+    unreadable.write_bytes(b"not a model")
+    base = ["adapt", "--model", str(unreadable), "--images", str(imgs), "--out",
+            str(tmp_path / "a.safetensors")]
+    with pytest.raises(SystemExit, match="--steps must be >= 1"):
+        main([*base, "--task", "sr2", "--steps", "0"])
+    with pytest.raises(SystemExit, match="--images needs --task"):
+        main(base)
+    with pytest.raises(SystemExit, match="bad.safetensors"):
+        main([*base, "--task", "sr2"])

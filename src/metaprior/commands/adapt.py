@@ -134,8 +134,6 @@ def data_stream(args):
             raise ValueError(f"--task {args.task} contradicts {args.measurements}, which holds "
                              f"measurements of task {data.task!r}: drop --task")
         return data.task, (lambda step: data), (data if data.target is not None else None)
-    if args.task is None:
-        raise ValueError("--images needs --task NAME")
     task = get_task(args.task)
     evaluation = (load_measurements(args.eval_measurements, args.device)
                   if args.eval_measurements else None)
@@ -163,10 +161,12 @@ def cmd_adapt(args) -> None:
                                          "--measurements": args.measurements,
                                          "--eval-measurements": args.eval_measurements})
     check_output_file(args.out, "--out", ".safetensors", overwrite=args.overwrite or args.resume)
-    model, meta = load_model(args.model, args.device)
     given = section_values("adapt", AdaptConfig, args.file_values, args)
     if given.get("steps", 1) < 1:
         raise ValueError(f"--steps must be >= 1, got {given['steps']}")
+    if args.images is not None and args.task is None:
+        raise ValueError("--images needs --task NAME")
+    model, meta = load_model(args.model, args.device)
     config = adapt_rule(meta, given)
     task_name, next_batch, evaluation = data_stream(args)
     if config.loss == "supervised" and args.measurements and evaluation is None:
