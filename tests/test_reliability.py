@@ -844,5 +844,5 @@ def test_adapt_checks_its_own_options_before_loading_the_model(tmp_path):
         main([*base, "--task", "sr2", "--steps", "0"])
     with pytest.raises(SystemExit, match="--images needs --task"):
         main(base)
-    with pytest.raises(SystemExit, match="bad.safetensors"):
+    with pytest.raises(SystemExit, match=r"bad\.safetensors"):
         main([*base, "--task", "sr2"])
