@@ -4,7 +4,8 @@
 iterations with the same denoiser. For ``hqs-families`` (trained at 8) and for the untrained
 DPIR schedule (``hqs-dpir``: deepinv's DPIR at noise level 0.01), each K is scored on the
 grid-search crops (BSDS500 train) and on the validation crops (BSDS500 val; for ``sr2`` the
-Table 1 fine-tuning images) of :mod:`reproductions.solver_validation`'s operators:
+Table 1 fine-tuning images) of :mod:`reproductions.solver_validation`'s operators, in float32
+or (``--precision bfloat16``) under bfloat16 autocast:
 
     python -m reproductions.solver_iterations --operators sr2,val-diffraction,val-blocks,\
 val-sr3,val-radial --out reproductions/results/solver_iterations.json
@@ -13,6 +14,7 @@ val-sr3,val-radial --out reproductions/results/solver_iterations.json
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
@@ -39,6 +41,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--models", default="hqs-families,hqs-dpir")
     ap.add_argument("--operators", default="sr2,val-diffraction,val-blocks,val-sr3,val-radial")
     ap.add_argument("--iterations", default="8,16,24")
+    ap.add_argument("--precision", default="float32",
+                    help="comma list of float32 and bfloat16: the reconstruction under "
+                         "torch.autocast (HQSNet keeps its data steps float32)")
     add_shared_args(ap)
     args = ap.parse_args(argv)
     args.patch_size, args.batch = 60, 8  # the fine-tuning stream's (unused here)
@@ -52,19 +57,26 @@ def main(argv=None) -> dict:
         entry = results["operators"].setdefault(op, {})
         for name in args.models.split(","):
             model = load(name)[0]
-            for k in (int(v) for v in args.iterations.split(",")):
+            for k, precision in itertools.product(
+                    (int(v) for v in args.iterations.split(",")), args.precision.split(",")):
                 net = with_test_options(model, k, args.dihedral)
                 theta = mp.parameters_of(net)
+                dtype = {"float32": None, "bfloat16": torch.bfloat16}[precision]
 
-                def method(b, net=net, theta=theta):
-                    return reconstruct(net, theta, b)
+                def method(b, net=net, theta=theta, dtype=dtype):
+                    if dtype is None:
+                        return reconstruct(net, theta, b)
+                    with torch.autocast(b.y.device.type, dtype=dtype):
+                        return reconstruct(net, theta, b).float()
 
                 t0 = time.perf_counter()
                 row = {part: mean_std(score(method, data[part], data["peak"]))[0]
                        for part in ("grid", "val")}
                 row["seconds"] = time.perf_counter() - t0
-                entry[f"{name}@{k}" + ("/dihedral" if args.dihedral else "")] = row
-                print(f"{op} {name} K={k}: grid {row['grid']:.2f} val {row['val']:.2f} "
+                tag = (f"{name}@{k}" + ("/dihedral" if args.dihedral else "")
+                       + (f"/{precision}" if precision != "float32" else ""))
+                entry[tag] = row
+                print(f"{op} {tag}: grid {row['grid']:.2f} val {row['val']:.2f} "
                       f"({row['seconds']:.0f} s)", flush=True)
         results["machine"] = {"platform": platform.platform(), "threads": 1,
                               "torch": torch.__version__}
