@@ -301,6 +301,29 @@ def test_files_without_an_architecture_load_as_pdnet(tmp_path):
     assert isinstance(loaded, PDNet) and loaded.config == model.config
 
 
+def test_hqs_files_that_spell_colour_load_with_the_color_option(tmp_path):
+    """One spelling, ``color``, in the config, the model file and the flags (as ``--color`` of
+    ``adapt`` and ``measure``); files written with the older ``colour`` key still load."""
+    from safetensors.torch import save_file
+
+    from metaprior.cli import build_parser
+
+    model = _tiny_hqs(color=True)
+    assert model.denoiser_rgb is not None
+    assert read_metadata(save_model(tmp_path / "new.safetensors", model))["model_config"][
+        "color"] is True
+    values = {**model.config.__dict__}
+    values["colour"] = values.pop("color")
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.detach() for k, v in model.named_parameters()}, str(path),
+              metadata={"architecture": "hqs", "model_config": json.dumps(values)})
+    loaded, _ = load_model(path)
+    assert loaded.config == model.config
+    help_text = build_parser().format_help() + "".join(
+        p.format_help() for p in build_parser()._subparsers._group_actions[0].choices.values())
+    assert "--color" in help_text and "--colour" not in help_text
+
+
 def test_shipped_models_still_load():
     from metaprior import pretrained
 

@@ -108,7 +108,8 @@ def section_values(section: str, cls, file_values: dict | None,
     values = (file_values or {}).get(section, {})
     if not isinstance(values, dict):
         raise ValueError(f"config section {section!r} must be an object of fields")
-    values = dict(values)
+    renamed = getattr(cls, "renamed", {})  # older files' names of the fields
+    values = {renamed.get(k, k): v for k, v in values.items()}
     names = {f.name for f in dataclasses.fields(cls)}
     bad = set(values) - names
     if bad:

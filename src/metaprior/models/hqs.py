@@ -26,7 +26,7 @@ across operators and adapted to a new one with the same inner loop as PDNet (eq.
 arXiv 2311.18710).
 
 Colour images are denoised channel by channel with the grayscale network, or, with
-``colour=True``, by the published colour FFDNet (a second set of weights).
+``color=True``, by the published colour FFDNet (a second set of weights).
 """
 
 from __future__ import annotations
@@ -55,10 +55,13 @@ class HQSNetConfig:
     data_weight: float = 1 / 0.23  # λ in γ_k = λ (σ_k / σ_K)²  (DPIR's)
     init_eps: float = 1e-2  # ε of the smooth least-squares start x_0
     init_iters: int = 50  # conjugate-gradient iterations for x_0
-    colour: bool = False  # also hold the colour FFDNet, used for 3-channel images
+    color: bool = False  # also hold the colour FFDNet, used for 3-channel images
     pretrained: bool = True  # start from the published FFDNet weights (False: random)
     # an ensemble over the iterations at no extra cost (DPIR's "x8" option)
     dihedral: bool = False  # denoise iteration k in the k-th of the 8 rotations/flips (and back)
+
+    #: field names older model files use -> their name now
+    renamed = {"colour": "color"}
 
     def __post_init__(self) -> None:
         if not (1 <= self.iterations <= 1000 and 0 <= self.init_iters <= 10_000):
@@ -118,7 +121,7 @@ class HQSNet(Reconstructor):
     autocast's dtype (``mixed_precision``): the data steps stay float32.
 
     Parameters: ``log_sigma`` (K,), ``log_gamma`` (K,), ``denoiser.*`` (and ``denoiser_rgb.*``
-    with ``colour``).
+    with ``color``).
 
     Shapes:
         y: measurements, whatever ``physics.A`` returns for a (B, C, H, W) image;
@@ -142,7 +145,7 @@ class HQSNet(Reconstructor):
         self.log_sigma = nn.Parameter(sigma.log())
         self.log_gamma = nn.Parameter(gamma.log())
         self.denoiser = FFDNet(1)
-        self.denoiser_rgb = FFDNet(3) if c.colour else None
+        self.denoiser_rgb = FFDNet(3) if c.color else None
         if c.pretrained:
             self.denoiser.load_published()
             if self.denoiser_rgb is not None:

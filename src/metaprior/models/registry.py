@@ -82,6 +82,8 @@ def config_from_dict(name: str, values: dict):
     arch = get_architecture(name)
     if not isinstance(values, dict):
         raise TypeError(f"the {name} config must be an object, got {type(values).__name__}")
+    renamed = getattr(arch.config, "renamed", {})  # older files' names of the fields
+    values = {renamed.get(k, k): v for k, v in values.items()}
     fields = {f.name for f in dataclasses.fields(arch.config)}
     unknown = sorted(set(values) - fields)
     if unknown:
