@@ -7,7 +7,10 @@ steps. Everything is scored on validation images only (BSDS500 val centre crops;
 the held-out fine-tuning knee slices), never on Set3C or the MRI test slices. Given several
 fine-tuning learning rates, the one kept is chosen as the baselines' hyper-parameters are: by
 PSNR after the last step on the grid-search crops (``grid_psnr``), not on the scored ones;
-every lr's curves are kept too (``curves_by_lr``).
+or, with ``--choose-lr label-free``, without ground truth: by the lowest robust-equivariant
+loss of the grid-search crops' measurements (``grid_label_free``, the criterion of
+``metaprior.search_lr(criterion="label-free")``). Every lr's curves are kept too
+(``curves_by_lr``).
 
 The operators: ``sr2`` and ``mri4`` (Table 1's, on their validation data), and four of our own,
 outside the training families of :mod:`metaprior.families`:
@@ -159,6 +162,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--coarse-iterations", type=int, default=0,
                     help="adapt an N-iteration copy and carry its change over "
                          "(AdaptConfig.coarse_iterations; 0: the model itself)")
+    ap.add_argument("--choose-lr", default="grid-psnr", choices=("grid-psnr", "label-free"),
+                    help="keep the lr of the best PSNR on the grid crops, or of the lowest "
+                         "label-free loss of their measurements (no ground truth)")
     ap.add_argument("--baselines", default="tv,dpir-ffdnet")
     ap.add_argument("--patch-size", type=int, default=60)
     ap.add_argument("--batch", type=int, default=8)
@@ -196,7 +202,8 @@ def main(argv=None) -> dict:
                        + (f"/frozen-{args.frozen}" if args.frozen else "")
                        + (f"/{args.precision}" if args.precision != "float32" else "")
                        + (f"/coarse{args.coarse_iterations}" if args.coarse_iterations
-                          else ""))
+                          else "")
+                       + ("/lr-label-free" if args.choose_lr == "label-free" else ""))
                 rows = []
                 for lr in (float(v) for v in args.lr.split(",")):
                     rule = mp.AdaptConfig(steps=args.steps, lr=lr, loss=loss,
@@ -217,15 +224,20 @@ def main(argv=None) -> dict:
                                       ("psnr", slice(n_grid, None))):
                         row[key] = {n: mean_std(r["psnr"][part])[0]
                                     for n, r in run["records"].items()}
+                    row["grid_label_free"] = mp.label_free_loss(
+                        model, run["params"], data["grid"])
                     rows.append(row)
                     print(f"{op} {tag} lr {lr:g}: "
                           + " ".join(f"{n}:{v:.2f}" for n, v in row["psnr"].items())
                           + f" (grid {row['grid_psnr'][args.steps]:.2f}; "
                           + f"{run['s_per_step']:.2f} s/step)", flush=True)
                 if rows:
-                    best = max(rows, key=lambda r: r["grid_psnr"][args.steps])
+                    best = (min(rows, key=lambda r: r["grid_label_free"])
+                            if args.choose_lr == "label-free" else
+                            max(rows, key=lambda r: r["grid_psnr"][args.steps]))
                     entry["models"][tag] = {**best, "lrs_tried": {
                         str(r["lr"]): r["grid_psnr"][args.steps] for r in rows},
+                        "label_free_by_lr": {str(r["lr"]): r["grid_label_free"] for r in rows},
                         "curves_by_lr": {str(r["lr"]): {k: r[k] for k in ("psnr", "grid_psnr")}
                                          for r in rows}}
         entry["seconds"] = entry.get("seconds", 0.0) + time.perf_counter() - t0

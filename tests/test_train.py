@@ -344,3 +344,36 @@ def test_adapt_chooses_its_lr_on_pictures_with_ground_truth(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--patch-size applies to --images only"):
         main(["adapt", "--model", str(tmp_path / "m.safetensors"), "--measurements", str(y),
               "--patch-size", "16", "--out", str(tmp_path / "b.safetensors")])
+
+
+def test_adapt_chooses_its_lr_on_held_out_measurements_without_ground_truth(tmp_path, capsys):
+    """``adapt --lr-search FILE`` (measurements held out from adaptation, no ground truth):
+    each lr adapts on the measurements and is scored by the label-free loss of FILE's
+    measurements; the lowest wins, and the adapted file records every lr's loss."""
+    from metaprior.checkpoint import save_model
+    from metaprior.evaluate import label_free_loss
+    from metaprior.measurements import load_measurements
+    from metaprior.models import PDNet, PDNetConfig
+
+    model = tmp_path / "m.safetensors"
+    save_model(model, PDNet(PDNetConfig(depth=2)))
+    y, held = tmp_path / "y.safetensors", tmp_path / "held.safetensors"
+    for out, seed in ((y, 0), (held, 1)):
+        main(["measure", "--task", "denoise", "--images",
+              str(write_pngs(tmp_path / f"imgs{seed}", size=16, seed=seed)),
+              "--no-ground-truth", "--out", str(out)])
+    out = tmp_path / "a.safetensors"
+    main(["adapt", "--model", str(model), "--measurements", str(y), "--lr-search", str(held),
+          "--steps", "2", "--lr", "1e-3", "--loss", "robust-equivariant", "--no-progress",
+          "--out", str(out)])
+    assert "label-free loss of 2 held-out measurement(s)" in capsys.readouterr().out
+    adapted, meta = load_model(out)
+    tried = {float(k): v for k, v in meta["adapted"]["lr_search"].items()}
+    assert {1e-3, 1e-2} <= set(tried) and meta["adapted"]["lr_search_criterion"] == "label-free"
+    assert meta["adapted"]["lr"] == min((v, k) for k, v in tried.items() if v is not None)[1]
+    assert label_free_loss(adapted, dict(adapted.named_parameters()),
+                           [load_measurements(held)]) == pytest.approx(
+        tried[meta["adapted"]["lr"]], rel=1e-5)
+    with pytest.raises(SystemExit, match=r"--lr-search .* is the --measurements adapted on"):
+        main(["adapt", "--model", str(model), "--measurements", str(y), "--lr-search", str(y),
+              "--out", str(tmp_path / "b.safetensors")])

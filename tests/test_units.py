@@ -181,6 +181,38 @@ def test_fine_tune_lowers_its_loss_keeps_snapshots_and_leaves_the_model_alone():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+
+def test_search_lr_without_ground_truth_ranks_lrs_by_the_held_out_label_free_loss():
+    """``search_lr(criterion="label-free")`` adapts at each lr on the stream and keeps the lr
+    whose parameters give the lowest robust-equivariant loss on the held-out measurements;
+    their ground truth is never read (here it is NaN)."""
+    from metaprior.meta.problem import inner_loss
+
+    model = mp.PDNet.seeded(mp.PDNetConfig(depth=2), seed=0)
+    theta = mp.parameters_of(model)
+    task = mp.get_task("denoise")
+    g = torch.Generator().manual_seed(0)
+    train = task.sample(torch.rand(2, 1, 16, 16, generator=g), g)
+    held = task.sample(torch.rand(2, 1, 16, 16, generator=g), g)
+    held = dataclasses.replace(held, target=torch.full_like(held.target, float("nan")))
+    rule = mp.AdaptConfig(steps=3, loss="robust-equivariant")
+    lrs = (1e-4, 1e-2, 1.0)
+    best, tried = mp.search_lr(model, theta, lambda: lambda step: train, rule, [held], lrs,
+                               criterion="label-free")
+    expected = {}
+    for lr in lrs:
+        phi = mp.fine_tune(model, theta, lambda step: train,
+                           dataclasses.replace(rule, lr=lr)).params
+        value = mp.label_free_loss(model, phi, [held])
+        with torch.no_grad():
+            assert value == float(inner_loss(model, phi, phi, held, "robust-equivariant", 0.0))
+        expected[lr] = value
+    assert set(tried) >= set(lrs) and all(tried[lr] == expected[lr] for lr in lrs)
+    assert best == min(tried, key=lambda lr: tried[lr])
+    with pytest.raises(ValueError, match="criterion must be"):
+        mp.search_lr(model, theta, lambda: lambda step: train, rule, [held], lrs,
+                     criterion="ssim")
+
 def test_adapt_config_from_model_metadata_and_its_bounds():
     meta = {"meta_config": {"inner_lr": 3e-4, "inner_loss": "unsupervised", "prox_lambda": 0.01,
                             "inner_optimizer": "sgd"}}

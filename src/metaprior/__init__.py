@@ -44,7 +44,7 @@ _API = {
     "load_into": "metaprior.adapt", "coarse_problem": "metaprior.adapt",
     # scoring
     "evaluate_method": "metaprior.evaluate", "finetune_and_score": "metaprior.evaluate",
-    "search_lr": "metaprior.evaluate",
+    "search_lr": "metaprior.evaluate", "label_free_loss": "metaprior.evaluate",
     # files
     "load_model": "metaprior.checkpoint", "save_model": "metaprior.checkpoint",
     "add_model_dir": "metaprior.pretrained",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -142,45 +143,72 @@ def finetune_and_score(model, theta, next_batch: Callable[[int], TaskBatch], rul
             "losses": result.losses, "params": result.params}
 
 
+def label_free_loss(model, params, batches: Sequence[TaskBatch],
+                    kind: str = "robust-equivariant") -> float:
+    r"""The mean label-free loss of ``model`` with ``params`` on ``batches`` (their ground
+    truth is not read): by default the robust equivariant loss, SURE plus equivariant imaging
+    on noisy re-measurements, which is the equivariant loss on noise-free batches
+    (:func:`metaprior.meta.problem.inner_loss`, its first draw). On measurements held out from
+    adaptation it estimates, without ground truth, how well ``params`` reconstruct the
+    operator's data: SURE does not reward fitting the noise, and the equivariant term sees
+    part of the null space. Lower is better."""
+    from metaprior.meta.problem import inner_loss
+
+    with torch.no_grad():
+        values = [float(inner_loss(model, params, params, b, kind, 0.0)) for b in batches]
+    return sum(values) / len(values)
+
+
 def search_lr(model, theta, stream: Callable[[], Callable[[int], TaskBatch]], rule,
               batches: Sequence[TaskBatch], lrs: Sequence[float], extend: int = 0,
               peak: float | str = 1.0, keep: Sequence[int] = (), scores: dict | None = None,
-              on_run: Callable[[float, dict], None] | None = None
+              on_run: Callable[[float, dict], None] | None = None, criterion: str = "psnr"
               ) -> tuple[float, dict[float, float | None]]:
     """The learning rate of ``lrs`` whose ``rule.steps``-step fine-tuning from θ (the step rule
-    ``rule`` at that lr, on a fresh ``stream()`` each time) gives the best mean PSNR on
-    ``batches``, which hold ground truth (e.g. pictures of your own put through the operator,
-    as the classical solvers' parameters are grid-searched); past an edge choice the grid
-    extends by up to ``extend`` values a side (:func:`metaprior.baselines.geometric_search`).
-    An lr whose fine-tuning diverges is never chosen: the one lr search of the package.
+    ``rule`` at that lr, on a fresh ``stream()`` each time) scores best on ``batches``; past an
+    edge choice the grid extends by up to ``extend`` values a side
+    (:func:`metaprior.baselines.geometric_search`). An lr whose fine-tuning diverges is never
+    chosen: the one lr search of the package.
 
     Args:
+        batches: held out from ``stream``. With ``criterion="psnr"`` they hold ground truth
+            (e.g. pictures of your own put through the operator, as the classical solvers'
+            parameters are grid-searched) and the highest mean PSNR wins; with
+            ``criterion="label-free"`` they are measurements alone and the lowest
+            :func:`label_free_loss` wins.
         keep: also score after these numbers of steps (in the runs ``on_run`` receives).
-        scores: ``{str(lr): PSNR or None}`` of runs already done, reused and filled (a
+        scores: ``{str(lr): score or None}`` of runs already done, reused and filled (a
             cache: a rerun runs only the values it lacks).
         on_run: called as ``on_run(lr, run)`` with each run of :func:`finetune_and_score`
             (``None`` for a run that diverged).
 
     Returns:
-        the best lr and ``{lr: PSNR after rule.steps, None where it diverged}`` for every lr
-        tried, in increasing order.
+        the best lr and ``{lr: PSNR (or label-free loss) after rule.steps, None where it
+        diverged}`` for every lr tried, in increasing order.
     """
     from dataclasses import replace
 
     from metaprior.baselines import geometric_search
 
+    if criterion not in ("psnr", "label-free"):
+        raise ValueError(f"criterion must be 'psnr' or 'label-free', got {criterion!r}")
+    label_free = criterion == "label-free"
     scores = {} if scores is None else scores
 
-    def final_psnr(lr: float) -> float | None:
+    def final_score(lr: float) -> float | None:
         if str(lr) not in scores:
             try:
-                run = finetune_and_score(model, theta, stream(), replace(rule, lr=lr), batches,
-                                         keep=keep, peak=peak)
-                scores[str(lr)] = run["psnr"][rule.steps]
+                run = finetune_and_score(model, theta, stream(), replace(rule, lr=lr),
+                                         () if label_free else batches, keep=keep, peak=peak)
+                value = (label_free_loss(model, run["params"], batches) if label_free
+                         else run["psnr"][rule.steps])
+                scores[str(lr)] = value if math.isfinite(value) else None
             except FloatingPointError:
                 run = scores[str(lr)] = None
             if on_run is not None:
                 on_run(lr, run)
-        return scores[str(lr)]
+        value = scores[str(lr)]
+        return -value if label_free and value is not None else value
 
-    return geometric_search(final_psnr, lrs, extend)
+    best, tried = geometric_search(final_score, lrs, extend)
+    return best, {lr: scores[str(lr)] for lr in tried}

@@ -18,11 +18,13 @@ class AdaptData:
     measurements: str | None = None  # measurement file (`metaprior measure`): adapt on it
     eval_measurements: str | None = None  # with --images: held-out measurements to score
     # choose the lr first: the rule's lr ×1, ×10/3, ×10 (one more value past an edge), each
-    # adapting on patches of these pictures put through the task's operator, scored on them
-    lr_search: str | None = None  # pictures with ground truth: try lr ×1, ×10/3, ×10, keep the best
-    patch_size: int = 64  # with --images or --lr-search: patch side (0 = full images)
-    batch_size: int = 8  # with --images or --lr-search: patches per step
-    color: bool = False  # with --images or --lr-search: keep RGB
+    # adapting on patches of a folder's pictures put through the task's operator and scored by
+    # PSNR on them, or adapting on the data and scored by the label-free loss of a measurement
+    # file held out from adaptation (no ground truth needed)
+    lr_search: str | None = None  # pictures, or held-out measurements: best of lr ×1, ×10/3, ×10
+    patch_size: int = 64  # with --images or a --lr-search folder: patch side (0 = full images)
+    batch_size: int = 8  # with --images or a --lr-search folder: patches per step
+    color: bool = False  # with --images or a --lr-search folder: keep RGB
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,10 @@ DEFAULTS_TEXT = {
 def check_adapt_data(given: dict) -> None:
     """Refuse ``adapt`` data options that the chosen data would ignore: the options of
     :data:`IMAGES_ONLY` given with ``--measurements`` (or without ``--images``), except those
-    that ``--lr-search`` uses."""
+    that a ``--lr-search`` folder uses."""
+    pictures = given.get("lr_search") is not None and not Path(given["lr_search"]).is_file()
     if given.get("images") is None:
-        for name in IMAGES_ONLY if given.get("lr_search") is None else IMAGES_ONLY[:1]:
+        for name in IMAGES_ONLY[:1] if pictures else IMAGES_ONLY:
             if name in given and given[name] not in (None, False):
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} applies to --images only (with --measurements the "
@@ -88,26 +91,44 @@ def batches_from_images(args, task, device):
     return lambda step: task.sample(images[step % len(images)].unsqueeze(0).to(device), g)
 
 
-def lr_from_pictures(args, model, theta, task_name: str, rule) -> tuple[float, dict]:
-    """``--lr-search``: the lr of :data:`LR_SEARCH` × the rule's whose adaptation on patches of
-    the folder's pictures (measured by the task) scores the best PSNR on those pictures
-    (:func:`metaprior.evaluate.search_lr`); returns it and every lr's PSNR."""
+def choose_lr(args, model, theta, task_name: str, rule) -> tuple[float, dict, str]:
+    """``--lr-search``: the lr of :data:`LR_SEARCH` × the rule's chosen by
+    :func:`metaprior.evaluate.search_lr`: on a measurement file, held out from adaptation, by
+    the lowest label-free loss after adapting on the data; on a folder of pictures, by the best
+    PSNR on them after adapting on patches of them (measured by the task). Returns it, every
+    lr's score and the criterion."""
     import argparse
 
     from metaprior.evaluate import search_lr, task_batches
+    from metaprior.measurements import load_measurements
     from metaprior.tasks import get_task
 
+    lrs = [rule.lr * m for m in LR_SEARCH]
+    if Path(args.lr_search).is_file():
+        held = load_measurements(args.lr_search, args.device)
+        if held.task != task_name:
+            raise ValueError(f"--lr-search {args.lr_search} holds measurements of task "
+                             f"{held.task!r}, the adaptation is to {task_name!r}: give held-out "
+                             f"measurements of the same task")
+        print(f"choosing the lr by the label-free loss of {held.y.shape[0]} held-out "
+              f"measurement(s) in {args.lr_search}: {len(LR_SEARCH)}+ runs of {rule.steps} "
+              f"steps ...")
+        best, tried = search_lr(model, theta, lambda: data_stream(args)[1], rule, [held], lrs,
+                                extend=1, criterion="label-free")
+        print("lr " + ", ".join(f"{lr:.3g}: " + ("diverged" if v is None else f"loss {v:.4g}")
+                                for lr, v in tried.items()) + f" -> {best:.3g}")
+        return best, tried, "label-free"
     task = get_task(task_name)
     pictures = [im.to(args.device) for im in read_images(args.lr_search, args.color)]
     search = argparse.Namespace(**{**vars(args), "images": args.lr_search})
     print(f"choosing the lr on {len(pictures)} picture(s) of {args.lr_search}: "
           f"{len(LR_SEARCH)}+ runs of {rule.steps} steps ...")
     best, tried = search_lr(model, theta, lambda: batches_from_images(search, task, args.device),
-                            rule, task_batches(task, pictures, seed=args.seed + 2),
-                            [rule.lr * m for m in LR_SEARCH], extend=1, peak=task.peak)
+                            rule, task_batches(task, pictures, seed=args.seed + 2), lrs,
+                            extend=1, peak=task.peak)
     print("lr " + ", ".join(f"{lr:.3g}: " + ("diverged" if v is None else f"{v:.2f} dB")
                             for lr, v in tried.items()) + f" -> {best:.3g}")
-    return best, tried
+    return best, tried, "psnr"
 
 
 def adapt_rule(meta: dict, given: dict):
@@ -157,9 +178,14 @@ def cmd_adapt(args) -> None:
     if args.batch_size < 1 or args.patch_size < 0:
         raise ValueError(f"--batch-size must be >= 1 and --patch-size >= 0 (0: full images), "
                          f"got {args.batch_size} and {args.patch_size}")
+    if args.lr_search is not None and args.measurements is not None and Path(
+            args.lr_search).resolve() == Path(args.measurements).resolve():
+        raise ValueError(f"--lr-search {args.lr_search} is the --measurements adapted on: "
+                         f"choose the lr on measurements held out from adaptation")
     check_out_is_not_an_input(args.out, {"--model": resolve_model_path(args.model),
                                          "--measurements": args.measurements,
-                                         "--eval-measurements": args.eval_measurements})
+                                         "--eval-measurements": args.eval_measurements,
+                                         "--lr-search": args.lr_search})
     check_output_file(args.out, "--out", ".safetensors", overwrite=args.overwrite or args.resume)
     given = section_values("adapt", AdaptConfig, args.file_values, args)
     if given.get("steps", 1) < 1:
@@ -172,9 +198,9 @@ def cmd_adapt(args) -> None:
     if config.loss == "supervised" and args.measurements and evaluation is None:
         raise ValueError(f"{args.measurements} has no ground truth: use --loss unsupervised")
     theta = parameters_of(model)
-    searched = {}
+    searched, criterion = {}, None
     if args.lr_search is not None:
-        lr, searched = lr_from_pictures(args, model, theta, task_name, config)
+        lr, searched, criterion = choose_lr(args, model, theta, task_name, config)
         config = replace(config, lr=lr)
     if evaluation is not None:
         print(f"before: {psnr_line(model, theta, evaluation)}")
@@ -202,6 +228,7 @@ def cmd_adapt(args) -> None:
     path = write_or_keep(lambda out: save_model(
         out, model, result.params, metadata={**meta, "adapted": {
             "task": task_name, **config.__dict__,
-            **({"lr_search": {str(k): v for k, v in searched.items()}} if searched else {})}}),
+            **({"lr_search": {str(k): v for k, v in searched.items()},
+                "lr_search_criterion": criterion} if searched else {})}}),
         args.out, "--out", "adapted model")
     print(f"wrote {path}")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from deepinv.models import Reconstructor
@@ -61,7 +62,7 @@ class HQSNetConfig:
     dihedral: bool = False  # denoise iteration k in the k-th of the 8 rotations/flips (and back)
 
     #: field names older model files use -> their name now
-    renamed = {"colour": "color"}
+    renamed: ClassVar[dict[str, str]] = {"colour": "color"}
 
     def __post_init__(self) -> None:
         if not (1 <= self.iterations <= 1000 and 0 <= self.init_iters <= 10_000):
