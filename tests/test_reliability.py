@@ -65,6 +65,18 @@ def sandbox(tmp_path_factory) -> Path:
               {"task": "sr2", "image_shape": "\"16x16\""})
     save_file({"y": y}, str(root / "wrong_y.safetensors"),
               {"task": "mri4", "image_shape": "[2, 1, 16, 16]"})
+    shape = {"task": "sr2", "image_shape": "[2, 1, 16, 16]"}
+    for name, tensors in {"y_int32": {"y": (y * 100).to(torch.int32)},
+                          "y_float64": {"y": y.double()},
+                          "y_nan": {"y": y.clone().fill_(float("nan"))},
+                          "x_nan": {"y": y, "x": torch.full_like(batch.x, float("nan"))}
+                          }.items():
+        save_file(tensors, str(root / f"{name}.safetensors"), shape)
+    save_file({"y": y}, str(root / "dup_names.safetensors"),
+              {**shape, "names": json.dumps(["a.png", "a.png"])})
+    nan_state = {k: v.clone().fill_(float("nan")) if k == "layers.0.weight" else v
+                 for k, v in state.items()}
+    save_file(nan_state, str(root / "nan_model.safetensors"), meta)
     for name, data in {"corrupt": b"\x89PNG\r\n\x1a\n broken", "zero": b""}.items():
         folder = root / f"{name}_imgs"
         folder.mkdir()
@@ -215,6 +227,30 @@ BAD_INPUTS = [
     (["table1", "--steps", "0", "--out", "{root}/t.json"], "steps must be >= 1"),
     (["evaluate", "--images", IMGS], "--model is required"),
     (["linear", "--preset", "closed", "--out", "{root}/lin"], "--preset must be paper or exact"),
+    # measurement files and model files hold finite numbers of the dtypes they should
+    (reconstruct(measurements="{root}/y_int32.safetensors"), "'y' is torch.int32: a "),
+    (["adapt", "--model", M, "--measurements", "{root}/y_float64.safetensors", "--out",
+      "{root}/o.safetensors"], "'y' is torch.float64: a "),
+    (reconstruct(measurements="{root}/y_nan.safetensors"), "non-finite values in 'y'"),
+    (["adapt", "--model", M, "--measurements", "{root}/x_nan.safetensors", "--out",
+      "{root}/o.safetensors"], "non-finite values in 'x'"),
+    (adapt_from("{root}/nan_model.safetensors"), "non-finite weights (layers.0.weight)"),
+    (reconstruct(model="{root}/nan_model.safetensors"), "non-finite weights"),
+    # options name themselves, and what they are checked against
+    ([*ADAPT, "--lr-search", "{root}/empty_imgs"], "error: --lr-search "),
+    (["adapt", "--model", M, "--images", IMGS, "--task", "mri4", "--eval-measurements", Y,
+      "--out", "{root}/o.safetensors"], "holds measurements of task 'sr2'"),
+    (reconstruct(measurements="{root}/dup_names.safetensors"), "'names' metadata must be 2 "
+                                                              "distinct plain file names"),
+    (["reconstruct", "--model", M, "--measurements", Y, "--out", "{root}/recon.png"],
+     "--out {root}/recon.png names an image: reconstruct writes a folder"),
+    (["reconstruct", "--model", M, "--measurements", Y, "--out", "{root}/r", "--device",
+      "cpu:3"], "--device cpu:3: the CPU is cpu"),
+    ([*MT, "--outer-theta-weight", "nan", "--out", "{root}/r1"], "outer_theta_weight must be"),
+    ([*MT, "--outer-theta-weight", "inf", "--out", "{root}/r1"], "outer_theta_weight must be"),
+    ([*MT, "--out", ""], "--out is empty"),
+    (["adapt", "--model", M, "--measurements", Y, "--out", ""], "--out is empty"),
+    (["demo", "--size", "100000", "--out", "{root}/demo_new"], "--size must be"),
 ]
 
 
@@ -231,7 +267,7 @@ def test_bad_input_gives_one_line_and_changes_nothing(sandbox, argv, fragment):
         run([a.format(root=sandbox) for a in argv])
     message = str(exc.value.code)
     assert message.startswith("error: ") and "\n" not in message, message
-    assert fragment in message, message
+    assert fragment.format(root=sandbox) in message, message
     assert _snapshot(sandbox) == before, "a file was changed or left behind"
 
 
@@ -250,6 +286,16 @@ def test_bad_input_through_the_installed_entry_point(sandbox):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in proc.stderr
         assert _snapshot(sandbox) == before
+
+
+def test_an_image_over_pil_s_pixel_limit_is_one_line(sandbox, monkeypatch, tmp_path):
+    """PIL refuses images over twice ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb) with
+    an error of its own type: one line naming the file, as for any unreadable image."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the 16×16 pictures have 256
+    with pytest.raises(SystemExit, match=r"error: image .*0\.png cannot be read .*exceeds"):
+        main(["measure", "--task", "sr2", "--images", str(sandbox / "imgs"), "--out",
+              str(tmp_path / "y.safetensors")])
+    assert not any(tmp_path.iterdir())
 
 
 def test_no_non_finite_model_is_written(tmp_path):

@@ -152,7 +152,7 @@ def test_scratch_training_resumes_bitwise(tmp_path):
               "--resume", "--out", str(tmp_path / "none.safetensors")])
     with pytest.raises(SystemExit, match="--resume and --scratch-steps apply to `scratch`"):
         rmain(["table1", "--resume", "--out", str(tmp_path / "t.json")])
-    with pytest.raises(ValueError, match=r"--resume: .* is step 4 of"):
+    with pytest.raises(ValueError, match=r"--resume: .* is past --steps 3 \(step 4\)"):
         train_scratch("sr2", config, 3, tmp_path / "cut.safetensors", resume=True, **quiet)
 
 

@@ -248,8 +248,9 @@ def test_fine_tune_resumed_from_a_state_equals_an_unbroken_run():
 
 def test_adapt_cli_resumes_a_long_run_bitwise(tmp_path):
     """``adapt --ckpt-every 2``: a 2-step run extended to 4 with ``--resume`` ends bitwise where
-    an unbroken 4-step run ends (the patch stream replayed); ``--resume`` with another lr, or
-    without a checkpoint, is a one-line error."""
+    an unbroken 4-step run ends (the patch stream replayed); ``--resume`` with another lr, fewer
+    steps, other data (a picture replaced) or without a checkpoint is a one-line error naming
+    what changed."""
     train.meta_train(tiny_config(tmp_path / "run", steps=1), progress=False, log=lambda *_: None)
     imgs = write_pngs(tmp_path / "imgs", size=32)
     base = ["adapt", "--model", str(tmp_path / "run"), "--images", str(imgs), "--task", "sr2",
@@ -260,9 +261,15 @@ def test_adapt_cli_resumes_a_long_run_bitwise(tmp_path):
     a, b = (load_tensors(tmp_path / f"{n}.safetensors") for n in ("ref", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert latest_checkpoint(tmp_path / "cut.run").name == "step_0000004"
-    with pytest.raises(SystemExit, match=r"--resume: .* is step 4 of"):
+    with pytest.raises(SystemExit, match=r"--resume: .*step_0000004 was adapted with lr 0.01, "
+                                         r"not 0.5: drop the option"):
         main([*base, "--steps", "6", "--lr", "0.5", "--resume", "--out",
               str(tmp_path / "cut.safetensors")])
+    with pytest.raises(SystemExit, match=r"--resume: .*step_0000004 is past --steps 3"):
+        main([*base, "--steps", "3", "--resume", "--out", str(tmp_path / "cut.safetensors")])
+    (imgs / "0.png").write_bytes((tmp_path / "imgs" / "1.png").read_bytes())
+    with pytest.raises(SystemExit, match=r"--resume: the data changed since .*step_0000004"):
+        main([*base, "--steps", "6", "--resume", "--out", str(tmp_path / "cut.safetensors")])
     with pytest.raises(SystemExit, match="--resume: no checkpoint under"):
         main([*base, "--steps", "2", "--resume", "--out", str(tmp_path / "none.safetensors")])
 
@@ -292,10 +299,12 @@ def test_coarse_adaptation_resumes_bitwise_and_writes_the_model_s_own_iterations
     assert checkpoint["log_sigma"].shape == (1,)
     adapted = load_model(tmp_path / "ref.safetensors")[1]["adapted"]
     assert adapted["coarse_iterations"] == 1
-    with pytest.raises(SystemExit, match=r"--resume: .* is step 4 of"):
+    with pytest.raises(SystemExit, match=r"--resume: .* was adapted with coarse_iterations 1, "
+                                         r"not its default"):
         main([*base, "--steps", "6", "--resume", "--out", str(tmp_path / "cut.safetensors")])
     main([*base, "--steps", "2", "--out", str(tmp_path / "plain.safetensors")])
-    with pytest.raises(SystemExit, match=r"--resume: .* is step 2 of"):
+    with pytest.raises(SystemExit, match=r"--resume: .* was adapted with coarse_iterations its "
+                                         r"default, not 1"):
         main([*coarse, "--steps", "4", "--resume", "--out", str(tmp_path / "plain.safetensors")])
 
 

@@ -50,6 +50,35 @@ class AdaptRunResult(AdaptResult):
     resumed_at: int | None = None  # the checkpoint's step, when it resumed one
 
 
+def _first_change(saved, given, key: str = "") -> tuple[str, object, object] | None:
+    """The first ``(dotted key, saved value, given value)`` where two JSON values differ."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        for k in sorted(set(saved) | set(given)):
+            change = _first_change(saved.get(k), given.get(k), f"{key}.{k}" if key else k)
+            if change:
+                return change
+        return None
+    return None if saved == given else (key, saved, given)
+
+
+def check_resumable(latest: Path, state: dict, recipe: dict, steps: int) -> None:
+    """A one-line error naming what differs between the checkpoint ``latest`` (its
+    ``state.json``) and the run asked for: the data, a step-rule field, or ``steps`` below the
+    checkpoint's step."""
+    change = _first_change(state.get("recipe", {}), recipe)
+    if change and change[0].startswith("data"):
+        raise ValueError(f"--resume: the data changed since {latest} was written ({change[0]}):"
+                         f" adapt afresh with --overwrite")
+    if change:
+        key, old, new = ("its default" if v is None else v for v in change)
+        raise ValueError(f"--resume: {latest} was adapted with {key.removeprefix('config.')} "
+                         f"{old}, not {new}: drop the option that changes it, or adapt afresh "
+                         f"with --overwrite")
+    if state.get("step", steps + 1) > steps:
+        raise ValueError(f"--resume: {latest} is past --steps {steps} (step "
+                         f"{state.get('step')}): give --steps {state.get('step')} or more")
+
+
 def fine_tune_run(
     model: nn.Module, theta: Params, next_batch: Callable[[int], TaskBatch],
     config: AdaptConfig, run_dir: str | Path, recipe: dict, ckpt_every: int = 500,
@@ -100,10 +129,7 @@ def fine_tune_run(
                                         f"its first checkpoint): run without --resume to start "
                                         f"afresh")
             weights, tensors, state = ckpt.load_checkpoint(latest)
-            saved = state.get("recipe", {})
-            if saved != recipe or state.get("step", config.steps + 1) > config.steps:
-                raise ValueError(f"--resume: {latest} is step {state.get('step')} of {saved}, "
-                                 f"not of {recipe} with {config.steps} steps (>= its step)")
+            check_resumable(latest, state, recipe, config.steps)
             device = next(iter(theta.values())).device
             start = AdaptState(state["step"], {k: v.to(device) for k, v in weights.items()},
                                opt_state_from({k: v.to(device) for k, v in tensors.items()},

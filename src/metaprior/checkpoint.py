@@ -200,6 +200,9 @@ def load_model(path: str | Path, device="cpu") -> tuple[nn.Module, dict]:
         if t.dtype != torch.float32 or t.shape != p.shape:
             raise ValueError(f"{path}: tensor {k} is {t.dtype} {tuple(t.shape)}, a model of "
                              f"this config holds float32 {tuple(p.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{path} holds non-finite weights ({k}): the file is damaged or "
+                             f"its run diverged; use another model file")
     model.load_state_dict(state)
     return model.to(device), meta
 

@@ -267,6 +267,8 @@ def check_device(device: str) -> None:
                          f"(cuda:N for one GPU)") from None
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"--device {device}: metaprior runs on cpu or cuda")
+    if kind == "cpu" and torch.device(device).index not in (None, 0):
+        raise ValueError(f"--device {device}: the CPU is cpu (no index): use --device cpu")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA device is available: use "
                          "--device cpu")

@@ -117,8 +117,8 @@ def run_demo(config: DemoConfig, device: str = "cpu", log=print, progress: bool 
     if earlier and not config.overwrite:
         raise RunFolderError(f"--out {config.out} holds an earlier demo ({earlier[0]}): replace "
                              f"it with --overwrite or choose another --out")
-    if config.adapt_steps < 1 or config.size < 16:
-        raise ValueError(f"--adapt-steps must be >= 1 and --size >= 16, got "
+    if config.adapt_steps < 1 or not 16 <= config.size <= 1024:
+        raise ValueError(f"--adapt-steps must be >= 1 and --size must be in [16, 1024], got "
                          f"{config.adapt_steps}, {config.size}")
     if config.meta_train:
         return _meta_train_demo(config, device, log, progress)

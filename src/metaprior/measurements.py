@@ -59,13 +59,14 @@ def save_measurements(path: str | Path, batch: TaskBatch, with_ground_truth: boo
 
 
 def _checked_names(names, n: int, path) -> list[str]:
-    """``names`` if it is ``n`` plain file names (no folder part, not hidden), else a one-line
+    """``names`` if it is ``n`` distinct plain file names (no folder part, not hidden), else a
+    one-line
     ``ValueError``."""
     ok = isinstance(names, list) and len(names) == n and all(
         isinstance(a, str) and a and a == Path(a).name and not a.startswith(".")
-        and "\\" not in a and len(a) <= 255 for a in names)
+        and "\\" not in a and len(a) <= 255 for a in names) and len(set(names)) == n
     if not ok:
-        raise ValueError(f"{path}: 'names' metadata must be {n} plain file names, got "
+        raise ValueError(f"{path}: 'names' metadata must be {n} distinct plain file names, got "
                          f"{str(names)[:200]}")
     return names
 
@@ -114,9 +115,19 @@ def load_measurements(path: str | Path, device="cpu", task: Task | None = None) 
         raise ValueError(f"{path}: 'image_shape' {list(shape)} holds over "
                          f"{MAX_PIXELS_PER_MEASUREMENT}× the numbers of 'y' "
                          f"{tuple(tensors['y'].shape)}: the file is damaged")
-    for name in ("x", "target"):
-        if name in tensors and tuple(tensors[name].shape) != shape:
-            raise ValueError(f"{path}: '{name}' has shape {tuple(tensors[name].shape)}, its "
+    for name in ("y", "x", "target"):
+        if name not in tensors:
+            continue
+        t = tensors[name]
+        if t.dtype not in (torch.float32, torch.complex64):
+            raise ValueError(f"{path}: '{name}' is {t.dtype}: a measurement file holds float32 "
+                             f"(complex64 measurements): write it with `metaprior measure` or "
+                             f"`metaprior.save_measurements`")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{path} holds non-finite values in '{name}' (inf or NaN): "
+                             f"measure again, or repair the file")
+        if name != "y" and tuple(t.shape) != shape:
+            raise ValueError(f"{path}: '{name}' has shape {tuple(t.shape)}, its "
                              f"image_shape is {list(shape)}")
     physics = task.make_physics(shape, torch.Generator().manual_seed(0), torch.device(device))
     buffers = {k[len("physics."):]: v for k, v in tensors.items() if k.startswith("physics.")}

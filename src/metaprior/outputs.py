@@ -44,6 +44,8 @@ def _nearest_existing(path: Path) -> Path:
 def check_writable_dir(path: str | Path, flag: str) -> Path:
     """``path`` is, or can be created as, a writable folder; else a one-line error naming
     ``flag``."""
+    if str(path) == "":
+        raise RunFolderError(f"{flag} is empty: give a folder path")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"{flag} {path} is an existing file, not a folder: choose a "
@@ -99,6 +101,8 @@ def check_output_file(path: str | Path, flag: str, suffix: str | None = None,
     """``path`` can be written as a file (its folder exists or can be created and is writable,
     it is not a folder, it ends in ``suffix``, and with ``overwrite=False`` it does not exist
     yet); else a one-line error naming ``flag``."""
+    if str(path) == "":
+        raise RunFolderError(f"{flag} is empty: give a file path")
     path = Path(path)
     if suffix is not None and path.suffix != suffix:
         raise RunFolderError(f"{flag} {path} must end in {suffix}")

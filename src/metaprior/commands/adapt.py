@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from metaprior.commands.images import psnr_line, read_images
+from metaprior.commands.images import image_files, psnr_line, read_images
 from metaprior.outputs import RunFolderError, check_output_file, write_or_keep
 
 
@@ -21,7 +21,7 @@ class AdaptData:
     # adapting on patches of a folder's pictures put through the task's operator and scored by
     # PSNR on them, or adapting on the data and scored by the label-free loss of a measurement
     # file held out from adaptation (no ground truth needed)
-    lr_search: str | None = None  # pictures, or held-out measurements: best of lr ×1, ×10/3, ×10
+    lr_search: str | None = None  # pictures or held-out y: lr ×1, ×10/3, ×10 (+1 past an edge)
     patch_size: int = 64  # with --images or a --lr-search folder: patch side (0 = full images)
     batch_size: int = 8  # with --images or a --lr-search folder: patches per step
     color: bool = False  # with --images or a --lr-search folder: keep RGB
@@ -119,7 +119,8 @@ def choose_lr(args, model, theta, task_name: str, rule) -> tuple[float, dict, st
                                 for lr, v in tried.items()) + f" -> {best:.3g}")
         return best, tried, "label-free"
     task = get_task(task_name)
-    pictures = [im.to(args.device) for im in read_images(args.lr_search, args.color)]
+    pictures = [im.to(args.device) for im in read_images(args.lr_search, args.color,
+                                                         "--lr-search")]
     search = argparse.Namespace(**{**vars(args), "images": args.lr_search})
     print(f"choosing the lr on {len(pictures)} picture(s) of {args.lr_search}: "
           f"{len(LR_SEARCH)}+ runs of {rule.steps} steps ...")
@@ -129,6 +130,19 @@ def choose_lr(args, model, theta, task_name: str, rule) -> tuple[float, dict, st
     print("lr " + ", ".join(f"{lr:.3g}: " + ("diverged" if v is None else f"{v:.2f} dB")
                             for lr, v in tried.items()) + f" -> {best:.3g}")
     return best, tried, "psnr"
+
+
+def digest(files: list[Path]) -> str:
+    """SHA-256 of the names and bytes of ``files``: what a resumed run checks its data by."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def adapt_rule(meta: dict, given: dict):
@@ -158,6 +172,10 @@ def data_stream(args):
     task = get_task(args.task)
     evaluation = (load_measurements(args.eval_measurements, args.device)
                   if args.eval_measurements else None)
+    if evaluation is not None and evaluation.task != task.name:
+        raise ValueError(f"--eval-measurements {args.eval_measurements} holds measurements of "
+                         f"task {evaluation.task!r}, the adaptation is to {task.name!r}: give "
+                         f"measurements of the same task")
     return task.name, batches_from_images(args, task, args.device), evaluation
 
 
@@ -216,6 +234,8 @@ def cmd_adapt(args) -> None:
                       "data": ({"measurements": args.measurements} if args.measurements else
                                {"images": args.images, "patch_size": args.patch_size,
                                 "batch_size": args.batch_size, "color": args.color})}
+            recipe["data"]["sha256"] = digest(
+                [Path(args.measurements)] if args.measurements else image_files(args.images))
             result = fine_tune_run(model, theta, next_batch, config,
                                    Path(args.out).with_name(Path(args.out).stem + ".run"),
                                    recipe, args.ckpt_every, args.resume, callback=progress,

@@ -7,24 +7,24 @@ from pathlib import Path
 import torch
 
 
-def image_files(folder: str) -> list[Path]:
-    """The image files of an ``--images`` folder, sorted; one-line errors for a missing or
-    empty folder."""
+def image_files(folder: str, flag: str = "--images") -> list[Path]:
+    """The image files of the folder of option ``flag``, sorted; one-line errors for a missing
+    or empty folder."""
     from metaprior.data.datasets import IMAGE_SUFFIXES
 
     if not Path(folder).is_dir():
-        raise FileNotFoundError(f"--images {folder} is not a folder of images")
+        raise FileNotFoundError(f"{flag} {folder} is not a folder of images")
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"--images {folder} holds no images (png, jpg, tif, bmp): add some or "
+        raise ValueError(f"{flag} {folder} holds no images (png, jpg, tif, bmp): add some or "
                          f"choose another folder")
     return files
 
 
-def read_images(folder: str, color: bool) -> list[torch.Tensor]:
+def read_images(folder: str, color: bool, flag: str = "--images") -> list[torch.Tensor]:
     from metaprior.data import load_image
 
-    return [load_image(p, gray=not color) for p in image_files(folder)]
+    return [load_image(p, gray=not color) for p in image_files(folder, flag)]
 
 
 def task_peak(name: str) -> float | str:

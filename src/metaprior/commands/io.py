@@ -56,10 +56,14 @@ def cmd_reconstruct(args) -> None:
     from metaprior.adapt import parameters_of
     from metaprior.checkpoint import load_model
     from metaprior.config import resolve
+    from metaprior.data.datasets import IMAGE_SUFFIXES
     from metaprior.measurements import load_measurements, measurement_sources
     from metaprior.meta.problem import reconstruct
 
     resolve(args, {"reconstruct": ReconstructOptions})
+    if Path(args.out).suffix.lower() in IMAGE_SUFFIXES:
+        raise RunFolderError(f"--out {args.out} names an image: reconstruct writes a folder of "
+                             f"PNGs (recon_<input>.png); give a folder path")
     out = check_writable_dir(args.out, "--out")
     names, images = measurement_sources(args.measurements) if Path(
         args.measurements).is_file() else (None, None)

@@ -84,7 +84,8 @@ def load_image(path: str | os.PathLike, gray: bool = True) -> Tensor:
         with Image.open(path) as im:
             im.load()
             return _to_tensor(_array_at_scale(im, path), gray)
-    except (OSError, SyntaxError) as e:  # PIL: unreadable, truncated or unknown format
+    # PIL: unreadable, truncated or unknown format, or over its pixel limit (a decompression bomb)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"image {path} cannot be read ({str(e).splitlines()[0][:200]})"
                          ) from None
 

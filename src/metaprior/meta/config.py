@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from metaprior.config import check_at_least, check_positive
@@ -70,8 +71,10 @@ class MetaConfig:
         if self.learn_inner_lr and (self.hypergradient != "maml" or self.objective != "bilevel"):
             raise ValueError("learn_inner_lr needs hypergradient 'maml' (the learning rates get "
                              "their hypergradient by differentiating through the inner steps)")
-        check_at_least("meta", 0, outer_theta_weight=self.outer_theta_weight,
-                       workers=self.workers)
+        check_at_least("meta", 0, workers=self.workers)
+        if not (math.isfinite(self.outer_theta_weight) and self.outer_theta_weight >= 0):
+            raise ValueError(f"meta: outer_theta_weight must be a finite number >= 0 (0: off), "
+                             f"got {self.outer_theta_weight}")
         check_positive("meta", inner_lr=self.inner_lr)
         if self.tasks_per_step < 0 or self.cg_iters < 1 or not self.prox_lambda >= 0:
             raise ValueError(f"tasks_per_step must be >= 0, cg_iters >= 1 and prox_lambda >= 0, "
