@@ -249,6 +249,14 @@ BAD_INPUTS = [
     ([*MT, "--outer-theta-weight", "nan", "--out", "{root}/r1"], "outer_theta_weight must be"),
     ([*MT, "--outer-theta-weight", "inf", "--out", "{root}/r1"], "outer_theta_weight must be"),
     ([*MT, "--out", ""], "--out is empty"),
+    ([*MT, "--seed", "99999999999999999999999", "--out", "{root}/r1"],
+     "run.seed must be an integer in [-2^63, 2^63)"),
+    (["measure", "--task", "sr2", "--images", IMGS, "--seed", "99999999999999999999999",
+      "--out", "{root}/m.safetensors"], "seed must be an integer in [-2^63, 2^63)"),
+    ([*MT, "--lam-init", "-1", "--out", "{root}/r1"], "lam_init >= 0"),
+    (["demo", "--depth", "0", "--out", "{root}/demo_new"],
+     "--depth applies to --meta-train: add --meta-train or drop --depth"),
+    ([*ADAPT, "--seed", "5"], "--seed applies to --images or a --lr-search folder"),
     (["adapt", "--model", M, "--measurements", Y, "--out", ""], "--out is empty"),
     (["demo", "--size", "100000", "--out", "{root}/demo_new"], "--size must be"),
 ]
@@ -563,8 +571,8 @@ def test_a_diverged_checkpointed_adapt_leaves_nothing_behind(sandbox, tmp_path):
         main(["adapt", "--model", str(sandbox / "model.safetensors"), "--images",
               str(sandbox / "imgs"), "--task", "sr2", "--patch-size", "8", "--batch-size", "2",
               "--optimizer", "sgd", "--lr", "1e300", "--steps", "3", "--ckpt-every", "1",
-              "--no-progress", "--out", str(tmp_path / "a.safetensors")])
-    assert list(tmp_path.iterdir()) == []
+              "--no-progress", "--out", str(tmp_path / "new" / "deeper" / "a.safetensors")])
+    assert list(tmp_path.iterdir()) == []  # nor the folders it created for --out
 
 
 def test_an_adapted_model_whose_reconstruction_is_not_finite_is_not_written(sandbox, tmp_path):

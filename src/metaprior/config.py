@@ -169,6 +169,8 @@ def _coerce(cls, name: str, value: Any, where: str = "config ") -> Any:
         raise ValueError(f"{label} must be a list of {kind}, got {value!r}")
     try:
         return _scalar(tp, value)
+    except OverflowError:
+        raise ValueError(f"{label} must be an integer in [-2^63, 2^63), got {value}") from None
     except TypeError:
         raise ValueError(f"{label} must be of type {tp.__name__}, got {value!r}") from None
 
@@ -180,6 +182,8 @@ def _scalar(tp, value: Any) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -2**63 <= value < 2**63:
+                raise OverflowError(value)
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from metaprior.adapt import AdaptConfig, parameters_of
 from metaprior.checkpoint import load_model, save_model, write_bytes_atomic
+from metaprior.config import field_comments
 from metaprior.data import PatchSampler, demo_images
 from metaprior.evaluate import finetune_and_score, score, summarize, task_batches
 from metaprior.meta.config import MetaConfig
@@ -58,6 +59,11 @@ class DemoConfig:
     seed: int = 0  # random seed
     out: str = "runs/demo"  # output folder
     overwrite: bool = False  # replace an earlier demo's output in --out (refused without it)
+
+
+#: Options of the demo that only ``--meta-train`` uses (their comments start so).
+META_TRAIN_ONLY = tuple(name for name, text in field_comments(DemoConfig).items()
+                        if text.startswith("--meta-train:"))
 
 
 def train_config(config: DemoConfig, device: str) -> TrainConfig:

@@ -176,14 +176,14 @@ class RunLock:
         self.folder = Path(folder)
         self.flag = flag
         self._fd: int | None = None
-        self._created = False
+        self._created: list[Path] = []
 
     def __enter__(self) -> RunLock:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return self
-        self._created = not self.folder.exists()
+        self._created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -203,14 +203,18 @@ class RunLock:
         if self._fd is None:
             return
         os.ftruncate(self._fd, 0)
-        # A run that failed in a folder it created leaves nothing behind (the lock file is
-        # removed while still held, so no other process can have locked it meanwhile).
+        # A run that failed in a folder it created leaves nothing behind, nor the parents it
+        # created (the lock file is removed while still held, so no other process can have
+        # locked it meanwhile).
         if exc_type is not None and self._created and _holds_nothing(self.folder):
             for p in self.folder.iterdir():
                 if p.name != LOCK_NAME:
                     p.rmdir()
             (self.folder / LOCK_NAME).unlink()
-            self.folder.rmdir()
+            for folder in self._created:  # innermost first; one another run filled stays
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None
 

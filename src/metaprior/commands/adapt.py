@@ -35,7 +35,7 @@ class AdaptRun:
     resume: bool = False  # continue the latest checkpoint under <out stem>.run/ exactly
     overwrite: bool = False  # replace an existing --out (and the checkpoints of <out stem>.run/)
     no_progress: bool = False  # no progress bar
-    seed: int = 0  # random seed of the patch stream
+    seed: int = 0  # with --images or a --lr-search folder: seed of patches and measurements
     device: str = "cpu"  # torch device: cpu or cuda
 
 
@@ -193,6 +193,10 @@ def cmd_adapt(args) -> None:
     if (args.images is None) == (args.measurements is None):
         raise ValueError("give exactly one of --images DIR or --measurements FILE")
     check_adapt_data(section_values("data", AdaptData, args.file_values, args))
+    if ("seed" in section_values("run", AdaptRun, args.file_values, args)
+            and args.images is None and (args.lr_search is None or Path(args.lr_search).is_file())):
+        raise ValueError("--seed applies to --images or a --lr-search folder (it seeds their "
+                         "patches and measurements): drop --seed")
     if args.batch_size < 1 or args.patch_size < 0:
         raise ValueError(f"--batch-size must be >= 1 and --patch-size >= 0 (0: full images), "
                          f"got {args.batch_size} and {args.patch_size}")

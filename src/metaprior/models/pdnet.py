@@ -289,9 +289,11 @@ class PDNet(Reconstructor):
             raise ValueError(f"model: depth and width must be >= 1 and kernel_size odd, got "
                              f"depth {c.depth}, width {c.width}, kernel_size {c.kernel_size}")
         if not (c.gamma > 0 and 0 < c.step_safety <= 1 and c.weight_init_std >= 0
-                and c.checkpoint_segment >= 0 and math.isfinite(c.gamma + c.lam_init)):
+                and c.checkpoint_segment >= 0 and c.lam_init >= 0
+                and math.isfinite(c.gamma + c.lam_init)):
             raise ValueError(f"model: need gamma > 0, 0 < step_safety <= 1, weight_init_std >= "
-                             f"0, checkpoint_segment >= 0 and finite values, got {c}")
+                             f"0, checkpoint_segment >= 0, lam_init >= 0 and finite values, "
+                             f"got {c}")
         self.layers = nn.ModuleList(PDLayer(self.config) for _ in range(self.config.depth))
 
     @classmethod
