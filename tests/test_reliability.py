@@ -801,6 +801,29 @@ def test_boolean_options_are_switches_and_old_true_false_values_still_read():
     assert getattr(args, "model.detach_step_sizes") is False
     args = parser.parse_args(["meta-train", "--no-detach-step-sizes", "--resume"])
     assert getattr(args, "model.detach_step_sizes") is False and args.resume
+    argv = ["meta-train", "--learn-inner-lr=true", "--overwrite=false", "--no-progress=true"]
+    args = parser.parse_args(legacy_bool_values(argv, _switches(parser)))
+    assert getattr(args, "meta.learn_inner_lr") is True and args.overwrite is False
+    assert args.no_progress
+    for argv in (["adapt", "--no-progress", "false"], ["adapt", "--no-progress=false"]):
+        args = parser.parse_args(legacy_bool_values(argv, _switches(parser)))
+        assert not getattr(args, "run.no_progress")
+    args = parser.parse_args(legacy_bool_values(["adapt", "--no-progress=true"],
+                                                _switches(parser)))
+    assert getattr(args, "run.no_progress") is True
+
+
+@pytest.mark.parametrize("argv", [["adapt", "--steps", "1.5"], ["adapt", "--lr"],
+                                  ["adapt", "--stpes", "1"], ["measure", "--seed", "abc"],
+                                  ["nope"]])
+def test_a_malformed_command_line_is_one_line_naming_the_help(argv, capsys):
+    """argparse's own errors (a wrong type, a missing value, an unknown flag or command) are
+    one line too, exit status 2, pointing at the command's ``--help``."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--help" in err[0], err
 
 
 def test_an_example_without_its_data_root_ends_in_one_line(tmp_path):

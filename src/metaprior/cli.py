@@ -77,11 +77,11 @@ def _add_meta_train(sub) -> None:
         "the same batches, no inner step); outer Adam on their sum. Writes OUT/config.json, "
         "OUT/log.jsonl, OUT/checkpoints/, OUT/model.safetensors.")
     p.add_argument("--config", help="JSON file of overrides: {\"model\": {...}, \"meta\": {...}}")
-    p.add_argument("--resume", action="store_true",
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue from OUT/checkpoints/latest with its saved configuration "
                    "(--steps may extend it and --device move it; any other option that differs "
                    "from the saved value is refused)")
-    p.add_argument("--overwrite", action="store_true",
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="replace the run already in --out (its files are removed only once "
                    "the new configuration and data have loaded); without it, or --resume, a "
                    "folder holding a run is refused")
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     from metaprior.commands import adapt, evaluate, io
     from metaprior.demo import DemoConfig
 
-    parser = argparse.ArgumentParser(prog="metaprior",
+    parser = OneLineParser(prog="metaprior",
                                      description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"metaprior {__version__}")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
@@ -178,26 +178,44 @@ def load_plugin(path: str) -> None:
 
 
 def _switches(parser: argparse.ArgumentParser) -> set[str]:
-    """The ``--flag`` strings of every ``--flag/--no-flag`` switch of the commands."""
+    """The option strings of every switch of the commands (``--flag`` and ``--no-flag`` of a
+    negatable one, the one string of a plain one)."""
     found = set()
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 found |= _switches(sub)
-        elif isinstance(action, argparse.BooleanOptionalAction):
-            found.add(action.option_strings[0])
+        elif isinstance(action, argparse.BooleanOptionalAction) or (
+                isinstance(action, argparse._StoreConstAction) and action.const is True):
+            found |= set(action.option_strings)  # --flag and --no-flag, or a plain switch
     return found
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors (a wrong type, a missing value, an unknown flag) as one
+    line, ``error: <message> (see <command> --help)``, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def legacy_bool_values(argv: list[str], switches: set[str]) -> list[str]:
-    """Command lines where a bool option takes a value (``--learn-inner-lr true``), as
-    switches (``--learn-inner-lr``, ``--no-learn-inner-lr``)."""
+    """Command lines where a bool option takes a value (``--learn-inner-lr true``,
+    ``--overwrite=false``), as switches (``--learn-inner-lr``, ``--no-overwrite``)."""
     out: list[str] = []
     for token in argv:
+        flag, eq, given = token.partition("=")
+        if eq and flag in switches and given.lower() in ("true", "false"):
+            out.append(flag)
+            token = given
         value = token.lower()
         if out and out[-1] in switches and value in ("true", "false"):
-            if value == "false":
-                out[-1] = "--no-" + out[-1][2:]
+            if value == "false":  # the switch's negation, or none for a plain switch
+                negation = "--no-" + out[-1][2:]
+                if negation in switches:
+                    out[-1] = negation
+                else:
+                    out.pop()
             continue
         out.append(token)
     return out
