@@ -117,7 +117,7 @@ def test_per_tensor_learning_rates_equal_a_global_one_when_all_equal():
 def test_recipe_config_errors():
     with pytest.raises(ValueError, match="learn_inner_lr needs hypergradient 'maml'"):
         MetaConfig(learn_inner_lr=True, hypergradient="first_order")
-    with pytest.raises(ValueError, match="outer_theta_weight must be >= 0"):
+    with pytest.raises(ValueError, match="outer_theta_weight must be a finite number >= 0"):
         MetaConfig(outer_theta_weight=-1.0)
 
 

@@ -157,6 +157,10 @@ def resolve_model_path(path: str | Path) -> Path:
     latest = latest_checkpoint(path)
     if latest is not None:
         return latest / "model.safetensors"
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} holds no model (no model.safetensors, no checkpoint): "
+                                f"give a .safetensors file, a checkpoint folder or a meta-train "
+                                f"output folder")
     if path.suffix == ".safetensors" or len(path.parts) > 1:
         raise FileNotFoundError(f"no model at {path}: give a .safetensors file, a checkpoint "
                                 f"folder, a meta-train output folder or a model name")

@@ -49,9 +49,18 @@ def cmd_meta_train(args) -> None:
     arch = config.network.architecture
     for key, value in given.items():  # the other architecture's options would be ignored
         section, name = key.split(".")
-        if args.resume or section not in ARCHITECTURE_SECTIONS:
+        if args.resume:
             continue  # a resumed run keeps its saved configuration, checked by resume_config
         default = getattr(SECTIONS[section](), name)  # the section's own default config
+        if key in APPLIES_WITH and value != default:
+            option, needed = APPLIES_WITH[key]
+            if getattr(getattr(config, option.split(".")[0]), option.split(".")[1]) != needed:
+                flag = "--" + option.split(".")[1].replace("_", "-")
+                needs = flag if needed is True else f"{flag} {needed}"
+                raise ValueError(f"--{name.replace('_', '-')} applies to {needs} only: drop "
+                                 f"it or pass {needs}")
+        if section not in ARCHITECTURE_SECTIONS:
+            continue
         if ARCHITECTURE_SECTIONS[section] != arch and value != default:
             raise ValueError(f"--{name.replace('_', '-')} applies to --architecture "
                              f"{ARCHITECTURE_SECTIONS[section]} only; this run trains {arch}: "
@@ -62,6 +71,10 @@ def cmd_meta_train(args) -> None:
 
 #: meta-train's option sections that configure one architecture's network.
 ARCHITECTURE_SECTIONS = {"model": "pdnet", "hqs": "hqs"}
+#: meta-train options that one setting of another uses alone: option -> (that one, its value).
+APPLIES_WITH = {"meta.cg_iters": ("meta.hypergradient", "implicit"),
+                "meta.cg_tol": ("meta.hypergradient", "implicit"),
+                "optim.inner_lr_lr": ("meta.learn_inner_lr", True)}
 
 
 def _add_meta_train(sub) -> None:

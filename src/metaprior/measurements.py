@@ -90,6 +90,9 @@ def load_measurements(path: str | Path, device="cpu", task: Task | None = None) 
     """Rebuild the :class:`TaskBatch` stored by :func:`save_measurements` (``x``/``target``
     are ``None`` when the file holds no ground truth)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a measurement file: give the .safetensors "
+                         f"file `metaprior measure` wrote")
     if not path.is_file():
         raise FileNotFoundError(f"measurement file {path} does not exist: check --measurements")
     meta = read_metadata(path)

@@ -76,6 +76,11 @@ class MetaConfig:
             raise ValueError(f"meta: outer_theta_weight must be a finite number >= 0 (0: off), "
                              f"got {self.outer_theta_weight}")
         check_positive("meta", inner_lr=self.inner_lr)
+        if not (math.isfinite(self.cg_tol) and self.cg_tol > 0):
+            raise ValueError(f"meta: cg_tol must be a finite number > 0, got {self.cg_tol}")
+        if self.tasks_per_step > len(self.tasks):
+            raise ValueError(f"meta: tasks_per_step must be <= the {len(self.tasks)} task(s) of "
+                             f"tasks (0: all), got {self.tasks_per_step}")
         if self.tasks_per_step < 0 or self.cg_iters < 1 or not self.prox_lambda >= 0:
             raise ValueError(f"tasks_per_step must be >= 0, cg_iters >= 1 and prox_lambda >= 0, "
                              f"got {self.tasks_per_step}, {self.cg_iters}, {self.prox_lambda}")
