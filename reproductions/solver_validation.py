@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -232,7 +233,8 @@ def main(argv=None) -> dict:
                           + f" (grid {row['grid_psnr'][args.steps]:.2f}; "
                           + f"{run['s_per_step']:.2f} s/step)", flush=True)
                 if rows:
-                    best = (min(rows, key=lambda r: r["grid_label_free"])
+                    finite = [r for r in rows if math.isfinite(r["grid_label_free"])]
+                    best = (min(finite or rows, key=lambda r: r["grid_label_free"])
                             if args.choose_lr == "label-free" else
                             max(rows, key=lambda r: r["grid_psnr"][args.steps]))
                     entry["models"][tag] = {**best, "lrs_tried": {

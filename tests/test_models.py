@@ -319,6 +319,10 @@ def test_hqs_files_that_spell_colour_load_with_the_color_option(tmp_path):
               metadata={"architecture": "hqs", "model_config": json.dumps(values)})
     loaded, _ = load_model(path)
     assert loaded.config == model.config
+    from metaprior.config import explicit_values
+    from metaprior.train import TrainConfig
+
+    assert explicit_values(TrainConfig, {"hqs": {"colour": True}}) == {"hqs.color": True}
     help_text = build_parser().format_help() + "".join(
         p.format_help() for p in build_parser()._subparsers._group_actions[0].choices.values())
     assert "--color" in help_text and "--colour" not in help_text

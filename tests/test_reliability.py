@@ -72,6 +72,8 @@ def sandbox(tmp_path_factory) -> Path:
                           "x_nan": {"y": y, "x": torch.full_like(batch.x, float("nan"))}
                           }.items():
         save_file(tensors, str(root / f"{name}.safetensors"), shape)
+    save_measurements(root / "wide.safetensors",
+                      get_task("sr2").sample(torch.rand(1, 1, 16, 24, generator=g), g))
     save_file({"y": y}, str(root / "dup_names.safetensors"),
               {**shape, "names": json.dumps(["a.png", "a.png"])})
     nan_state = {k: v.clone().fill_(float("nan")) if k == "layers.0.weight" else v
@@ -238,6 +240,13 @@ BAD_INPUTS = [
     (reconstruct(model="{root}/nan_model.safetensors"), "non-finite weights"),
     # options name themselves, and what they are checked against
     ([*ADAPT, "--lr-search", "{root}/empty_imgs"], "error: --lr-search "),
+    ([*ADAPT, "--lr-search", "{root}/typo.safetensors"],
+     "is neither a folder of pictures nor a measurement file"),
+    ([*ADAPT, "--lr-search", "{root}/wide.safetensors"],
+     "--lr-search {root}/wide.safetensors holds 16x24 images: the label-free lr search"),
+    (["adapt", "--model", M, "--images", IMGS, "--task", "sr2", "--eval-measurements", Y,
+      "--lr-search", Y, "--out", "{root}/o.safetensors"],
+     "is the --eval-measurements scored after adaptation"),
     (["adapt", "--model", M, "--images", IMGS, "--task", "mri4", "--eval-measurements", Y,
       "--out", "{root}/o.safetensors"], "holds measurements of task 'sr2'"),
     (reconstruct(measurements="{root}/dup_names.safetensors"), "'names' metadata must be 2 "
@@ -816,6 +825,10 @@ def test_boolean_options_are_switches_and_old_true_false_values_still_read():
     args = parser.parse_args(legacy_bool_values(argv, _switches(parser)))
     assert getattr(args, "meta.learn_inner_lr") is True and args.overwrite is False
     assert args.no_progress
+    for argv in (["meta-train", "--no-learn-inner-lr", "false"],
+                 ["meta-train", "--no-learn-inner-lr=false"]):
+        args = parser.parse_args(legacy_bool_values(argv, _switches(parser)))
+        assert getattr(args, "meta.learn_inner_lr") is True
     for argv in (["adapt", "--no-progress", "false"], ["adapt", "--no-progress=false"]):
         args = parser.parse_args(legacy_bool_values(argv, _switches(parser)))
         assert not getattr(args, "run.no_progress")
@@ -835,6 +848,8 @@ def test_a_malformed_command_line_is_one_line_naming_the_help(argv, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "--help" in err[0], err
+    if argv[0] != "nope":
+        assert f"metaprior {argv[0]} --help" in err[0]
 
 
 def test_an_example_without_its_data_root_ends_in_one_line(tmp_path):

@@ -267,8 +267,14 @@ def test_adapt_cli_resumes_a_long_run_bitwise(tmp_path):
               str(tmp_path / "cut.safetensors")])
     with pytest.raises(SystemExit, match=r"--resume: .*step_0000004 is past --steps 3"):
         main([*base, "--steps", "3", "--resume", "--out", str(tmp_path / "cut.safetensors")])
+    state = latest_checkpoint(tmp_path / "cut.run") / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["recipe"]["data"]["sha256"]  # a checkpoint written before data were checksummed
+    state.write_text(json.dumps(saved))
+    main([*base[:2], str(tmp_path / "run") + "/", base[3], str(imgs) + "/", *base[5:],
+          "--steps", "5", "--resume", "--out", str(tmp_path / "cut.safetensors")])
     (imgs / "0.png").write_bytes((tmp_path / "imgs" / "1.png").read_bytes())
-    with pytest.raises(SystemExit, match=r"--resume: the data changed since .*step_0000004"):
+    with pytest.raises(SystemExit, match=r"--resume: the data changed since .*step_0000005"):
         main([*base, "--steps", "6", "--resume", "--out", str(tmp_path / "cut.safetensors")])
     with pytest.raises(SystemExit, match="--resume: no checkpoint under"):
         main([*base, "--steps", "2", "--resume", "--out", str(tmp_path / "none.safetensors")])

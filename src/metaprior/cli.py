@@ -223,10 +223,11 @@ def legacy_bool_values(argv: list[str], switches: set[str]) -> list[str]:
             token = given
         value = token.lower()
         if out and out[-1] in switches and value in ("true", "false"):
-            if value == "false":  # the switch's negation, or none for a plain switch
-                negation = "--no-" + out[-1][2:]
-                if negation in switches:
-                    out[-1] = negation
+            if value == "false":  # the switch's opposite, or none for a plain switch
+                flag = out[-1]
+                opposite = ("--" + flag[5:] if flag.startswith("--no-") else "--no-" + flag[2:])
+                if opposite in switches:
+                    out[-1] = opposite
                 else:
                     out.pop()
             continue
@@ -257,7 +258,10 @@ def one_line_errors(func, *args):
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(legacy_bool_values(argv, _switches(parser)))
+    args, unknown = parser.parse_known_args(legacy_bool_values(argv, _switches(parser)))
+    if unknown:  # named by the command's own parser, which points at its own --help
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
 
     def run() -> None:
         for path in args.plugin:

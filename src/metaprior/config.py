@@ -231,8 +231,9 @@ def explicit_values(cls, file_values: dict | None = None,
     """The ``"section.field"`` values given explicitly (in the file or as flags), resolved
     with the same precedence and checks as :func:`build_config`."""
     config = build_config(cls, file_values, cli)
-    given = {f"{section}.{name}" for section, values in (file_values or {}).items()
-             for name in values}
+    hints = typing.get_type_hints(cls)
+    given = {f"{section}.{getattr(hints[section], 'renamed', {}).get(name, name)}"
+             for section, values in (file_values or {}).items() for name in values}
     if cli is not None:
         given |= {k for k, v in vars(cli).items() if "." in k and v is not None}
     return {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1])

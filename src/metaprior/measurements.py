@@ -86,6 +86,21 @@ def measurement_sources(path: str | Path) -> tuple[list[str] | None, Path | None
     return names, Path(folder) if folder else None
 
 
+def image_shape(path: str | Path, meta: dict | None = None) -> tuple[int, int, int, int]:
+    """The (N, C, H, W) of the images a measurement file measured, from its metadata (read
+    from ``path`` unless given), checked; one-line errors for missing or malformed metadata."""
+    meta = read_metadata(path) if meta is None else meta
+    if "task" not in meta or "image_shape" not in meta:
+        raise ValueError(f"{path} lacks 'task'/'image_shape' metadata: write it with "
+                         f"`metaprior measure`")
+    shape = meta["image_shape"]
+    if not (isinstance(shape, list) and len(shape) == 4 and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+        raise ValueError(f"{path}: 'image_shape' metadata must be [N, C, H, W] of positive "
+                         f"integers, got {shape!r}")
+    return tuple(shape)
+
+
 def load_measurements(path: str | Path, device="cpu", task: Task | None = None) -> TaskBatch:
     """Rebuild the :class:`TaskBatch` stored by :func:`save_measurements` (``x``/``target``
     are ``None`` when the file holds no ground truth)."""
@@ -96,15 +111,7 @@ def load_measurements(path: str | Path, device="cpu", task: Task | None = None) 
     if not path.is_file():
         raise FileNotFoundError(f"measurement file {path} does not exist: check --measurements")
     meta = read_metadata(path)
-    if "task" not in meta or "image_shape" not in meta:
-        raise ValueError(f"{path} lacks 'task'/'image_shape' metadata: write it with "
-                         f"`metaprior measure`")
-    shape = meta["image_shape"]
-    if not (isinstance(shape, list) and len(shape) == 4 and all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
-        raise ValueError(f"{path}: 'image_shape' metadata must be [N, C, H, W] of positive "
-                         f"integers, got {shape!r}")
-    shape = tuple(shape)
+    shape = image_shape(path, meta)
     if not isinstance(meta["task"], str):
         raise ValueError(f"{path}: 'task' metadata must be a task name, got {meta['task']!r}")
     task = task or get_task(meta["task"])

@@ -212,9 +212,10 @@ class RunLock:
                     p.rmdir()
             (self.folder / LOCK_NAME).unlink()
             for folder in self._created:  # innermost first; one another run filled stays
-                if any(folder.iterdir()):
+                try:
+                    folder.rmdir()
+                except OSError:
                     break
-                folder.rmdir()
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None
 

@@ -70,6 +70,30 @@ def check_adapt_data(given: dict) -> None:
                                  f"{flag} or give --images")
 
 
+def check_lr_search(lr_search: str, measurements: str | None, evaluation: str | None) -> None:
+    """``--lr-search`` names a folder of pictures, or a measurement file of square images held
+    out from both the adaptation (``--measurements``) and its scoring
+    (``--eval-measurements``); else a one-line error."""
+    path = Path(lr_search)
+    if not path.exists():
+        raise FileNotFoundError(f"--lr-search {lr_search} is neither a folder of pictures nor a "
+                                f"measurement file: check the path")
+    if path.is_dir():
+        return
+    for flag, other in (("--measurements adapted on", measurements),
+                        ("--eval-measurements scored after adaptation", evaluation)):
+        if other is not None and path.resolve() == Path(other).resolve():
+            raise ValueError(f"--lr-search {lr_search} is the {flag}: choose the lr on "
+                             f"measurements held out from both")
+    from metaprior.measurements import image_shape
+
+    h, w = image_shape(path)[-2:]
+    if h != w:
+        raise ValueError(f"--lr-search {lr_search} holds {h}x{w} images: the label-free lr "
+                         f"search scores by the equivariant loss, which rotates images by 90°, "
+                         f"so it needs square ones (or give a folder of pictures)")
+
+
 def check_out_is_not_an_input(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
     """Refuse an ``--out`` file that is one of the command's input files (by flag)."""
     target = Path(out).resolve()
@@ -200,10 +224,8 @@ def cmd_adapt(args) -> None:
     if args.batch_size < 1 or args.patch_size < 0:
         raise ValueError(f"--batch-size must be >= 1 and --patch-size >= 0 (0: full images), "
                          f"got {args.batch_size} and {args.patch_size}")
-    if args.lr_search is not None and args.measurements is not None and Path(
-            args.lr_search).resolve() == Path(args.measurements).resolve():
-        raise ValueError(f"--lr-search {args.lr_search} is the --measurements adapted on: "
-                         f"choose the lr on measurements held out from adaptation")
+    if args.lr_search is not None:
+        check_lr_search(args.lr_search, args.measurements, args.eval_measurements)
     check_out_is_not_an_input(args.out, {"--model": resolve_model_path(args.model),
                                          "--measurements": args.measurements,
                                          "--eval-measurements": args.eval_measurements,
