@@ -74,6 +74,8 @@ def sandbox(tmp_path_factory) -> Path:
         save_file(tensors, str(root / f"{name}.safetensors"), shape)
     save_measurements(root / "wide.safetensors",
                       get_task("sr2").sample(torch.rand(1, 1, 16, 24, generator=g), g))
+    save_file({"y": y}, str(root / "string_shape_named.safetensors"),
+              {"task": "sr2", "image_shape": "\"abc\"", "names": json.dumps(["a.png"])})
     save_file({"y": y}, str(root / "dup_names.safetensors"),
               {**shape, "names": json.dumps(["a.png", "a.png"])})
     nan_state = {k: v.clone().fill_(float("nan")) if k == "layers.0.weight" else v
@@ -159,6 +161,7 @@ BAD_INPUTS = [
     (reconstruct("{root}/bad_config.safetensors"), "'pdnet_config' metadata is invalid"),
     (reconstruct(M, "{root}/no_y.safetensors"), "holds no measurements 'y'"),
     (reconstruct(M, "{root}/string_shape.safetensors"), "'image_shape' metadata must be"),
+    (reconstruct(M, "{root}/string_shape_named.safetensors"), "'image_shape' metadata must be"),
     (reconstruct(M, "{root}/wrong_y.safetensors"), "measures"),
     (reconstruct(M, "{root}/garbage.safetensors"), "not a readable .safetensors"),
     (["reconstruct", "--model", M, "--measurements", Y, "--out", "{root}/a_file"],

@@ -77,9 +77,7 @@ def measurement_sources(path: str | Path) -> tuple[list[str] | None, Path | None
     meta = read_metadata(path)
     names = meta.get("names")
     if names is not None:
-        shape = meta.get("image_shape")
-        n = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) else -1
-        names = _checked_names(names, n, path)
+        names = _checked_names(names, image_shape(path, meta)[0], path)
     folder = meta.get("images")
     if folder is not None and not isinstance(folder, str):
         raise ValueError(f"{path}: 'images' metadata must be a folder path, got {folder!r}")
