@@ -243,6 +243,8 @@ BAD_INPUTS = [
     (reconstruct(model="{root}/nan_model.safetensors"), "non-finite weights"),
     # options name themselves, and what they are checked against
     ([*ADAPT, "--lr-search", "{root}/empty_imgs"], "error: --lr-search "),
+    (["adapt", "--model", M, "--images", IMGS, "--task", "sr2", "--patch-size", "3", "--out",
+      "{root}/o.safetensors"], "--patch-size 3 does not suit task 'sr2'"),
     ([*ADAPT, "--lr-search", "{root}/typo.safetensors"],
      "is neither a folder of pictures nor a measurement file"),
     ([*ADAPT, "--lr-search", "{root}/wide.safetensors"],

@@ -110,6 +110,12 @@ def batches_from_images(args, task, device):
     images = read_images(args.images, args.color)
     g = torch.Generator().manual_seed(args.seed + 1)
     if args.patch_size > 0:
+        try:  # a patch the task cannot measure (e.g. an odd side for SR ×2) is named as such
+            task.sample(torch.zeros(1, images[0].shape[0], args.patch_size, args.patch_size),
+                        torch.Generator().manual_seed(0))
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"--patch-size {args.patch_size} does not suit task "
+                             f"{task.name!r} ({str(e).splitlines()[0]}): choose another") from None
         sampler = PatchSampler(images, args.patch_size, seed=args.seed)
         return lambda step: task.sample(sampler.sample(args.batch_size).to(device), g)
     return lambda step: task.sample(images[step % len(images)].unsqueeze(0).to(device), g)
