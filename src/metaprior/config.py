@@ -108,8 +108,7 @@ def section_values(section: str, cls, file_values: dict | None,
     values = (file_values or {}).get(section, {})
     if not isinstance(values, dict):
         raise ValueError(f"config section {section!r} must be an object of fields")
-    renamed = getattr(cls, "renamed", {})  # older files' names of the fields
-    values = {renamed.get(k, k): v for k, v in values.items()}
+    values = current_names(cls, values)
     names = {f.name for f in dataclasses.fields(cls)}
     bad = set(values) - names
     if bad:
@@ -121,6 +120,13 @@ def section_values(section: str, cls, file_values: dict | None,
             if v is not None:
                 values[name] = v
     return {k: _coerce(cls, k, v, f"config {section}.") for k, v in values.items()}
+
+
+def current_names(cls, values: dict) -> dict:
+    """``values`` keyed by ``cls``'s field names: a key an older file spells otherwise
+    (``cls.renamed``, e.g. ``{"colour": "color"}``) takes the field's current name."""
+    renamed = getattr(cls, "renamed", {})
+    return {renamed.get(k, k): v for k, v in values.items()}
 
 
 def build_section(section: str, cls, file_values: dict | None,
@@ -232,8 +238,8 @@ def explicit_values(cls, file_values: dict | None = None,
     with the same precedence and checks as :func:`build_config`."""
     config = build_config(cls, file_values, cli)
     hints = typing.get_type_hints(cls)
-    given = {f"{section}.{getattr(hints[section], 'renamed', {}).get(name, name)}"
-             for section, values in (file_values or {}).items() for name in values}
+    given = {f"{section}.{name}" for section, values in (file_values or {}).items()
+             for name in current_names(hints[section], values)}
     if cli is not None:
         given |= {k for k, v in vars(cli).items() if "." in k and v is not None}
     return {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1])

@@ -60,8 +60,7 @@ def save_measurements(path: str | Path, batch: TaskBatch, with_ground_truth: boo
 
 def _checked_names(names, n: int, path) -> list[str]:
     """``names`` if it is ``n`` distinct plain file names (no folder part, not hidden), else a
-    one-line
-    ``ValueError``."""
+    one-line ``ValueError``."""
     ok = isinstance(names, list) and len(names) == n and all(
         isinstance(a, str) and a and a == Path(a).name and not a.startswith(".")
         and "\\" not in a and len(a) <= 255 for a in names) and len(set(names)) == n

@@ -56,10 +56,11 @@ DEFAULTS_TEXT = {
     "adapt.loss": "the model's recommended loss, else unsupervised"}
 
 
-def check_adapt_data(given: dict) -> None:
+def check_adapt_data(given: dict, seed_given: bool = False) -> None:
     """Refuse ``adapt`` data options that the chosen data would ignore: the options of
     :data:`IMAGES_ONLY` given with ``--measurements`` (or without ``--images``), except those
-    that a ``--lr-search`` folder uses."""
+    that a ``--lr-search`` folder uses, and ``--seed`` (``seed_given``) where neither draws
+    patches."""
     pictures = given.get("lr_search") is not None and not Path(given["lr_search"]).is_file()
     if given.get("images") is None:
         for name in IMAGES_ONLY[:1] if pictures else IMAGES_ONLY:
@@ -68,6 +69,9 @@ def check_adapt_data(given: dict) -> None:
                 raise ValueError(f"{flag} applies to --images only (with --measurements the "
                                  f"measurement file itself is adapted on and scored): drop "
                                  f"{flag} or give --images")
+        if seed_given and not pictures:
+            raise ValueError("--seed applies to --images or a --lr-search folder (it seeds "
+                             "their patches and measurements): drop --seed")
 
 
 def check_lr_search(lr_search: str, measurements: str | None, evaluation: str | None) -> None:
@@ -103,12 +107,12 @@ def check_out_is_not_an_input(out: str | Path, inputs: dict[str, str | Path | No
                                  f"the input; choose another --out")
 
 
-def batches_from_images(args, task, device):
-    """Fine-tuning stream from an image folder: random patches (or full images)."""
+def image_stream(args, task, device):
+    """Fine-tuning streams from an image folder, read once: each call of the returned factory
+    starts the same seeded stream of random patches (or full images)."""
     from metaprior.data import PatchSampler
 
     images = read_images(args.images, args.color)
-    g = torch.Generator().manual_seed(args.seed + 1)
     if args.patch_size > 0:
         try:  # a patch the task cannot measure (e.g. an odd side for SR ×2) is named as such
             task.sample(torch.zeros(1, images[0].shape[0], args.patch_size, args.patch_size),
@@ -116,17 +120,22 @@ def batches_from_images(args, task, device):
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"--patch-size {args.patch_size} does not suit task "
                              f"{task.name!r} ({str(e).splitlines()[0]}): choose another") from None
-        sampler = PatchSampler(images, args.patch_size, seed=args.seed)
-        return lambda step: task.sample(sampler.sample(args.batch_size).to(device), g)
-    return lambda step: task.sample(images[step % len(images)].unsqueeze(0).to(device), g)
+
+    def fresh():
+        g = torch.Generator().manual_seed(args.seed + 1)
+        if args.patch_size > 0:
+            sampler = PatchSampler(images, args.patch_size, seed=args.seed)
+            return lambda step: task.sample(sampler.sample(args.batch_size).to(device), g)
+        return lambda step: task.sample(images[step % len(images)].unsqueeze(0).to(device), g)
+    return fresh
 
 
-def choose_lr(args, model, theta, task_name: str, rule) -> tuple[float, dict, str]:
+def choose_lr(args, model, theta, task_name: str, rule, stream) -> tuple[float, dict, str]:
     """``--lr-search``: the lr of :data:`LR_SEARCH` × the rule's chosen by
     :func:`metaprior.evaluate.search_lr`: on a measurement file, held out from adaptation, by
-    the lowest label-free loss after adapting on the data; on a folder of pictures, by the best
-    PSNR on them after adapting on patches of them (measured by the task). Returns it, every
-    lr's score and the criterion."""
+    the lowest label-free loss after adapting on the data (``stream()``: a fresh stream of
+    them); on a folder of pictures, by the best PSNR on them after adapting on patches of them
+    (measured by the task). Returns it, every lr's score and the criterion."""
     import argparse
 
     from metaprior.evaluate import search_lr, task_batches
@@ -143,8 +152,8 @@ def choose_lr(args, model, theta, task_name: str, rule) -> tuple[float, dict, st
         print(f"choosing the lr by the label-free loss of {held.y.shape[0]} held-out "
               f"measurement(s) in {args.lr_search}: {len(LR_SEARCH)}+ runs of {rule.steps} "
               f"steps ...")
-        best, tried = search_lr(model, theta, lambda: data_stream(args)[1], rule, [held], lrs,
-                                extend=1, criterion="label-free")
+        best, tried = search_lr(model, theta, stream, rule, [held], lrs, extend=1,
+                                criterion="label-free")
         print("lr " + ", ".join(f"{lr:.3g}: " + ("diverged" if v is None else f"loss {v:.4g}")
                                 for lr, v in tried.items()) + f" -> {best:.3g}")
         return best, tried, "label-free"
@@ -154,9 +163,9 @@ def choose_lr(args, model, theta, task_name: str, rule) -> tuple[float, dict, st
     search = argparse.Namespace(**{**vars(args), "images": args.lr_search})
     print(f"choosing the lr on {len(pictures)} picture(s) of {args.lr_search}: "
           f"{len(LR_SEARCH)}+ runs of {rule.steps} steps ...")
-    best, tried = search_lr(model, theta, lambda: batches_from_images(search, task, args.device),
-                            rule, task_batches(task, pictures, seed=args.seed + 2), lrs,
-                            extend=1, peak=task.peak)
+    best, tried = search_lr(model, theta, image_stream(search, task, args.device), rule,
+                            task_batches(task, pictures, seed=args.seed + 2), lrs, extend=1,
+                            peak=task.peak)
     print("lr " + ", ".join(f"{lr:.3g}: " + ("diverged" if v is None else f"{v:.2f} dB")
                             for lr, v in tried.items()) + f" -> {best:.3g}")
     return best, tried, "psnr"
@@ -188,8 +197,8 @@ def adapt_rule(meta: dict, given: dict):
 
 
 def data_stream(args):
-    """``(task name, next_batch, evaluation batch or None)`` of ``--measurements`` or
-    ``--images``."""
+    """``(task name, stream, evaluation batch or None)`` of ``--measurements`` or ``--images``;
+    ``stream()`` starts a fresh fine-tuning stream ``step -> batch``."""
     from metaprior.measurements import load_measurements
     from metaprior.tasks import get_task
 
@@ -198,7 +207,8 @@ def data_stream(args):
         if args.task is not None and args.task != data.task:
             raise ValueError(f"--task {args.task} contradicts {args.measurements}, which holds "
                              f"measurements of task {data.task!r}: drop --task")
-        return data.task, (lambda step: data), (data if data.target is not None else None)
+        return (data.task, lambda: (lambda step: data),
+                data if data.target is not None else None)
     task = get_task(args.task)
     evaluation = (load_measurements(args.eval_measurements, args.device)
                   if args.eval_measurements else None)
@@ -206,7 +216,7 @@ def data_stream(args):
         raise ValueError(f"--eval-measurements {args.eval_measurements} holds measurements of "
                          f"task {evaluation.task!r}, the adaptation is to {task.name!r}: give "
                          f"measurements of the same task")
-    return task.name, batches_from_images(args, task, args.device), evaluation
+    return task.name, image_stream(args, task, args.device), evaluation
 
 
 def cmd_adapt(args) -> None:
@@ -222,11 +232,8 @@ def cmd_adapt(args) -> None:
         raise ValueError(f"--ckpt-every must be >= 0 (0: no checkpoints), got {args.ckpt_every}")
     if (args.images is None) == (args.measurements is None):
         raise ValueError("give exactly one of --images DIR or --measurements FILE")
-    check_adapt_data(section_values("data", AdaptData, args.file_values, args))
-    if ("seed" in section_values("run", AdaptRun, args.file_values, args)
-            and args.images is None and (args.lr_search is None or Path(args.lr_search).is_file())):
-        raise ValueError("--seed applies to --images or a --lr-search folder (it seeds their "
-                         "patches and measurements): drop --seed")
+    check_adapt_data(section_values("data", AdaptData, args.file_values, args),
+                     "seed" in section_values("run", AdaptRun, args.file_values, args))
     if args.batch_size < 1 or args.patch_size < 0:
         raise ValueError(f"--batch-size must be >= 1 and --patch-size >= 0 (0: full images), "
                          f"got {args.batch_size} and {args.patch_size}")
@@ -244,13 +251,13 @@ def cmd_adapt(args) -> None:
         raise ValueError("--images needs --task NAME")
     model, meta = load_model(args.model, args.device)
     config = adapt_rule(meta, given)
-    task_name, next_batch, evaluation = data_stream(args)
+    task_name, stream, evaluation = data_stream(args)
     if config.loss == "supervised" and args.measurements and evaluation is None:
         raise ValueError(f"{args.measurements} has no ground truth: use --loss unsupervised")
     theta = parameters_of(model)
     searched, criterion = {}, None
     if args.lr_search is not None:
-        lr, searched, criterion = choose_lr(args, model, theta, task_name, config)
+        lr, searched, criterion = choose_lr(args, model, theta, task_name, config, stream)
         config = replace(config, lr=lr)
     if evaluation is not None:
         print(f"before: {psnr_line(model, theta, evaluation)}")
@@ -268,12 +275,12 @@ def cmd_adapt(args) -> None:
                                 "batch_size": args.batch_size, "color": args.color})}
             recipe["data"]["sha256"] = digest(
                 [Path(args.measurements)] if args.measurements else image_files(args.images))
-            result = fine_tune_run(model, theta, next_batch, config,
+            result = fine_tune_run(model, theta, stream(), config,
                                    Path(args.out).with_name(Path(args.out).stem + ".run"),
                                    recipe, args.ckpt_every, args.resume, callback=progress,
                                    log=bar.write, overwrite=args.overwrite)
         else:
-            result = fine_tune(model, theta, next_batch, config, callback=progress)
+            result = fine_tune(model, theta, stream(), config, callback=progress)
     if evaluation is not None:
         print(f"after {config.steps} {config.loss} steps: "
               f"{psnr_line(model, result.params, evaluation)}")

@@ -77,13 +77,12 @@ def config_from_dict(name: str, values: dict):
     """The config dataclass of architecture ``name`` from JSON values, each checked against
     its field's type by the option machinery's own check (:mod:`metaprior.config`: JSON has no
     int/bool distinction that Python would enforce)."""
-    from metaprior.config import _coerce
+    from metaprior.config import _coerce, current_names
 
     arch = get_architecture(name)
     if not isinstance(values, dict):
         raise TypeError(f"the {name} config must be an object, got {type(values).__name__}")
-    renamed = getattr(arch.config, "renamed", {})  # older files' names of the fields
-    values = {renamed.get(k, k): v for k, v in values.items()}
+    values = current_names(arch.config, values)
     fields = {f.name for f in dataclasses.fields(arch.config)}
     unknown = sorted(set(values) - fields)
     if unknown:
