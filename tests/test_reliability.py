@@ -87,8 +87,8 @@ def sandbox(tmp_path_factory) -> Path:
         (folder / "a.png").write_bytes(data)
     (root / "a_file").write_text("not a folder")
     (root / "empty_imgs").mkdir()
-    (root / "demo_out" / "meta").mkdir(parents=True)
-    (root / "demo_out" / "meta" / "config.json").write_text("{}")
+    (root / "demo_out").mkdir()
+    (root / "demo_out" / "demo_sr2.png").write_bytes(b"an earlier figure")
     (root / "cfg").mkdir()
     for name, values in {"bool_str": {"model": {"detach_step_sizes": "false"}},
                          "bool_depth": {"model": {"depth": True}},
@@ -279,8 +279,6 @@ BAD_INPUTS = [
     (["adapt", "--model", "{root}/empty_imgs", "--measurements", Y, "--out",
       "{root}/o.safetensors"], "holds no model"),
     (reconstruct(measurements="{root}/empty_imgs"), "is a folder, not a measurement file"),
-    (["demo", "--depth", "0", "--out", "{root}/demo_new"],
-     "--depth applies to --meta-train: add --meta-train or drop --depth"),
     ([*ADAPT, "--seed", "5"], "--seed applies to --images or a --lr-search folder"),
     (["adapt", "--model", M, "--measurements", Y, "--out", ""], "--out is empty"),
     (["demo", "--size", "100000", "--out", "{root}/demo_new"], "--size must be"),
@@ -844,7 +842,7 @@ def test_boolean_options_are_switches_and_old_true_false_values_still_read():
 
 @pytest.mark.parametrize("argv", [["adapt", "--steps", "1.5"], ["adapt", "--lr"],
                                   ["adapt", "--stpes", "1"], ["measure", "--seed", "abc"],
-                                  ["nope"]])
+                                  ["demo", "--meta-train"], ["nope"]])
 def test_a_malformed_command_line_is_one_line_naming_the_help(argv, capsys):
     """argparse's own errors (a wrong type, a missing value, an unknown flag or command) are
     one line too, exit status 2, pointing at the command's ``--help``."""
@@ -900,9 +898,12 @@ def test_api_mistakes_are_one_line_value_errors_naming_the_argument():
 
 
 def test_the_demo_replaces_an_earlier_demo_only_with_overwrite(tmp_path):
-    out = tmp_path / "demo"
-    argv = ["demo", "--meta-train", "--depth", "2", "--meta-steps", "1", "--patch-size", "32",
-            "--batch", "2", "--adapt-steps", "1", "--adapt-patch-size", "16", "--out", str(out)]
+    from metaprior.models import HQSNet, HQSNetConfig
+
+    out, model = tmp_path / "demo", tmp_path / "hqs.safetensors"
+    save_model(model, HQSNet(HQSNetConfig(iterations=2, init_iters=5, pretrained=False)))
+    argv = ["demo", "--model", str(model), "--size", "16", "--adapt-steps", "1", "--loss",
+            "equivariant", "--lr", "1e-3", "--out", str(out)]
     main(argv)
     (out / "notes.txt").write_text("kept")
     before = _snapshot(out)
@@ -912,7 +913,7 @@ def test_the_demo_replaces_an_earlier_demo_only_with_overwrite(tmp_path):
     main([*argv, "--overwrite"])
     assert (out / "notes.txt").read_text() == "kept"
     assert (out / "adapted_sr2.safetensors").is_file()
-    with Image.open(out / "demo_sr2.png") as im:  # the short job's figure: 3 rows, 6 columns
+    with Image.open(out / "demo_sr2.png") as im:  # 3 pictures; y, A^T y, TV, before, after, x
         assert im.size == (6 * 160, 18 + 3 * (160 + 16))
 
 

@@ -105,16 +105,10 @@ def _add_meta_train(sub) -> None:
 
 
 def cmd_demo(args) -> None:
-    from metaprior.config import resolve, section_values
-    from metaprior.demo import META_TRAIN_ONLY, DemoConfig, run_demo
+    from metaprior.config import resolve
+    from metaprior.demo import DemoConfig, run_demo
 
     config = resolve(args, {"demo": DemoConfig, "run": DeviceOptions})["demo"]
-    if not config.meta_train:
-        for name in section_values("demo", DemoConfig, args.file_values, args):
-            if name in META_TRAIN_ONLY:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} applies to --meta-train: add --meta-train or drop "
-                                 f"{flag}")
     check_writable_dir(config.out, "--out")
     run_demo(config, device=args.device)
 
