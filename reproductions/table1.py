@@ -78,7 +78,7 @@ class Table1Config:
     # images (TaskData.val) after `steps` steps; () = use `lr` everywhere
     lr_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)  # fine-tuning lr candidates
     # a choice on an end of the grid extends it there geometrically by up to this many values
-    # a side (the baselines' rule, metaprior.baselines.geometric_search); 0: the grid as given
+    # a side (the baselines' rule, metaprior.evaluate.geometric_search); 0: the grid as given
     lr_extend: int = 4  # lr values added past an edge choice of lr_grid, per side (0: none)
     # a meta-model with learned per-layer step sizes: its candidates are these multiples of its
     # learned steps instead (lr = its inner_lr × m), chosen the same way

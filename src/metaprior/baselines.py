@@ -262,55 +262,16 @@ def method(name: str, value: float, denoiser: dinv.models.Denoiser | None = None
                      f"got {name!r}")
 
 
-def geometric_search(evaluate: Callable[[float], float | None], grid: Sequence[float],
-                     extend: int = 4) -> tuple[float, dict[float, float | None]]:
-    """Maximise ``evaluate`` over ``grid``, extending the grid past an edge choice.
-
-    A choice on an end of the grid says the optimum may lie beyond it, so the grid is extended
-    there, geometrically with the ratio of its two outermost values, up to ``extend`` new values
-    a side, until the best value is interior. ``evaluate`` may return ``None`` (e.g. diverged):
-    such a value is never chosen. Whether the choice still ends on an edge can be read from the
-    returned grid (``best in (min(scores), max(scores))``).
-
-    Returns:
-        the best value and ``{value: score}`` for every value tried, in increasing order.
-
-    Raises:
-        FloatingPointError: ``evaluate`` gave ``None`` for every value of the grid.
-    """
-    values = sorted(set(float(v) for v in grid))
-    if not values or any(v <= 0 for v in values):
-        raise ValueError(f"grid must hold positive values, got {list(grid)}")
-    scores = {v: evaluate(v) for v in values}
-    added = {"low": 0, "high": 0}
-    while True:
-        valid = [v for v in scores if scores[v] is not None]
-        if not valid:
-            raise FloatingPointError(f"no finite score at any value of {sorted(scores)}")
-        best = max(valid, key=lambda v: scores[v])
-        ordered = sorted(scores)
-        side = "low" if best == ordered[0] else "high" if best == ordered[-1] else None
-        if side is None or added[side] >= extend or len(ordered) < 2:
-            break
-        # one more geometric step outwards (x·x, not x**2: the caches hold scores by the
-        # value's string, so the arithmetic that makes it is part of the key)
-        new = (ordered[0] * ordered[0] / ordered[1] if side == "low"
-               else ordered[-1] * ordered[-1] / ordered[-2])
-        scores[new] = evaluate(new)
-        added[side] += 1
-    return best, dict(sorted(scores.items()))
-
-
 def grid_search(make: Callable[[float], Callable[[TaskBatch], Tensor]], grid: Sequence[float],
                 batches: Sequence[TaskBatch], peak: float | str = 1.0, extend: int = 4
                 ) -> tuple[float, dict]:
     """Pick the grid value with the highest mean PSNR on ``batches`` (fine-tuning images),
-    extending the grid past an edge choice (:func:`geometric_search`).
+    extending the grid past an edge choice (:func:`metaprior.evaluate.geometric_search`).
 
     Returns:
         the best value and ``{value: mean PSNR}`` for every value tried, in increasing order.
     """
-    from metaprior.evaluate import score
+    from metaprior.evaluate import geometric_search, score
 
     def mean_psnr(v: float) -> float:
         psnrs = score(make(v), batches, peak)

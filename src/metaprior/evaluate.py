@@ -159,6 +159,46 @@ def label_free_loss(model, params, batches: Sequence[TaskBatch],
     return sum(values) / len(values)
 
 
+def geometric_search(evaluate: Callable[[float], float | None], grid: Sequence[float],
+                     extend: int = 4) -> tuple[float, dict[float, float | None]]:
+    """Maximise ``evaluate`` over ``grid``, extending the grid past an edge choice.
+
+    A choice on an end of the grid says the optimum may lie beyond it, so the grid is extended
+    there, geometrically with the ratio of its two outermost values, up to ``extend`` new values
+    a side, until the best value is interior. ``evaluate`` may return ``None`` (e.g. diverged):
+    such a value is never chosen. Whether the choice still ends on an edge can be read from the
+    returned grid (``best in (min(scores), max(scores))``).
+
+    Returns:
+        the best value and ``{value: score}`` for every value tried, in increasing order.
+
+    Raises:
+        FloatingPointError: ``evaluate`` gave ``None`` for every value of the grid.
+    """
+    values = sorted(set(float(v) for v in grid))
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"grid must hold positive values, got {list(grid)}")
+    scores = {v: evaluate(v) for v in values}
+    added = {"low": 0, "high": 0}
+    while True:
+        valid = [v for v in scores if scores[v] is not None]
+        if not valid:
+            raise FloatingPointError(f"no finite score at any value of {sorted(scores)}")
+        best = max(valid, key=lambda v: scores[v])
+        ordered = sorted(scores)
+        side = "low" if best == ordered[0] else "high" if best == ordered[-1] else None
+        if side is None or added[side] >= extend or len(ordered) < 2:
+            break
+        # one more geometric step outwards (x·x, not x**2: the caches hold scores by the
+        # value's string, so the arithmetic that makes it is part of the key)
+        new = (ordered[0] * ordered[0] / ordered[1] if side == "low"
+               else ordered[-1] * ordered[-1] / ordered[-2])
+        scores[new] = evaluate(new)
+        added[side] += 1
+    return best, dict(sorted(scores.items()))
+
+
+
 def search_lr(model, theta, stream: Callable[[], Callable[[int], TaskBatch]], rule,
               batches: Sequence[TaskBatch], lrs: Sequence[float], extend: int = 0,
               peak: float | str = 1.0, keep: Sequence[int] = (), scores: dict | None = None,
@@ -167,7 +207,7 @@ def search_lr(model, theta, stream: Callable[[], Callable[[int], TaskBatch]], ru
     """The learning rate of ``lrs`` whose ``rule.steps``-step fine-tuning from θ (the step rule
     ``rule`` at that lr, on a fresh ``stream()`` each time) scores best on ``batches``; past an
     edge choice the grid extends by up to ``extend`` values a side
-    (:func:`metaprior.baselines.geometric_search`). An lr whose fine-tuning diverges is never
+    (:func:`geometric_search`). An lr whose fine-tuning diverges is never
     chosen: the one lr search of the package.
 
     Args:
@@ -187,8 +227,6 @@ def search_lr(model, theta, stream: Callable[[], Callable[[int], TaskBatch]], ru
         diverged}`` for every lr tried, in increasing order.
     """
     from dataclasses import replace
-
-    from metaprior.baselines import geometric_search
 
     if criterion not in ("psnr", "label-free"):
         raise ValueError(f"criterion must be 'psnr' or 'label-free', got {criterion!r}")

@@ -34,7 +34,7 @@ import deepinv.physics.functional as dF
 import torch
 
 from metaprior import physics as ops
-from metaprior.tasks import Task, register_task
+from metaprior.task import Task
 
 TRAIN_FAMILIES = ("blur-family", "inpaint-family", "sr-family", "fourier-family",
                   "denoise-family")
@@ -144,11 +144,11 @@ def _family(name: str, factory, about: str, noise: tuple[float, float] = (0.0, 0
                 params={"family": about, "noise_sigma": list(noise)})
 
 
-for _task in (
+#: The five family tasks (:mod:`metaprior.tasks` registers them under their names).
+FAMILY_TASKS = (
     _family("blur-family", _blur_family, "Gaussian (anisotropic), motion or defocus blur"),
     _family("inpaint-family", _inpaint_family, "Bernoulli masks, missing rate 0.3-0.9"),
     _family("sr-family", _sr_family, "Gaussian/bicubic-filtered downsampling x2/x4"),
     _family("fourier-family", _fourier_family, "random Cartesian columns, x2-x8"),
     _family("denoise-family", partial(_identity), "identity", noise=(0.01, 0.1)),
-):
-    register_task(_task, overwrite=True)
+)

@@ -9,6 +9,7 @@ from here.
 
 from __future__ import annotations
 
+from metaprior.families import FAMILY_TASKS, TRAIN_FAMILIES  # noqa: F401 (re-exported)
 from metaprior.paper_tasks import (  # noqa: F401 (re-exported)
     FAMILIES,
     FAMILY_HELP,
@@ -78,8 +79,5 @@ def available_tasks() -> list[str]:
 
 
 for _task in (denoise_task(), tv_task(), deblur_task(), inpaint_task(), sr_task(2), mri_task(4),
-              fourier_task(), inpaint_mix_task(), deblur_mix_task()):
+              fourier_task(), inpaint_mix_task(), deblur_mix_task(), *FAMILY_TASKS):
     register_task(_task, overwrite=True)
-
-# The operator families register themselves (they build on the registry above).
-from metaprior import families as _families  # noqa: E402, F401
