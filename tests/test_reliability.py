@@ -86,6 +86,8 @@ def sandbox(tmp_path_factory) -> Path:
         folder.mkdir()
         (folder / "a.png").write_bytes(data)
     (root / "a_file").write_text("not a folder")
+    (root / "tiny_imgs").mkdir()
+    Image.new("L", (1, 1), 128).save(root / "tiny_imgs" / "dot.png")
     (root / "empty_imgs").mkdir()
     (root / "demo_out").mkdir()
     (root / "demo_out" / "demo_sr2.png").write_bytes(b"an earlier figure")
@@ -136,6 +138,16 @@ BAD_INPUTS = [
      "metaprior runs on cpu or cuda"),
     (["evaluate", "--model", M, "--images", IMGS, "--tasks", ""], "--tasks is empty"),
     (["evaluate", "--model", M, "--images", "{root}/nope"], "/nope: no such folder"),
+    (["measure", "--task", "mri4", "--images", "{root}/tiny_imgs", "--out",
+      "{root}/y1.safetensors"],
+     "dot.png is 1x1 pixels: images must be at least 8x8"),
+    ([*MT, "--inner-batch", "10" + "0" * 12, "--out", "{root}/r1"],
+     "data: inner_batch 10000000000000 patches of 32x32 need 38146973 GiB for their pixels"),
+    (["adapt", "--model", M, "--images", IMGS, "--patch-size", "16", "--batch-size",
+      "10" + "0" * 12, "--out", "{root}/new/a.safetensors"],
+     "--batch-size 10000000000000 patches of 16x16 need 9536743 GiB for their pixels alone"),
+    (["evaluate", "--model", M, "--images", IMGS, "--data-root", "{root}"],
+     "--data-root applies to --images set3c"),
     (["--plugin", "{root}/nope.py", "evaluate", "--model", M, "--images", IMGS], "does not exist"),
     ([*MT, "--architecture", "hqs", "--depth", "5", "--out", "{root}/r"],
      "--depth applies to --architecture pdnet"),
@@ -264,9 +276,9 @@ BAD_INPUTS = [
     ([*MT, "--outer-theta-weight", "inf", "--out", "{root}/r1"], "outer_theta_weight must be"),
     ([*MT, "--out", ""], "--out is empty"),
     ([*MT, "--seed", "99999999999999999999999", "--out", "{root}/r1"],
-     "run.seed must be an integer in [-2^63, 2^63)"),
+     "error: --seed must be an integer in [-2^63, 2^63)"),
     (["measure", "--task", "sr2", "--images", IMGS, "--seed", "99999999999999999999999",
-      "--out", "{root}/m.safetensors"], "seed must be an integer in [-2^63, 2^63)"),
+      "--out", "{root}/m.safetensors"], "error: --seed must be an integer in [-2^63, 2^63)"),
     ([*MT, "--lam-init", "-1", "--out", "{root}/r1"], "lam_init >= 0"),
     ([*MT, "--cg-iters", "5", "--out", "{root}/r1"],
      "--cg-iters applies to --hypergradient implicit only"),

@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -114,12 +115,16 @@ def section_values(section: str, cls, file_values: dict | None,
     if bad:
         raise ValueError(f"config file section {section!r} has unknown key(s) {sorted(bad)}; "
                          f"fields: {sorted(names)}")
+    flags = set()
     if cli is not None:
         for name in names:
             v = getattr(cli, f"{section}.{name}", None)
             if v is not None:
                 values[name] = v
-    return {k: _coerce(cls, k, v, f"config {section}.") for k, v in values.items()}
+                flags.add(name)
+    return {k: _coerce(cls, k, v, f"config {section}.",
+                       label="--" + k.replace("_", "-") if k in flags else None)
+            for k, v in values.items()}
 
 
 def current_names(cls, values: dict) -> dict:
@@ -155,11 +160,13 @@ def check_sections(file_values: dict | None, sections: typing.Iterable[str]) -> 
                          f"{sorted(sections)}")
 
 
-def _coerce(cls, name: str, value: Any, where: str = "config ") -> Any:
+def _coerce(cls, name: str, value: Any, where: str = "config ", label: str | None = None
+            ) -> Any:
     """``value`` checked against the field's type (a JSON ``"false"`` is not a bool, ``true``
-    is not an int) and converted where lossless (int -> float, list -> tuple)."""
+    is not an int) and converted where lossless (int -> float, list -> tuple); errors name
+    ``label`` (default ``where`` + ``name``)."""
     tp = _field_type(cls, next(f for f in dataclasses.fields(cls) if f.name == name))
-    label = f"{where}{name}"
+    label = label or f"{where}{name}"
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         if value is None:
             return None
@@ -312,3 +319,18 @@ def replace_from_dict(base, values: dict, where: str = "config"):
                          f"{sorted(known)}")
     return dataclasses.replace(base, **{k: _coerce(cls, k, v, f"{where}: ")
                                         for k, v in values.items()})
+
+
+def check_fits_in_memory(label: str, flag: str, count: int, side: int) -> None:
+    """One-line ``ValueError`` for a batch (``label``, set by option ``flag``) of ``count``
+    float32 images of ``side``² pixels whose pixels alone exceed this machine's memory: the
+    work could only end in an out-of-memory error, after minutes of swapping."""
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to check
+        return
+    need = 4 * count * side * side
+    if need > have:
+        raise ValueError(f"{label} {count} patches of {side}x{side} need {need / 2**30:.0f} GiB "
+                         f"for their pixels alone (this machine has {have / 2**30:.0f} GiB): "
+                         f"lower {flag} or --patch-size")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metaprior import checkpoint as ckpt
-from metaprior.config import check_at_least, check_positive, from_dict
+from metaprior.config import check_at_least, check_fits_in_memory, check_positive, from_dict
 from metaprior.meta.config import MetaConfig
 from metaprior.models import ARCHITECTURES, HQSNetConfig, PDNetConfig
 
@@ -31,6 +31,9 @@ class DataConfig:
             raise ValueError(f"dataset must be 'bsds' or 'demo', got {self.dataset!r}")
         check_at_least("data", 1, patch_size=self.patch_size, inner_batch=self.inner_batch,
                        outer_batch=self.outer_batch, val_batch=self.val_batch)
+        for name in ("inner_batch", "outer_batch", "val_batch"):
+            check_fits_in_memory(f"data: {name}", "--" + name.replace("_", "-"),
+                                 getattr(self, name), self.patch_size)
 
 
 @dataclass(frozen=True)

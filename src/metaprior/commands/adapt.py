@@ -225,7 +225,7 @@ def cmd_adapt(args) -> None:
     from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
     from metaprior.adapt_run import fine_tune_run
     from metaprior.checkpoint import load_model, resolve_model_path, save_model
-    from metaprior.config import resolve, section_values
+    from metaprior.config import check_fits_in_memory, resolve, section_values
 
     resolve(args, SECTIONS, extra=("adapt",))
     if args.ckpt_every < 0:
@@ -237,6 +237,7 @@ def cmd_adapt(args) -> None:
     if args.batch_size < 1 or args.patch_size < 0:
         raise ValueError(f"--batch-size must be >= 1 and --patch-size >= 0 (0: full images), "
                          f"got {args.batch_size} and {args.patch_size}")
+    check_fits_in_memory("--batch-size", "--batch-size", args.batch_size, args.patch_size)
     if args.lr_search is not None:
         check_lr_search(args.lr_search, args.measurements, args.eval_measurements)
     check_out_is_not_an_input(args.out, {"--model": resolve_model_path(args.model),

@@ -15,7 +15,7 @@ class EvaluateOptions:
     model: str  # model .safetensors, run folder or model name (metaprior.pretrained)
     tasks: tuple[str, ...] = ("denoise", "tv", "deblur", "inpaint", "sr2", "mri4")  # task names
     images: str = "set3c"  # set3c | demo | a folder
-    data_root: str | None = None  # data root (default $METAPRIOR_DATA)
+    data_root: str | None = None  # data root of --images set3c (default $METAPRIOR_DATA)
     json: str | None = None  # also write the per-image PSNRs here
     adapt_steps: int = 0  # also score after N inner steps on each image (Fig. 3; 0: off)
     seed: int = 0  # random seed of the operators and the noise
@@ -36,6 +36,9 @@ def cmd_evaluate(args) -> None:
     if args.adapt_steps < 0:
         raise ValueError(f"--adapt-steps must be >= 0 (0: no adaptation), got "
                          f"{args.adapt_steps}")
+    if args.data_root is not None and args.images != "set3c":
+        raise ValueError(f"--data-root applies to --images set3c (--images {args.images} is "
+                         f"read as given): drop --data-root")
     if args.json:
         check_output_file(args.json, "--json", ".json", overwrite=args.overwrite)
     model, meta = load_model(args.model, args.device)

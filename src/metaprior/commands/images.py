@@ -21,10 +21,24 @@ def image_files(folder: str, flag: str = "--images") -> list[Path]:
     return files
 
 
+#: The smallest image side the commands read (the denoisers work at half resolution).
+MIN_SIDE = 8
+
+
 def read_images(folder: str, color: bool, flag: str = "--images") -> list[torch.Tensor]:
+    """The images of the folder of option ``flag``, each (C, H, W) in [0, 1]; one-line errors
+    for an unreadable image or one smaller than ``MIN_SIDE`` a side."""
     from metaprior.data import load_image
 
-    return [load_image(p, gray=not color) for p in image_files(folder, flag)]
+    images = []
+    for path in image_files(folder, flag):
+        image = load_image(path, gray=not color)
+        if min(image.shape[-2:]) < MIN_SIDE:
+            h, w = image.shape[-2:]
+            raise ValueError(f"{flag}: {path} is {h}x{w} pixels: images must be at least "
+                             f"{MIN_SIDE}x{MIN_SIDE}")
+        images.append(image)
+    return images
 
 
 def task_peak(name: str) -> float | str:
