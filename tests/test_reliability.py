@@ -514,6 +514,28 @@ def test_reconstruct_deletes_nothing_it_did_not_write_and_names_images_after_inp
     assert Image.open(out / "recon_camera.png").size == (16, 16)
 
 
+def test_reconstruct_figure_shows_the_inputs_beside_the_reconstruction(sandbox, tmp_path):
+    """``reconstruct --figure`` adds ``figure.png``: one row per image, the columns y, A^T y,
+    the reconstruction and (where the file holds it) the ground truth, PSNRs under the
+    estimates; RGB pictures stay in colour. Without ``--figure`` no figure is written."""
+    model = str(sandbox / "model.safetensors")
+    imgs, y = _named_measurements(tmp_path)
+    main(["reconstruct", "--model", model, "--measurements", str(y), "--out",
+          str(tmp_path / "plain")])
+    assert not (tmp_path / "plain" / "figure.png").exists()
+    main(["reconstruct", "--model", model, "--measurements", str(y), "--out",
+          str(tmp_path / "fig"), "--figure"])
+    with Image.open(tmp_path / "fig" / "figure.png") as im:  # 2 rows, 4 columns
+        assert im.size == (4 * 160, 18 + 2 * (160 + 16)) and im.mode == "L"
+    bare = tmp_path / "bare.safetensors"
+    main(["measure", "--task", "inpaint", "--images", str(imgs), "--color", "--no-ground-truth",
+          "--out", str(bare)])
+    main(["reconstruct", "--model", model, "--measurements", str(bare), "--out",
+          str(tmp_path / "rgb"), "--figure"])
+    with Image.open(tmp_path / "rgb" / "figure.png") as im:  # no ground truth: 3 columns
+        assert im.size == (3 * 160, 18 + 2 * (160 + 16)) and im.mode == "RGB"
+
+
 def test_two_adapt_runs_on_one_out_are_refused_by_the_run_folder_lock(sandbox, tmp_path):
     """``adapt --ckpt-every`` locks ``OUT.run/`` with the lock meta-train uses: a second run
     on the same ``--out`` stops at once, naming the holder, and writes nothing."""

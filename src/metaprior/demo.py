@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from metaprior.adapt import AdaptConfig, parameters_of
-from metaprior.checkpoint import load_model, save_model, write_bytes_atomic
+from metaprior.checkpoint import load_model, save_model
+from metaprior.commands.images import figure
 from metaprior.data import demo_images
 from metaprior.evaluate import finetune_and_score, summarize, task_batches
 from metaprior.meta.problem import reconstruct
@@ -50,34 +51,6 @@ def earlier_demo(out: str | Path) -> list[Path]:
     """The files of an earlier demo in ``out`` (adapted models, figures)."""
     out = Path(out)
     return sorted([*out.glob("adapted_*.safetensors"), *out.glob("demo_*.png")])
-
-
-def figure(columns: dict[str, Tensor], scores: dict[str, list[float]], path: Path,
-           tile: int = 160) -> Path:
-    """A grid of images, one row per picture and one column per method, each tile labelled
-    with the method (header) and its PSNR; written atomically as PNG. ``columns`` maps a
-    label to (N, 1, H, W) images in [0, 1] (any H, W: tiles are resized, nearest)."""
-    import io
-
-    from PIL import Image, ImageDraw
-
-    n = next(iter(columns.values())).shape[0]
-    head, foot = 18, 16
-    canvas = Image.new("L", (tile * len(columns), head + n * (tile + foot)), 255)
-    draw = ImageDraw.Draw(canvas)
-    for j, (label, images) in enumerate(columns.items()):
-        draw.text((j * tile + 4, 3), label, fill=0)
-        for i in range(n):
-            arr = (images[i, 0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-            im = Image.fromarray(arr).resize((tile, tile), Image.NEAREST)
-            top = head + i * (tile + foot)
-            canvas.paste(im, (j * tile, top))
-            if label in scores:
-                draw.text((j * tile + 4, top + tile + 2), f"{scores[label][i]:.2f} dB", fill=0)
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="PNG")
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
 
 
 def run_demo(config: DemoConfig, device: str = "cpu", log=print) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from metaprior.commands.images import image_files, psnr_line, read_images
+from metaprior.commands.images import figure, image_files, psnr_line, read_images
 from metaprior.outputs import RunFolderError, check_output_file, check_writable_dir, write_or_keep
 
 
@@ -30,6 +30,7 @@ class ReconstructOptions:
     measurements: str  # measurement file
     out: str  # output folder of PNGs
     device: str = "cpu"  # torch device: cpu or cuda
+    figure: bool = False  # also write figure.png: y, A^T y, the reconstruction, ground truth
 
 
 def cmd_measure(args) -> None:
@@ -84,6 +85,27 @@ def cmd_reconstruct(args) -> None:
     print(f"wrote {len(x_hat)} image(s) to {out}")
     if batch.target is not None:
         print(f"PSNR: {psnr_line(model, parameters_of(model), batch)}")
+    if args.figure:
+        print(f"figure: {side_by_side(batch, x_hat, out / 'figure.png')}")
+
+
+def side_by_side(batch, x_hat: torch.Tensor, path: Path) -> Path:
+    """:func:`figure` of a measured batch: y (where it is a real image), A^T y, ``x_hat`` and,
+    where ``batch`` holds it, the ground truth, with the PSNRs of A^T y and ``x_hat``."""
+    from metaprior.commands.images import task_peak
+    from metaprior.metrics import psnr
+
+    with torch.no_grad():
+        columns = {"A^T y": batch.physics.A_adjoint(batch.y), "reconstruction": x_hat}
+    if not batch.y.is_complex() and batch.y.dim() == 4 and batch.y.shape[1] == x_hat.shape[1]:
+        columns = {"measurement y": batch.y, **columns}
+    scores = {}
+    if batch.target is not None:
+        columns["ground truth"] = batch.target
+        peak = task_peak(batch.task)
+        scores = {k: psnr(columns[k].clamp(0, 1), batch.target, peak).tolist()
+                  for k in ("A^T y", "reconstruction")}
+    return figure({k: v.cpu() for k, v in columns.items()}, scores, path)
 
 
 def write_png_atomic(path: Path, image: torch.Tensor) -> None:
