@@ -249,8 +249,8 @@ def test_fine_tune_resumed_from_a_state_equals_an_unbroken_run():
 def test_adapt_cli_resumes_a_long_run_bitwise(tmp_path):
     """``adapt --ckpt-every 2``: a 2-step run extended to 4 with ``--resume`` ends bitwise where
     an unbroken 4-step run ends (the patch stream replayed); ``--resume`` with another lr, fewer
-    steps, other data (a picture replaced) or without a checkpoint is a one-line error naming
-    what changed."""
+    steps, another model under the same path (a run folder trained on), other data (a picture
+    replaced) or without a checkpoint is a one-line error naming what changed."""
     train.meta_train(tiny_config(tmp_path / "run", steps=1), progress=False, log=lambda *_: None)
     imgs = write_pngs(tmp_path / "imgs", size=32)
     base = ["adapt", "--model", str(tmp_path / "run"), "--images", str(imgs), "--task", "sr2",
@@ -270,9 +270,16 @@ def test_adapt_cli_resumes_a_long_run_bitwise(tmp_path):
     state = latest_checkpoint(tmp_path / "cut.run") / "state.json"
     saved = json.loads(state.read_text())
     del saved["recipe"]["data"]["sha256"]  # a checkpoint written before data were checksummed
+    saved["recipe"].pop("model_sha256", None)  # or the model
     state.write_text(json.dumps(saved))
     main([*base[:2], str(tmp_path / "run") + "/", base[3], str(imgs) + "/", *base[5:],
           "--steps", "5", "--resume", "--out", str(tmp_path / "cut.safetensors")])
+    # the run folder's model trained on: its file is another θ under the same path
+    train.meta_train(tiny_config(tmp_path / "run", steps=1), progress=False, log=lambda *_: None,
+                     resume=True, steps=2)
+    with pytest.raises(SystemExit, match=r"--resume: the model changed since .*step_0000005 "
+                                         r"was written \(model_sha256\)"):
+        main([*base, "--steps", "6", "--resume", "--out", str(tmp_path / "cut.safetensors")])
     (imgs / "0.png").write_bytes((tmp_path / "imgs" / "1.png").read_bytes())
     with pytest.raises(SystemExit, match=r"--resume: the data changed since .*step_0000005"):
         main([*base, "--steps", "6", "--resume", "--out", str(tmp_path / "cut.safetensors")])

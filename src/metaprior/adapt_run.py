@@ -52,11 +52,12 @@ class AdaptRunResult(AdaptResult):
 
 def _first_change(saved, given, key: str = "") -> tuple[str, object, object] | None:
     """The first ``(dotted key, saved value, given value)`` where two JSON values differ; a
-    ``sha256`` the saved value lacks (a checkpoint written before data were checksummed) is
-    not compared, and two strings naming the same path (``imgs/``, ``./imgs``) are equal."""
+    checksum (a key ending in ``sha256``) the saved value lacks (a checkpoint written before
+    data and models were checksummed) is not compared, and two strings naming the same path
+    (``imgs/``, ``./imgs``) are equal."""
     if isinstance(saved, dict) and isinstance(given, dict):
         for k in sorted(set(saved) | set(given)):
-            if k == "sha256" and k not in saved:
+            if k.endswith("sha256") and k not in saved:
                 continue
             change = _first_change(saved.get(k), given.get(k), f"{key}.{k}" if key else k)
             if change:
@@ -71,18 +72,22 @@ def _first_change(saved, given, key: str = "") -> tuple[str, object, object] | N
     return None if saved == given else (key, saved, given)
 
 
-#: Recipe keys that identify the data a run adapts on (the rest are options).
+#: Recipe keys that identify the data a run adapts on, and the model it adapts (the rest are
+#: options).
 DATA_KEYS = ("data.sha256", "data.images", "data.measurements")
+MODEL_KEYS = ("model_sha256",)
 
 
 def check_resumable(latest: Path, state: dict, recipe: dict, steps: int) -> None:
     """A one-line error naming what differs between the checkpoint ``latest`` (its
-    ``state.json``) and the run asked for: the data (:data:`DATA_KEYS`), an option or a
+    ``state.json``) and the run asked for: the data (:data:`DATA_KEYS`), the model's file
+    (:data:`MODEL_KEYS`), an option or a
     step-rule field, or ``steps`` below the checkpoint's step."""
     change = _first_change(state.get("recipe", {}), recipe)
-    if change and change[0] in DATA_KEYS:
-        raise ValueError(f"--resume: the data changed since {latest} was written ({change[0]}):"
-                         f" adapt afresh with --overwrite")
+    if change and change[0] in DATA_KEYS + MODEL_KEYS:
+        what = "data" if change[0] in DATA_KEYS else "model"
+        raise ValueError(f"--resume: the {what} changed since {latest} was written "
+                         f"({change[0]}): adapt afresh with --overwrite")
     if change:
         key, old, new = ("its default" if v is None else v for v in change)
         raise ValueError(f"--resume: {latest} was adapted with {key.split('.')[-1]} {old}, not "

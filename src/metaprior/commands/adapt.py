@@ -276,6 +276,7 @@ def cmd_adapt(args) -> None:
                                 "batch_size": args.batch_size, "color": args.color})}
             recipe["data"]["sha256"] = digest(
                 [Path(args.measurements)] if args.measurements else image_files(args.images))
+            recipe["model_sha256"] = digest([resolve_model_path(args.model)])
             result = fine_tune_run(model, theta, stream(), config,
                                    Path(args.out).with_name(Path(args.out).stem + ".run"),
                                    recipe, args.ckpt_every, args.resume, callback=progress,
