@@ -107,12 +107,13 @@ def check_out_is_not_an_input(out: str | Path, inputs: dict[str, str | Path | No
                                  f"the input; choose another --out")
 
 
-def image_stream(args, task, device):
-    """Fine-tuning streams from an image folder, read once: each call of the returned factory
-    starts the same seeded stream of random patches (or full images)."""
+def image_stream(args, task, device, images: list[torch.Tensor] | None = None):
+    """Fine-tuning streams from an image folder, read once (or from its ``images``, read
+    already): each call of the returned factory starts the same seeded stream of random
+    patches (or full images)."""
     from metaprior.data import PatchSampler
 
-    images = read_images(args.images, args.color)
+    images = read_images(args.images, args.color) if images is None else images
     if args.patch_size > 0:
         try:  # a patch the task cannot measure (e.g. an odd side for SR ×2) is named as such
             task.sample(torch.zeros(1, images[0].shape[0], args.patch_size, args.patch_size),
@@ -158,14 +159,13 @@ def choose_lr(args, model, theta, task_name: str, rule, stream) -> tuple[float, 
                                 for lr, v in tried.items()) + f" -> {best:.3g}")
         return best, tried, "label-free"
     task = get_task(task_name)
-    pictures = [im.to(args.device) for im in read_images(args.lr_search, args.color,
-                                                         "--lr-search")]
+    pictures = read_images(args.lr_search, args.color, "--lr-search")
     search = argparse.Namespace(**{**vars(args), "images": args.lr_search})
     print(f"choosing the lr on {len(pictures)} picture(s) of {args.lr_search}: "
           f"{len(LR_SEARCH)}+ runs of {rule.steps} steps ...")
-    best, tried = search_lr(model, theta, image_stream(search, task, args.device), rule,
-                            task_batches(task, pictures, seed=args.seed + 2), lrs, extend=1,
-                            peak=task.peak)
+    held = task_batches(task, [im.to(args.device) for im in pictures], seed=args.seed + 2)
+    best, tried = search_lr(model, theta, image_stream(search, task, args.device, pictures),
+                            rule, held, lrs, extend=1, peak=task.peak)
     print("lr " + ", ".join(f"{lr:.3g}: " + ("diverged" if v is None else f"{v:.2f} dB")
                             for lr, v in tried.items()) + f" -> {best:.3g}")
     return best, tried, "psnr"
