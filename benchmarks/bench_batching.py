@@ -4,7 +4,7 @@ A meta-step's inner forward/backward runs at the shared θ for every task, so it
 task batches could go through PDNet as one batch of 4·B images (per-task operators aside).
 This script times exactly that network work, side by side in one process:
 
-* ``separate``: T calls on batches of B images (today's per-task path);
+* ``separate``: T calls on batches of B images (the current per-task path);
 * ``batched``: one call on T·B images (what batching would do at θ).
 
 Both for the forward pass and for the MAML inner step (forward, then the gradient with

@@ -6,7 +6,8 @@ The wall time is from ``RUN/config.json`` (written at start) to ``RUN/model.safe
 
 Usage::
 
-    python benchmarks/run_summary.py runs/bsds-d20-fo-2000 --out meta_train_d20_fo2000.json
+    python benchmarks/run_summary.py runs/bsds-d20-fo-2000 \
+        --out reproductions/results/meta_train_d20_fo2000.json
 """
 
 from __future__ import annotations
