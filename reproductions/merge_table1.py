@@ -7,6 +7,9 @@ Usage::
     python -m reproductions.merge_table1 --base reproductions/results/table1.json \
         --runs runs/table1/p1.json runs/table1/p2.json --out reproductions/results/table1.json
 
+``--baselines FILE ...`` adds the classical baselines' rows that the base lacks from other
+files (e.g. TV, TGV and wavelets of an earlier run beside runs that scored one model).
+
 Rows of later files replace those of earlier ones; the merged file lists where each row came
 from under ``"merged_from"``, its ``table`` is rebuilt from the merged rows, and its config's
 ``tasks`` and ``inits`` are those of all the files (so ``check_results`` checks every row).
@@ -29,9 +32,16 @@ def _visuals(path: str | Path) -> Path:
     return path.with_name(path.stem + "_visuals.safetensors")
 
 
-def merge(base: dict, runs: list[tuple[str, dict]], base_name: str) -> dict:
+def merge(base: dict, runs: list[tuple[str, dict]], base_name: str,
+          baselines: list[tuple[str, dict]] = ()) -> dict:
     out = json.loads(json.dumps(base))
     sources: dict = {"base": base_name, "rows": {}}
+    for name, run in baselines:  # classical baselines the base lacks, from other files
+        for task, rec in run["tasks"].items():
+            have = out["tasks"].get(task, {}).get("baselines", {})
+            for row in set(rec["baselines"]) - set(have) if task in out["tasks"] else ():
+                have[row] = rec["baselines"][row]
+                sources["rows"][f"{task}/{row}"] = name
     for name, run in runs:
         for key in ("meta_sup", "meta_unsup", "joint"):
             if key in run.get("models", {}):
@@ -60,11 +70,14 @@ def main() -> None:
     p.add_argument("--base", required=True, help="the earlier full table (its rows are kept "
                    "unless a run replaces them)")
     p.add_argument("--runs", nargs="+", required=True, help="table JSONs whose rows win")
+    p.add_argument("--baselines", nargs="*", default=[], help="table JSONs whose classical "
+                   "baselines' rows are added where the base lacks them")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     base = json.loads(Path(args.base).read_text())
     runs = [(r, json.loads(Path(r).read_text())) for r in args.runs]
-    print(f"wrote {write_json(args.out, merge(base, runs, args.base))}")
+    extra = [(r, json.loads(Path(r).read_text())) for r in args.baselines]
+    print(f"wrote {write_json(args.out, merge(base, runs, args.base, extra))}")
     tensors = {}
     for source in (args.base, *args.runs):
         if _visuals(source).is_file():

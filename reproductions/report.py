@@ -1,10 +1,11 @@
 r"""Figures and the markdown table of Table 1, rebuilt from the suite's JSON
 (:mod:`reproductions.table1`) without re-running anything.
 
-* ``finetune_curves_<task>.png``: PSNR vs fine-tuning steps for the meta-models, joint
-  pre-training and random initialisation, supervised and unsupervised (the paper's Fig. B.2),
-  with the best variational baseline, DPIR-FFDNet and the from-scratch PDNet as horizontal
-  lines.
+* ``finetune_curves_<task>.png``: PSNR vs fine-tuning steps (top row) and vs fine-tuning
+  wall time (bottom row) for the meta-models, joint pre-training (or the model in its slot)
+  and random initialisation, one panel per fine-tuning loss (the paper's Fig. B.2), with the
+  best variational baseline, DPIR-FFDNet (8 and 24 iterations) and the from-scratch PDNet as
+  horizontal lines (their seconds per image in the legend).
 * ``visual_<task>.png``: the first test image for every method (Fig. 4 for SR, Fig. B.3 for MRI).
 * the markdown table (ours beside the paper's numbers) between the markers
   ``<!-- table1:begin -->`` / ``<!-- table1:end -->`` of ``reproductions/table1.md``.
@@ -50,15 +51,20 @@ def _mean(values) -> float:
 
 
 def _reference_lines(r: dict) -> list[tuple[str, float, str]]:
-    """(label, PSNR, line style) of the best variational baseline, DPIR-FFDNet and the
-    from-scratch PDNet, where the task's results have them."""
+    """(label, PSNR, line style) of the best variational baseline, DPIR-FFDNet (8 and 24
+    iterations) and the from-scratch PDNet, where the task's results have them; a baseline's
+    label carries its seconds per image."""
+    def label(name: str) -> str:
+        return f"{name} ({r['baselines'][name]['sec_per_image']:.2g} s/image)"
+
     lines = []
     variational = [n for n in ("wavelet", "tv", "tgv") if n in r["baselines"]]
     if variational:
         best = max(variational, key=lambda n: _mean(r["baselines"][n]["psnr"]))
-        lines.append((best, _mean(r["baselines"][best]["psnr"]), ":"))
-    if "dpir-ffdnet" in r["baselines"]:
-        lines.append(("dpir-ffdnet", _mean(r["baselines"]["dpir-ffdnet"]["psnr"]), "--"))
+        lines.append((label(best), _mean(r["baselines"][best]["psnr"]), ":"))
+    for name, style in (("dpir-ffdnet", "--"), ("dpir24-ffdnet", (0, (6, 2, 1, 2)))):
+        if name in r["baselines"]:
+            lines.append((label(name), _mean(r["baselines"][name]["psnr"]), style))
     if "scratch" in r["pdnet"]:
         (steps, rec), = r["pdnet"]["scratch"]["steps"].items()
         lines.append((f"PDNet from scratch ({steps} steps)", _mean(rec["psnr"]), "-."))
@@ -66,34 +72,45 @@ def _reference_lines(r: dict) -> list[tuple[str, float, str]]:
 
 
 def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
-    """PSNR vs fine-tuning steps (Fig. B.2), one panel per fine-tuning loss."""
+    """PSNR vs fine-tuning steps (Fig. B.2) and vs fine-tuning wall time (a run's
+    ``finetune_seconds`` spread evenly over its steps), one column per fine-tuning loss."""
     r = results["tasks"][task]
     tags = [t for t in ("sup", "unsup", "ei") if any(k.endswith(f"_ft_{t}") for k in r["pdnet"])]
     if not tags:
         return None
     titles = {"sup": "supervised", "unsup": "unsupervised", "ei": "equivariant (no GT)"}
+    labels = dict(INIT_LABELS)
+    source = results.get("models", {}).get("joint", {}).get("source")
+    if source and not source.startswith("joint"):  # another model in the joint slot
+        labels["joint"] = source
     Figure = _figure_class()
-    fig = Figure(figsize=(5 * len(tags), 3.8))
-    axes = fig.subplots(1, len(tags), sharey=True, squeeze=False)
-    axes = axes[0]
-    for ax, tag in zip(axes, tags, strict=True):
-        title = titles[tag]
-        for init, label in INIT_LABELS.items():
+    fig = Figure(figsize=(5 * len(tags), 7.2))
+    axes = fig.subplots(2, len(tags), sharey=True, squeeze=False)
+    for column, tag in enumerate(tags):
+        by_steps, by_time = axes[0, column], axes[1, column]
+        for init, label in labels.items():
             run = r["pdnet"].get(f"{init}_ft_{tag}")
             if run is None:
                 continue
             steps = sorted(int(s) for s in run["steps"])
-            ax.plot([max(s, 0.5) for s in steps],
-                    [_mean(run["steps"][str(s)]["psnr"]) for s in steps], marker="o",
-                    label=label)
-        for name, value, style in _reference_lines(r):
-            ax.axhline(value, color="gray", ls=style, label=name)
-        ax.set_xscale("log")
-        ax.set_xlabel("fine-tuning steps (0 plotted at 0.5)")
-        ax.set_title(f"{TASK_TITLES.get(task, task)}: {title}")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("PSNR (dB)")
-    axes[0].legend(fontsize=7, loc="lower right")
+            psnrs = [_mean(run["steps"][str(s)]["psnr"]) for s in steps]
+            row = results.get("table", {}).get(task, {}).get(f"{init}_ft_{tag}_{steps[-1]}")
+            if row:
+                label = f"{label} ({row['sec_per_image']:.2g} s/image)"
+            by_steps.plot([max(s, 0.5) for s in steps], psnrs, marker="o", label=label)
+            per_step = run["finetune_seconds"] / max(steps[-1], 1)
+            by_time.plot([s * per_step for s in steps], psnrs, marker="o", label=label)
+        for ax in (by_steps, by_time):
+            for name, value, style in _reference_lines(r):
+                ax.axhline(value, color="gray", ls=style, label=name)
+            ax.grid(alpha=0.3)
+        by_steps.set_xscale("log")
+        by_steps.set_xlabel("fine-tuning steps (0 plotted at 0.5)")
+        by_steps.set_title(f"{TASK_TITLES.get(task, task)}: {titles[tag]}")
+        by_time.set_xlabel("fine-tuning wall time (s, as recorded by each run)")
+    for row in axes:
+        row[0].set_ylabel("PSNR (dB)")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
@@ -106,6 +123,7 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
     vis = load_tensors(visuals_path)
     r = results["tasks"][task]
     steps = results["config"]["steps"]
+    source = results.get("models", {}).get("joint", {}).get("source")
     panels = [("target", "ground truth", None)]
     for name, rec in r["baselines"].items():
         if f"{task}/{name}" in vis:
@@ -113,10 +131,12 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
     for init, tag, n in (("meta_sup", "sup", 0), ("meta_sup", "sup", 1), ("meta_sup", "sup", 20),
                          ("meta_unsup", "unsup", 1), ("meta_unsup", "unsup", 20),
                          ("meta_unsup", "unsup", steps), ("meta_unsup", "ei", steps),
+                         ("joint", "sup", 0), ("joint", "sup", steps), ("joint", "ei", steps),
                          ("random", "sup", steps)):
         key = f"{init}_ft_{tag}_{n}"
         if f"{task}/{key}" in vis:
-            panels.append((key, f"{init} {tag} {n} st.",
+            name = source if init == "joint" and source else init
+            panels.append((key, f"{name} {tag} {n} st.",
                            r["pdnet"][f"{init}_ft_{tag}"]["steps"][str(n)]["psnr"][0]))
     if f"{task}/scratch" in vis:
         run = r["pdnet"]["scratch"]

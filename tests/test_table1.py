@@ -319,3 +319,23 @@ def test_result_checks_take_a_learned_step_size_models_grid_from_its_inner_lr():
     broken["models"]["meta_unsup"]["meta_config"]["learn_inner_lr"] = False
     with pytest.raises(ValueError, match="lacks values of its start grid"):
         check_results(broken)
+
+
+def test_merge_adds_only_the_baselines_the_base_lacks():
+    """``merge_table1 --baselines``: the classical rows the base lacks come from the extra
+    file (and are credited to it); the base's own rows and the runs' rows are kept as they are,
+    and no model row of the extra file enters."""
+    from reproductions.merge_table1 import merge
+
+    results = COMMITTED.parent
+    base, run, extra = (json.loads((results / f"{n}.json").read_text()) for n in (
+        "table1_dpir24", "table1_dpir24_dihedral_sr_ei", "table1"))
+    merged = merge(base, [("run", run)], "base", [("extra", extra)])
+    sr = merged["tasks"]["sr2"]
+    assert set(sr["baselines"]) == set(base["tasks"]["sr2"]["baselines"]) | {"tv", "tgv",
+                                                                                 "wavelet"}
+    assert sr["baselines"]["tv"] == extra["tasks"]["sr2"]["baselines"]["tv"]
+    assert sr["baselines"]["dpir-ffdnet"] == base["tasks"]["sr2"]["baselines"]["dpir-ffdnet"]
+    assert set(sr["pdnet"]) == {"joint_ft_ei"}  # not table1.json's meta-models
+    assert merged["merged_from"]["rows"]["sr2/tv"] == "extra"
+    assert merged["table"]["sr2"]["joint_ft_ei_50"] == run["table"]["sr2"]["joint_ft_ei_50"]
