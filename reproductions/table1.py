@@ -80,6 +80,9 @@ class Table1Config:
     # a choice on an end of the grid extends it there geometrically by up to this many values
     # a side (the baselines' rule, metaprior.evaluate.geometric_search); 0: the grid as given
     lr_extend: int = 4  # lr values added past an edge choice of lr_grid, per side (0: none)
+    # how a ground-truth-free loss's lr is chosen: "psnr" (on the held-out images' ground
+    # truth) or "label-free" (the lowest held-out label-free loss: no ground truth read)
+    lr_criterion: str = "psnr"  # "psnr" | "label-free" (supervised runs: always psnr)
     # a meta-model with learned per-layer step sizes: its candidates are these multiples of its
     # learned steps instead (lr = its inner_lr × m), chosen the same way
     scale_grid: tuple[float, ...] = (0.3, 1.0, 3.0)
@@ -146,6 +149,9 @@ class Table1Config:
                              f"{self.lr_grid}, {self.scale_grid}")
         if self.optimizer not in ("", "adam", "sgd"):
             raise ValueError(f"optimizer must be '', 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.lr_criterion not in ("psnr", "label-free"):
+            raise ValueError(f"lr_criterion must be 'psnr' or 'label-free', got "
+                             f"{self.lr_criterion!r}")
         if self.lr_extend < 0:
             raise ValueError(f"lr_extend must be >= 0, got {self.lr_extend}")
         if any(s < 0 or s > self.steps for s in self.curve):
@@ -348,15 +354,18 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     of its ``lr``), extended past an edge choice by up to ``config.lr_extend`` values a side,
     whose ``config.steps``-step fine-tuning with the step rule ``rule`` (default:
     Adam) on ``data.select_stream`` scores the best mean PSNR on the held-out fine-tuning images
-    ``data.val`` (never the test images).
+    ``data.val`` (never the test images); for a ground-truth-free ``loss`` with
+    ``config.lr_criterion == "label-free"``, the lowest label-free loss on their measurements
+    (:func:`metaprior.evaluate.label_free_loss`; their ground truth is not read).
 
     Scores are cached in ``cache[key]`` per lr, fingerprinted by θ's bytes and the protocol, so
     a rerun reuses them and a wider grid only runs its new values.
 
     Returns:
-        ``{"best": lr, "grid": {lr: mean validation PSNR, None where it diverged} for every lr
-        tried, "at_grid_edge": bool (still on an end of the extended grid), "seconds": search
-        time, cached runs included}``.
+        ``{"best": lr, "grid": {lr: mean validation PSNR (or label-free loss), None where it
+        diverged} for every lr tried, "at_grid_edge": bool (still on an end of the extended
+        grid), "seconds": search time, cached runs included, "criterion": "psnr" or
+        "label-free"}``.
     """
     import hashlib
 
@@ -371,6 +380,10 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
                    "data": [data.about["lr_selection"], config.batch, config.patch_size,
                             config.mri_batch, config.grid_crop]}
     rule = rule or AdaptConfig()
+    criterion = ("label-free" if config.lr_criterion == "label-free" and loss != "supervised"
+                 else "psnr")
+    if criterion != "psnr":  # another score: another choice
+        fingerprint["criterion"] = criterion
     if rule.optimizer != "adam":
         fingerprint["optimizer"] = rule.optimizer
     if rule.frozen:  # parameters held fixed: another fine-tuning, another choice
@@ -390,7 +403,7 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
     cfg = replace(rule, steps=config.steps, loss=loss, prox_lambda=prox_lambda)
     try:
         best, tried = search_lr(model, theta, data.select_stream, cfg, data.val, lr_grid,
-                                config.lr_extend, data.peak, scores=scores)
+                                config.lr_extend, data.peak, scores=scores, criterion=criterion)
     except FloatingPointError:
         raise FloatingPointError(f"{key}: fine-tuning diverged at every lr tried "
                                  f"({sorted(float(k) for k in scores)})") from None
@@ -401,7 +414,8 @@ def choose_lr(model, theta, data: TaskData, loss: str, prox_lambda: float,
                         cache_path)
     grid = {str(lr): v for lr, v in tried.items()}
     edge = len(grid) > 1 and best in (min(tried), max(tried))
-    return {"best": best, "grid": grid, "at_grid_edge": edge, "seconds": seconds}
+    return {"best": best, "grid": grid, "at_grid_edge": edge, "seconds": seconds,
+            "criterion": criterion}
 
 
 def _random_init(model, seed: int):
@@ -529,9 +543,10 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                     chosen = choose_lr(model, theta, data, loss, prox, config, cache,
                                        f"{task_name}/{init}_ft_{tag}/lr", cache_path, rule)
                     lr = chosen["best"]
+                    unit = " dB" if chosen["criterion"] == "psnr" else " label-free loss"
                     log(f"  {task_name} {init:10s} {loss:12s} lr {lr:g} (validation " + ", ".join(
-                        f"{float(k):.3g}: " + ("diverged" if v is None else f"{v:.2f}")
-                        for k, v in chosen["grid"].items()) + " dB)"
+                        f"{float(k):.3g}: " + ("diverged" if v is None else f"{v:.4g}")
+                        for k, v in chosen["grid"].items()) + unit + ")"
                         + (" (at the edge of its grid)" if chosen["at_grid_edge"] else ""))
                 run = finetune_curve(model, theta, data, loss, config.steps, lr, prox,
                                      config.curve, visual_at=(0, 1, 20, config.steps),
@@ -543,7 +558,7 @@ def run_table1(config: Table1Config, out: str | Path, data_root=None, device="cp
                     run["coarse_iterations"] = applied.coarse_iterations
                 if chosen is not None:
                     run["lr_selection"] = {k: chosen[k] for k in ("grid", "at_grid_edge",
-                                                                  "seconds")}
+                                                                  "seconds", "criterion")}
                 for n, v in run.pop("visuals").items():
                     visuals[f"{task_name}/{init}_ft_{tag}_{n}"] = v
                 runs[f"{init}_ft_{tag}"] = run
@@ -791,7 +806,9 @@ def check_results(results: dict) -> None:
                     # lr_extend values a side at most (a config without it: none)
                     need(len(tried) - len(base) <= 2 * config.get("lr_extend", 0),
                          f"{task}/{name}: lr selection grid extends past lr_extend")
-                    need(grid[str(run["lr"])] == max(v for v in grid.values() if v is not None),
+                    valid = [v for v in grid.values() if v is not None]
+                    label_free = run["lr_selection"].get("criterion") == "label-free"
+                    need(grid[str(run["lr"])] == (min(valid) if label_free else max(valid)),
                          f"{task}/{name}: lr is not the held-out best")
         for name, rec in [*baselines.items(),
                           *((f"{k}@{n}", v) for k, run in r["pdnet"].items()

@@ -339,3 +339,43 @@ def test_merge_adds_only_the_baselines_the_base_lacks():
     assert set(sr["pdnet"]) == {"joint_ft_ei"}  # not table1.json's meta-models
     assert merged["merged_from"]["rows"]["sr2/tv"] == "extra"
     assert merged["table"]["sr2"]["joint_ft_ei_50"] == run["table"]["sr2"]["joint_ft_ei_50"]
+
+
+def test_table1_chooses_a_label_free_lr_without_reading_ground_truth():
+    """``lr_criterion="label-free"``: a ground-truth-free loss's lr is the one with the lowest
+    held-out label-free loss (the held-out images' targets are NaN here: never read), recorded
+    with its criterion and fingerprinted apart from a PSNR choice; a supervised loss keeps
+    the PSNR criterion."""
+    from dataclasses import replace
+
+    import torch
+
+    import metaprior as mp
+    from metaprior.models import HQSNet, HQSNetConfig
+    from reproductions.table1 import Table1Config, TaskData, choose_lr
+
+    model = HQSNet.seeded(HQSNetConfig(iterations=2, init_iters=5, pretrained=False), 0)
+    theta = mp.parameters_of(model)
+    task = replace(mp.get_task("sr2"), noise_sigma=0.01)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, 16, 16, generator=g)
+
+    def stream():
+        gen = torch.Generator().manual_seed(1)
+        return lambda step: task.sample(images[:2], gen)
+
+    val = task.sample(images[2:], torch.Generator().manual_seed(2))
+    blind = replace(val, x=torch.full_like(val.x, float("nan")),
+                    target=torch.full_like(val.target, float("nan")))
+    data = TaskData("sr2", 1.0, stream, stream, [blind], [], [], [], {"lr_selection": "test"})
+    config = Table1Config(steps=2, curve=(0, 1), lr_grid=(1e-3, 1e-2), lr_extend=0,
+                          lr_criterion="label-free")
+    rule = mp.AdaptConfig(frozen=("denoiser",))
+    cache: dict = {}
+    chosen = choose_lr(model, theta, data, "equivariant", 0.0, config, cache, "k", rule=rule)
+    assert chosen["criterion"] == "label-free"
+    assert str(chosen["best"]) == min(chosen["grid"], key=lambda k: chosen["grid"][k]) and all(
+        v is not None and v > 0 for v in chosen["grid"].values())
+    assert cache["k"]["fingerprint"]["criterion"] == "label-free"
+    with pytest.raises(ValueError, match="lr_criterion must be"):
+        Table1Config(lr_criterion="ssim")
