@@ -900,13 +900,17 @@ def test_an_example_without_its_data_root_ends_in_one_line(tmp_path):
     assert lines[0].startswith("error: ") and "absent" in lines[0]
 
 
-def test_api_mistakes_are_one_line_value_errors_naming_the_argument():
+def test_api_mistakes_are_one_line_value_errors_naming_the_argument(tmp_path):
+    import deepinv as dinv
+
     import metaprior as mp
 
     model = PDNet(PDNetConfig(depth=2))
     theta = mp.parameters_of(model)
     batch = get_task("sr2").sample(torch.rand(1, 1, 16, 16))
+    blind = replace(batch, x=None, target=None)  # measurements alone
     rule = mp.AdaptConfig(steps=1)
+    tmp = tmp_path
     cases = [
         (lambda: mp.AdaptConfig(steps="5"), "adapt: steps must be of type int"),
         (lambda: mp.AdaptConfig(lr="1e-3"), "adapt: lr must be of type float"),
@@ -924,11 +928,45 @@ def test_api_mistakes_are_one_line_value_errors_naming_the_argument():
          r"fine_tune: next_batch\(0\) must return a TaskBatch"),
         (lambda: mp.fine_tune("model", theta, lambda s: batch, rule),
          "fine_tune: model must be a torch.nn.Module"),
+        (lambda: mp.fine_tune(model, {**theta, "layers.0.weight": torch.zeros(1)},
+                              lambda s: batch, rule), "theta's 'layers.0.weight' is"),
+        (lambda: mp.reconstruct(model, {**theta, "layers.0.weight": torch.zeros(1)}, batch),
+         "reconstruct: theta's 'layers.0.weight' is"),
+        (lambda: mp.fine_tune(model, theta, lambda s: blind, replace(rule, loss="supervised")),
+         "the supervised loss needs ground truth"),
+        (lambda: mp.finetune_and_score(model, theta, lambda s: batch, rule, [blind]),
+         "batches must hold ground truth"),
+        (lambda: mp.label_free_loss(model, theta, []), "label_free_loss: batches is empty"),
+        (lambda: mp.label_free_loss(model, theta, [batch], kind="supervised"),
+         "label_free_loss: kind must be"),
+        (lambda: mp.finetune_and_score(model, theta, lambda s: batch, rule, [batch],
+                                       keep=(-1,)), "keep must hold steps >= 0"),
+        (lambda: mp.fine_tune(model, theta, lambda s: batch,
+                              replace(rule, lr_scales={"layers.0.weight": 1.0})),
+         "lr_scales lacks"),
+        (lambda: mp.fine_tune(model, theta, lambda s: batch,
+                              replace(rule, lr_scales={**{k: 1.0 for k in theta}, "nope": 1.0})),
+         "lr_scales names parameters the model lacks: nope"),
+        (lambda: mp.task_from_physics("pr", dinv.physics.Physics(A=lambda x: x.abs())),
+         "physics must be a deepinv LinearPhysics"),
+        (lambda: mp.task_from_physics("id", torch.nn.Identity()),
+         "physics must be a deepinv LinearPhysics"),
+        (lambda: mp.task_from_physics("t", dinv.physics.Denoising(), target=3),
+         "target must be a callable"),
+        (lambda: mp.save_measurements(tmp / "inf.safetensors",
+                                      replace(batch, y=torch.full_like(batch.y, float("inf")))),
+         "save_measurements: 'y' holds non-finite values"),
+        (lambda: mp.save_measurements(tmp / "gt.safetensors", blind),
+         "save_measurements: the batch holds no ground truth"),
+        (lambda: mp.save_model(tmp / "m.safetensors", model,
+                               {**theta, "layers.0.weight": torch.zeros(1)}),
+         "save_model: params' 'layers.0.weight' is"),
     ]
     for call, fragment in cases:
         with pytest.raises(ValueError, match=fragment) as exc:
             call()
         assert "\n" not in str(exc.value)
+    assert not list(tmp_path.iterdir()), "a refused save wrote a file"
 
 
 def test_the_demo_replaces_an_earlier_demo_only_with_overwrite(tmp_path):
@@ -989,3 +1027,50 @@ def test_adapt_checks_its_own_options_before_loading_the_model(tmp_path):
         main(base)
     with pytest.raises(SystemExit, match=r"bad\.safetensors"):
         main([*base, "--task", "sr2"])
+
+
+def test_api_edge_cases_a_user_meets_with_deepinv_operators(tmp_path):
+    """Found by a new user of the Python API: an ``sr-family`` measurement (deepinv buffers
+    that share memory) saves and loads; PDNet reconstructs a batch of two through deepinv's
+    MRI (a non-contiguous adjoint); the cached ‖A‖² follows deepinv's ``physics.update``;
+    ``frozen`` prefixes never split a number (``convs.1`` is not ``convs.10``); a reserved
+    metadata key is refused; a malformed ``MODELS.json`` is named in one line."""
+    import deepinv as dinv
+
+    import metaprior as mp
+    from metaprior.models import HQSNet, HQSNetConfig
+    from metaprior.physics.operators import operator_norm_sq
+
+    batch = get_task("sr-family").sample(torch.rand(1, 1, 32, 32),
+                                         torch.Generator().manual_seed(3))
+    mp.save_measurements(tmp_path / "fam.safetensors", batch)
+    again = mp.load_measurements(tmp_path / "fam.safetensors")
+    assert torch.allclose(again.physics.A(batch.x), batch.physics.A(batch.x))
+
+    mri = dinv.physics.MRI(mask=torch.ones(8, 8), img_size=(2, 8, 8))
+    x = torch.rand(2, 2, 8, 8)
+    assert PDNet(PDNetConfig(depth=2))(mri.A(x), mri).shape == (2, 2, 8, 8)
+
+    kernel = torch.zeros(1, 1, 5, 5)
+    kernel[..., 2, 1:4] = 1 / 3
+    blur = dinv.physics.BlurFFT((1, 16, 16), filter=kernel)
+    first = operator_norm_sq(blur, torch.rand(1, 1, 16, 16))
+    blur.update(filter=3 * kernel)
+    assert operator_norm_sq(blur, torch.rand(1, 1, 16, 16)) == pytest.approx(9 * first, rel=0.02)
+
+    model = HQSNet(HQSNetConfig(iterations=2, init_iters=5, pretrained=False))
+    theta = mp.parameters_of(model)
+    b = get_task("sr2").sample(torch.rand(1, 1, 16, 16))
+    rule = mp.AdaptConfig(steps=1, lr=0.1, loss="supervised", frozen=("denoiser.convs.1",))
+    phi = mp.fine_tune(model, theta, lambda s: b, rule).params
+    moved = {k for k in theta if not torch.equal(theta[k], phi[k])}
+    assert "denoiser.convs.10.weight" in moved and "denoiser.convs.1.weight" not in moved
+
+    with pytest.raises(ValueError, match="save_model: metadata 'architecture' 'pdnet' is not"):
+        mp.save_model(tmp_path / "m.safetensors", model, metadata={"architecture": "pdnet"})
+    assert not (tmp_path / "m.safetensors").exists()
+    bad = tmp_path / "zoo"
+    bad.mkdir()
+    (bad / "MODELS.json").write_text("garbage")
+    with pytest.raises(ValueError, match=r"zoo/MODELS.json is not a JSON object of models"):
+        mp.add_model_dir(bad)

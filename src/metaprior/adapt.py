@@ -16,7 +16,7 @@ from torch import nn
 
 from metaprior.config import _coerce, check_at_least, check_positive
 from metaprior.meta.inner import make_inner_optimizer
-from metaprior.meta.problem import inner_step, reconstruct
+from metaprior.meta.problem import check_params, inner_step, reconstruct
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 
@@ -60,6 +60,10 @@ class AdaptConfig:
                 for v in self.lr_scales.values())):
             raise ValueError(f"adapt: lr_scales must be None or a mapping of parameter names to "
                              f"numbers, got {type(self.lr_scales).__name__}")
+        for name, scale in (self.lr_scales or {}).items():
+            if not (math.isfinite(scale) and scale > 0):
+                raise ValueError(f"adapt: lr_scales[{name!r}] must be a finite number > 0, got "
+                                 f"{scale}")
         # a model file's JSON list becomes a tuple; anything else is refused
         object.__setattr__(self, "frozen", _coerce(AdaptConfig, "frozen", self.frozen,
                                                    "adapt: "))
@@ -161,12 +165,21 @@ def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:
     if set(theta) != names:
         raise ValueError(f"fine_tune: theta's names {sorted(set(theta) ^ names)[:3]} do not match "
                          f"the model's parameters: use parameters_of(model)")
+    check_params(model, theta, "fine_tune")
     if not callable(next_batch):
         raise ValueError(f"fine_tune: next_batch must be a function step -> TaskBatch, got "
                          f"{type(next_batch).__name__}")
     if not isinstance(config, AdaptConfig):
         raise ValueError(f"fine_tune: config must be an AdaptConfig, got "
                          f"{type(config).__name__}")
+    if config.lr_scales is not None:
+        missing, unknown = names - set(config.lr_scales), set(config.lr_scales) - names
+        if missing:
+            raise ValueError(f"adapt: lr_scales lacks {sorted(missing)[:3]}: give every "
+                             f"parameter's scale (model.lr_scales() where it has one)")
+        if unknown:
+            raise ValueError(f"adapt: lr_scales names parameters the model lacks: "
+                             f"{', '.join(sorted(unknown)[:3])}")
     if start is not None and not isinstance(start, AdaptState):
         raise ValueError(f"fine_tune: start must be an AdaptState or None, got "
                          f"{type(start).__name__}")
@@ -195,6 +208,14 @@ class AdaptState:
     step: int
     phi: Params
     opt_state: OptState
+
+
+def is_frozen(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether the parameter ``name`` starts with one of ``prefixes`` (``AdaptConfig.frozen``)
+    without splitting a number: ``denoiser`` holds ``denoiser_rgb.*`` too, ``convs.1`` holds
+    ``convs.1.weight`` but not ``convs.10.weight``."""
+    return any(name.startswith(p) and not (p[-1:].isdigit() and name[len(p):][:1].isdigit())
+               for p in prefixes)
 
 
 def parameters_of(model: nn.Module) -> Params:
@@ -277,10 +298,10 @@ def fine_tune(
     opt = make_inner_optimizer(config.optimizer, config.lrs(model))
     anchor = {k: v.detach() for k, v in theta.items()}
     first = start.step if start is not None else 0
-    phi = {k: v.detach().clone().requires_grad_(not k.startswith(tuple(config.frozen)))
+    phi = {k: v.detach().clone().requires_grad_(not is_frozen(k, config.frozen))
            for k, v in (start.phi if start is not None else theta).items()}
     for prefix in config.frozen:
-        if not any(k.startswith(prefix) for k in phi):
+        if not any(is_frozen(k, (prefix,)) for k in phi):
             tops = sorted({k.split(".")[0] for k in phi})
             raise ValueError(f"adapt: frozen prefix {prefix!r} names no parameter; the model's "
                              f"parameters start with {', '.join(tops)}")
@@ -301,11 +322,15 @@ def fine_tune(
         if not isinstance(batch, TaskBatch):
             raise ValueError(f"fine_tune: next_batch({step}) must return a TaskBatch (e.g. "
                              f"task.sample(x)), got {type(batch).__name__}")
+        if config.loss == "supervised" and batch.target is None:
+            raise ValueError(f"fine_tune: the supervised loss needs ground truth, and "
+                             f"next_batch({step}) holds measurements alone: use a label-free "
+                             f"loss (equivariant) or batches with targets")
         phi, state, loss = inner_step(model, phi, anchor, state, batch, opt, config.loss,
                                       config.prox_lambda, draw=step, autocast=dtype)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step "
-                                     f"{step}: lower --lr")
+                                     f"{step}: lower the lr (AdaptConfig.lr, --lr)")
         if not all(bool(torch.isfinite(v).all()) for v in phi.values()):
             raise FloatingPointError(f"non-finite weights after adaptation step {step}: "
                                      f"lower --lr")

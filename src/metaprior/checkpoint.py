@@ -82,20 +82,37 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[st
 
 def save_model(path: str | Path, model: nn.Module, params: Params | None = None,
                metadata: dict | None = None) -> Path:
-    """Write a model file atomically. ``params`` (default: the model's own) are the weights."""
+    """Write a model file atomically. ``params`` (default: the model's own) are the weights,
+    checked against the model; ``metadata`` is stored beside them, its ``architecture`` and
+    ``model_config`` taken from the model itself."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"model files end in .safetensors, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     weights = params if params is not None else dict(model.named_parameters())
+    shapes = {k: v.shape for k, v in model.named_parameters()}
+    if set(weights) != set(shapes):
+        raise ValueError(f"save_model: params' names {sorted(set(weights) ^ set(shapes))[:3]} do "
+                         f"not match the model's parameters: {path} not written")
+    for name, value in weights.items():
+        if value.shape != shapes[name] or value.dtype != torch.float32:
+            raise ValueError(f"save_model: params' {name!r} is {value.dtype} "
+                             f"{tuple(value.shape)}, the model's float32 {tuple(shapes[name])} "
+                             f"(the parameters of another model?): {path} not written")
     bad = [k for k, v in weights.items() if not bool(torch.isfinite(v.detach()).all())]
     if bad:
         raise FloatingPointError(f"model weights {bad[:3]} are not finite (a diverged run or a "
                                  f"non-finite learning rate): {path} not written")
-    meta = {"architecture": architecture_of(model),
-            "model_config": json.dumps(model.config.__dict__, sort_keys=True)}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in
-                 (metadata or {}).items()})
+    architecture = architecture_of(model)
+    given = (metadata or {}).get("architecture", architecture)
+    if given != architecture:
+        raise ValueError(f"save_model: metadata 'architecture' {given!r} is not the model's "
+                         f"({architecture!r}): drop it (the file would not load)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in
+            (metadata or {}).items()}
+    # written from the model itself, whatever ``metadata`` holds (e.g. a loaded file's own)
+    meta.update({"architecture": architecture,
+                 "model_config": json.dumps(model.config.__dict__, sort_keys=True)})
     save_tensors(path, dict(weights), meta)
     return path
 

@@ -114,9 +114,9 @@ def finetune_and_score(model, theta, next_batch: Callable[[int], TaskBatch], rul
                        batches: Sequence[TaskBatch], keep: Sequence[int] = (0,),
                        peak: float | str = 1.0, keep_first: Sequence[int] = ()) -> dict:
     """Fine-tune from θ with the step rule ``rule`` (an :class:`metaprior.adapt.AdaptConfig`)
-    on ``next_batch(step)`` and score ``batches`` after each number of steps in ``keep`` (and
-    after ``rule.steps``): the one fine-tune-then-score loop of every benchmark and
-    reproduction.
+    on ``next_batch(step)`` and score ``batches`` after each number of steps in ``keep`` (those
+    up to ``rule.steps``, and after ``rule.steps``): the one fine-tune-then-score loop of every
+    benchmark and reproduction.
 
     Args:
         peak: the metrics' data range (a task's :attr:`~metaprior.tasks.Task.peak`).
@@ -131,6 +131,11 @@ def finetune_and_score(model, theta, next_batch: Callable[[int], TaskBatch], rul
     from metaprior.adapt import fine_tune
     from metaprior.meta.problem import reconstruct
 
+    if any(b.target is None for b in batches):
+        raise ValueError("finetune_and_score: batches must hold ground truth to be scored "
+                         "(these hold measurements alone): score them with label_free_loss")
+    if any(int(s) < 0 for s in keep):
+        raise ValueError(f"finetune_and_score: keep must hold steps >= 0, got {sorted(keep)}")
     keep = sorted({int(s) for s in keep if s <= rule.steps} | {rule.steps})
     t0 = time.perf_counter()
     result = fine_tune(model, theta, next_batch, rule, keep=keep)
@@ -154,6 +159,11 @@ def label_free_loss(model, params, batches: Sequence[TaskBatch],
     part of the null space. Lower is better."""
     from metaprior.meta.problem import inner_loss
 
+    if kind not in ("unsupervised", "equivariant", "robust-equivariant"):
+        raise ValueError(f"label_free_loss: kind must be unsupervised, equivariant or "
+                         f"robust-equivariant (no ground truth), got {kind!r}")
+    if not batches:
+        raise ValueError("label_free_loss: batches is empty: give held-out measurements")
     with torch.no_grad():
         values = [float(inner_loss(model, params, params, b, kind, 0.0)) for b in batches]
     return sum(values) / len(values)

@@ -40,16 +40,29 @@ def save_measurements(path: str | Path, batch: TaskBatch, with_ground_truth: boo
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"measurement files end in .safetensors, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if with_ground_truth and batch.x is None:
+        raise ValueError("save_measurements: the batch holds no ground truth: pass "
+                         "with_ground_truth=False")
     tensors: dict[str, Tensor] = {"y": batch.y}
     if with_ground_truth:
         tensors["x"] = batch.x
         if batch.target is not batch.x:  # e.g. the TV task: target = prox_TV(x)
             tensors["target"] = batch.target
-    for name, buf in batch.physics.named_buffers():
-        tensors[f"physics.{name}"] = buf
-    meta = {"task": batch.task, "image_shape": json.dumps(list(batch.x.shape)),
+    for name, t in tensors.items():  # what load_measurements accepts, checked before writing
+        if t.dtype not in (torch.float32, torch.complex64):
+            raise ValueError(f"save_measurements: '{name}' is {t.dtype}: measurement files hold "
+                             f"float32 (complex64 measurements): measure float32 images")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"save_measurements: '{name}' holds non-finite values (inf or "
+                             f"NaN): {path} not written")
+    for name, buf in batch.physics.named_buffers():  # copies: deepinv's may share memory
+        tensors[f"physics.{name}"] = buf.detach().resolve_conj().clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"task": batch.task, "image_shape": json.dumps(list(
+        batch.x.shape if batch.x is not None else batch.physics.A_adjoint(batch.y).shape)),
             "noise_sigma": json.dumps(float(batch.noise_sigma))}
+    if batch.draw is not None:  # the operator's draw, so that loading redraws it
+        meta["draw"] = bytes(batch.draw.tolist()).hex()
     if names is not None:
         meta["names"] = json.dumps(_checked_names(list(names), len(batch.y), path))
     if images is not None:
@@ -101,7 +114,10 @@ def image_shape(path: str | Path, meta: dict | None = None) -> tuple[int, int, i
 def load_measurements(path: str | Path, device="cpu", task: Task | None = None) -> TaskBatch:
     """Rebuild the :class:`TaskBatch` stored by :func:`save_measurements` (``x``/``target``
     are ``None`` when the file holds no ground truth)."""
+    from metaprior.config import check_device
+
     path = Path(path)
+    check_device(str(device))
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a measurement file: give the .safetensors "
                          f"file `metaprior measure` wrote")
@@ -136,7 +152,15 @@ def load_measurements(path: str | Path, device="cpu", task: Task | None = None) 
         if name != "y" and tuple(t.shape) != shape:
             raise ValueError(f"{path}: '{name}' has shape {tuple(t.shape)}, its "
                              f"image_shape is {list(shape)}")
-    physics = task.make_physics(shape, torch.Generator().manual_seed(0), torch.device(device))
+    generator = torch.Generator().manual_seed(0)  # files written before draws were recorded
+    if "draw" in meta:
+        try:
+            generator.set_state(torch.tensor(list(bytes.fromhex(meta["draw"])),
+                                             dtype=torch.uint8))
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{path}: its 'draw' metadata is not a generator state: the file "
+                             f"is damaged") from None
+    physics = task.make_physics(shape, generator, torch.device(device))
     buffers = {k[len("physics."):]: v for k, v in tensors.items() if k.startswith("physics.")}
     if buffers:
         try:
@@ -163,4 +187,12 @@ def load_measurements(path: str | Path, device="cpu", task: Task | None = None) 
     if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
             and math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"{path}: 'noise_sigma' metadata must be a number >= 0, got {sigma!r}")
+    if x is not None:  # the rebuilt operator must reproduce y, up to the file's noise
+        with torch.no_grad():
+            residual = (physics.A(x) - y).abs().pow(2).mean().sqrt().item()
+        if residual > 5 * sigma + 1e-4:
+            raise ValueError(f"{path}: task {task.name!r} rebuilds an operator that does not "
+                             f"reproduce 'y' from 'x' (residual {residual:.3g}, noise "
+                             f"{sigma:g}): its factory draws differently from the one that "
+                             f"measured the file; measure again with this task")
     return TaskBatch(task.name, tensors["y"], physics, target, x, float(sigma))

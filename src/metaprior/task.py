@@ -35,6 +35,9 @@ class TaskBatch:
         x: (B, C, H, W) the clean images the batch was made from.
         noise_sigma: std of the Gaussian noise on ``y`` (0: none or unknown), for the
             noise-aware label-free loss (:func:`metaprior.losses.sure_loss`).
+        draw: the state of the generator the operator was drawn from (``Task.sample``), so that
+            :func:`metaprior.load_measurements` redraws the same operator (a family's member,
+            a random mask); ``None`` where unknown.
     """
 
     task: str
@@ -43,6 +46,7 @@ class TaskBatch:
     target: Tensor
     x: Tensor
     noise_sigma: float = 0.0
+    draw: Tensor | None = None
 
     def split(self, parts: int) -> list[TaskBatch | None] | None:
         r"""The batch in ``parts`` consecutive parts, samples ``[k B / parts, (k + 1) B /
@@ -120,6 +124,7 @@ class Task:
         if x.ndim != 4:
             raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        draw = generator.get_state()
         physics = self.make_physics(tuple(x.shape), generator, x.device)
         with torch.no_grad():
             try:
@@ -137,7 +142,7 @@ class Task:
                 e = torch.randn(y.shape, generator=generator, dtype=y.dtype)
                 y = y + sigma * e.to(y.device)
             target = x if self.target is None else self.target(x)
-        return TaskBatch(self.name, y, physics, target, x, sigma)
+        return TaskBatch(self.name, y, physics, target, x, sigma, draw)
 
 
 
@@ -199,13 +204,18 @@ def task_from_physics(
         def factory(shape, generator, device):
             return fixed.to(device)
         kind = type(physics).__name__
-    elif callable(physics):
+    elif callable(physics) and not isinstance(physics, (torch.nn.Module, type)):
         kind = getattr(physics, "__name__", type(physics).__name__)
         factory = partial(_noiseless_factory, physics, float(noise_sigma))
     else:
-        raise ValueError(f"task_from_physics: physics must be a deepinv LinearPhysics or a "
-                         f"factory (shape, generator, device) -> LinearPhysics, got "
-                         f"{type(physics).__name__}")
+        raise ValueError(f"task_from_physics: physics must be a deepinv LinearPhysics (an "
+                         f"instance) or a factory function (shape, generator, device) -> "
+                         f"LinearPhysics, got {type(physics).__name__}"
+                         + (" (a non-linear physics)" if isinstance(physics, torch.nn.Module)
+                            else ""))
+    if target is not None and not callable(target):
+        raise ValueError(f"task_from_physics: target must be a callable x -> target (or None: "
+                         f"the clean image), got {type(target).__name__}")
     return Task(name, factory, target=target, noise_sigma=noise_sigma,
                 params={"physics": kind, "fixed": isinstance(physics, LinearPhysics)})
 

@@ -43,8 +43,23 @@ from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 
 
+def check_params(model: nn.Module, params: Params, owner: str, what: str = "theta") -> None:
+    """One-line ``ValueError`` for ``params`` that name a parameter ``model`` lacks or hold one
+    of another shape (e.g. θ of a model with other iterations or depth)."""
+    shapes = {k: v.shape for k, v in model.named_parameters()}
+    for name, value in params.items():
+        if name not in shapes:
+            raise ValueError(f"{owner}: {what} names {name!r}, which the model lacks: use "
+                             f"parameters_of(model)")
+        if value.shape != shapes[name]:
+            raise ValueError(f"{owner}: {what}'s {name!r} is {tuple(value.shape)}, the model's "
+                             f"{tuple(shapes[name])}: use the parameters of this model "
+                             f"(parameters_of(model))")
+
+
 def reconstruct(model: nn.Module, params: Params, batch: TaskBatch) -> Tensor:
     """:math:`f_\\phi(y, A)` with the parameters ``params`` (``functional_call``)."""
+    check_params(model, params, "reconstruct")
     return functional_call(model, params, (batch.y, batch.physics))
 
 

@@ -367,7 +367,7 @@ class PDNet(Reconstructor):
             grad = physics.A_adjoint_A(x) - aty + W_adjoint(weight, u, planes).view(b, c, h, w)
             x_next = x - tau * grad
             if k < last:
-                u = dual_update(weight, lam, u, (2 * x_next - x).view(b * c, 1, h, w),
+                u = dual_update(weight, lam, u, (2 * x_next - x).reshape(b * c, 1, h, w),
                                 self.config.gamma)
             x = x_next
         return x, u

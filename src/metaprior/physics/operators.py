@@ -44,22 +44,30 @@ def operator_norm_sq(physics: LinearPhysics, x_like: Tensor) -> float:
 
     Uses the operator's ``norm_sq_bound`` attribute when set (all operators built here), else
     deepinv's power iteration on :math:`A^\top A` (200 iterations, tolerance 1e-5) with a
-    1.01 safety factor; the result is cached on the operator object.
+    1.01 safety factor, cached on the operator object with its tensors' identities and
+    versions and the image shape: a change of the operator (deepinv's ``physics.update``, an
+    in-place edit of a buffer) computes it anew.
 
     Args:
         physics: the operator.
         x_like: (B, C, H, W) tensor giving the image shape, dtype and device.
     """
     bound = getattr(physics, "norm_sq_bound", None)
-    if bound is None:
-        with torch.no_grad():
-            try:
-                est = physics.compute_sqnorm(x_like[:1], max_iter=200, tol=1e-5,
-                                             verbose=False)
-            except RuntimeError:  # per-sample operators (a batch of masks) need the batch
-                est = physics.compute_sqnorm(x_like, max_iter=200, tol=1e-5, verbose=False)
-        bound = 1.01 * float(est)
-        physics.norm_sq_bound = bound
+    if bound is not None:
+        return bound
+    key = (tuple(x_like.shape[1:]), tuple(
+        (name, t.data_ptr(), t._version, tuple(t.shape))
+        for name, t in [*physics.named_buffers(), *physics.named_parameters()]))
+    cached = getattr(physics, "_norm_sq_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        try:
+            est = physics.compute_sqnorm(x_like[:1], max_iter=200, tol=1e-5, verbose=False)
+        except RuntimeError:  # per-sample operators (a batch of masks) need the batch
+            est = physics.compute_sqnorm(x_like, max_iter=200, tol=1e-5, verbose=False)
+    bound = 1.01 * float(est)
+    physics._norm_sq_cache = (key, bound)
     return bound
 
 

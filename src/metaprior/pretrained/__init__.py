@@ -33,6 +33,7 @@ def add_model_dir(folder: str | Path) -> Path:
     folder = Path(folder).resolve()
     if not (folder / "MODELS.json").is_file():
         raise FileNotFoundError(f"{folder} holds no MODELS.json")
+    _listing(folder)  # a malformed listing is refused here, not at the next load by name
     if folder not in _added:
         _added.append(folder)
     return folder
@@ -44,13 +45,27 @@ def model_dirs() -> list[Path]:
     return [_PACKAGE, *env, *_added]
 
 
+def _listing(folder: Path) -> dict[str, dict]:
+    """``folder/MODELS.json``: names to ``{"file": ...}`` entries, or a one-line error naming
+    the file."""
+    path = folder / "MODELS.json"
+    try:
+        listing = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        listing = None
+    if not (isinstance(listing, dict) and all(
+            isinstance(e, dict) and isinstance(e.get("file"), str) for e in listing.values())):
+        raise ValueError(f"{path} is not a JSON object of models (name -> {{\"file\": ..., "
+                         f"...}}): repair it or remove its folder from {ENV}")
+    return listing
+
+
 def _index() -> dict[str, tuple[Path, dict]]:
     index: dict[str, tuple[Path, dict]] = {}
     for folder in model_dirs():
-        listing = folder / "MODELS.json"
-        if not listing.is_file():  # a folder of METAPRIOR_MODEL_PATH: named by the error
+        if not (folder / "MODELS.json").is_file():  # of METAPRIOR_MODEL_PATH: named by the error
             continue
-        for name, entry in json.loads(listing.read_text()).items():
+        for name, entry in _listing(folder).items():
             index.setdefault(name, (folder, entry))
     return index
 
