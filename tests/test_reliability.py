@@ -937,6 +937,14 @@ def test_api_mistakes_are_one_line_value_errors_naming_the_argument(tmp_path):
         (lambda: mp.finetune_and_score(model, theta, lambda s: batch, rule, [blind]),
          "batches must hold ground truth"),
         (lambda: mp.label_free_loss(model, theta, []), "label_free_loss: batches is empty"),
+        (lambda: mp.search_lr(model, theta, lambda: (lambda s: batch), rule, [], [1e-3]),
+         "search_lr: batches is empty"),
+        (lambda: mp.task_from_physics("crop", dinv.physics.LinearPhysics(
+            A=lambda x: x, A_adjoint=lambda y: y[..., :8, :8])).sample(torch.rand(1, 1, 16, 16)),
+         r"its A_adjoint returns \(1, 1, 8, 8\) for images \(1, 1, 16, 16\)"),
+        (lambda: mp.task_from_physics("rgb-mask", dinv.physics.Inpainting(
+            img_size=(3, 16, 16), mask=0.5)).sample(torch.rand(1, 1, 16, 16)),
+         r"its A_adjoint returns \(1, 3, 16, 16\) for images \(1, 1, 16, 16\)"),
         (lambda: mp.label_free_loss(model, theta, [batch], kind="supervised"),
          "label_free_loss: kind must be"),
         (lambda: mp.finetune_and_score(model, theta, lambda s: batch, rule, [batch],

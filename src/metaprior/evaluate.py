@@ -240,6 +240,8 @@ def search_lr(model, theta, stream: Callable[[], Callable[[int], TaskBatch]], ru
 
     if criterion not in ("psnr", "label-free"):
         raise ValueError(f"criterion must be 'psnr' or 'label-free', got {criterion!r}")
+    if not batches:
+        raise ValueError("search_lr: batches is empty: give held-out batches to score")
     label_free = criterion == "label-free"
     scores = {} if scores is None else scores
 

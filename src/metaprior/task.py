@@ -135,6 +135,11 @@ class Task:
                     f"{tuple(x.shape)} ({str(e).splitlines()[0][:200]}); an operator built for "
                     f"one image size serves that size only: give task_from_physics a factory "
                     f"(shape, generator, device) -> physics") from None
+            shape = tuple(physics.A_adjoint(y).shape)
+            if shape != tuple(x.shape):
+                raise ValueError(f"task {self.name!r}: its A_adjoint returns {shape} for images "
+                                 f"{tuple(x.shape)}: an operator must map its measurements "
+                                 f"back to the image's shape (channels included)")
             sigma = self.noise_sigma
             if self.noise_max > sigma:
                 sigma += (self.noise_max - sigma) * float(torch.rand((), generator=generator))
