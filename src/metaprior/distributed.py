@@ -97,15 +97,20 @@ def _learn_peers(backend: str) -> None:
     _PEERS[:] = [(int(t[0]), int(t[1])) for t in everyone]
 
 
-def _dead_peers() -> list[int]:
-    """Ranks on this machine whose process no longer exists (other machines: unknown)."""
-    dead = []
-    for r, (pid, host) in enumerate(_PEERS):
-        if r == rank() or host != _host_id():
-            continue
-        if not _alive(pid):
-            dead.append(r)
-    return dead
+def _dead_peers(wait: float = 2.0) -> list[int]:
+    """Ranks on this machine whose process no longer exists (other machines: unknown),
+    waiting up to ``wait`` seconds for one to be gone: a killed process closes its sockets,
+    which is how this rank learns of it, before the kernel marks it dead."""
+    import time
+
+    local = [(r, pid) for r, (pid, host) in enumerate(_PEERS)
+             if r != rank() and host == _host_id()]
+    deadline = time.monotonic() + wait
+    while True:
+        dead = [r for r, pid in local if not _alive(pid)]
+        if dead or not local or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
