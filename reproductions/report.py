@@ -71,6 +71,13 @@ def _reference_lines(r: dict) -> list[tuple[str, float, str]]:
     return lines
 
 
+def _joint_slot(results: dict) -> str | None:
+    """The name of the model in the ``joint`` slot when it is not a joint pre-training (e.g.
+    the recommended model run under the Table 1 protocol), else ``None``."""
+    source = results.get("models", {}).get("joint", {}).get("source")
+    return source if source and not source.startswith("joint") else None
+
+
 def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
     """PSNR vs fine-tuning steps (Fig. B.2) and vs fine-tuning wall time (a run's
     ``finetune_seconds`` spread evenly over its steps), one column per fine-tuning loss."""
@@ -79,10 +86,7 @@ def finetune_curves(results: dict, task: str, path: Path) -> Path | None:
     if not tags:
         return None
     titles = {"sup": "supervised", "unsup": "unsupervised", "ei": "equivariant (no GT)"}
-    labels = dict(INIT_LABELS)
-    source = results.get("models", {}).get("joint", {}).get("source")
-    if source and not source.startswith("joint"):  # another model in the joint slot
-        labels["joint"] = source
+    labels = {**INIT_LABELS, "joint": _joint_slot(results) or INIT_LABELS["joint"]}
     Figure = _figure_class()
     fig = Figure(figsize=(5 * len(tags), 7.2))
     axes = fig.subplots(2, len(tags), sharey=True, squeeze=False)
@@ -123,7 +127,7 @@ def visual(results: dict, visuals_path: Path, task: str, path: Path) -> Path:
     vis = load_tensors(visuals_path)
     r = results["tasks"][task]
     steps = results["config"]["steps"]
-    source = results.get("models", {}).get("joint", {}).get("source")
+    source = _joint_slot(results)
     panels = [("target", "ground truth", None)]
     for name, rec in r["baselines"].items():
         if f"{task}/{name}" in vis:

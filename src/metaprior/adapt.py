@@ -330,10 +330,10 @@ def fine_tune(
                                       config.prox_lambda, draw=step, autocast=dtype)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite {config.loss} loss at adaptation step "
-                                     f"{step}: lower the lr (AdaptConfig.lr, --lr)")
+                                     f"{step}: lower --lr (AdaptConfig.lr)")
         if not all(bool(torch.isfinite(v).all()) for v in phi.values()):
             raise FloatingPointError(f"non-finite weights after adaptation step {step}: "
-                                     f"lower --lr")
+                                     f"lower --lr (AdaptConfig.lr)")
         if check_finite and step + 1 == config.steps:  # finite weights, inf or NaN output
             _check_reconstruction(model, phi, batch, config.steps)
         losses.append(float(loss))
@@ -376,7 +376,7 @@ def _check_reconstruction(model: nn.Module, phi: Params, batch: TaskBatch, steps
     with torch.no_grad():
         if not bool(torch.isfinite(reconstruct(model, phi, batch)).all()):
             raise FloatingPointError(f"the adapted model's reconstruction is not finite after "
-                                     f"{steps} steps (diverged): lower --lr")
+                                     f"{steps} steps (diverged): lower --lr (AdaptConfig.lr)")
 
 
 def load_into(model: nn.Module, params: Params) -> nn.Module:

@@ -157,11 +157,13 @@ def label_free_loss(model, params, batches: Sequence[TaskBatch],
     adaptation it estimates, without ground truth, how well ``params`` reconstruct the
     operator's data: SURE does not reward fitting the noise, and the equivariant term sees
     part of the null space. Lower is better."""
+    from metaprior.losses import LOSSES
     from metaprior.meta.problem import inner_loss
 
-    if kind not in ("unsupervised", "equivariant", "robust-equivariant"):
-        raise ValueError(f"label_free_loss: kind must be unsupervised, equivariant or "
-                         f"robust-equivariant (no ground truth), got {kind!r}")
+    label_free = [k for k in LOSSES if k != "supervised"]
+    if kind not in label_free:
+        raise ValueError(f"label_free_loss: kind must be one of {', '.join(label_free)} (no "
+                         f"ground truth), got {kind!r}")
     if not batches:
         raise ValueError("label_free_loss: batches is empty: give held-out measurements")
     with torch.no_grad():
