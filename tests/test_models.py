@@ -434,6 +434,31 @@ def test_the_demo_adapts_the_shipped_model_without_ground_truth_and_writes_a_fig
     assert meta["adapted_to"] == "sr2" and meta["adapt_config"]["loss"] == "equivariant"
 
 
+def test_the_demo_meta_trains_first_with_meta_train_and_adapts_that_model(tmp_path, capsys):
+    """``demo --meta-train N``: N first-order steps across the operator families from the
+    given model (label-free inner step, as the model's rule), then the adaptation starts from
+    the meta-trained θ, not from the file it was warm-started from."""
+    from metaprior.cli import main
+    from metaprior.models import HQSNet, HQSNetConfig
+
+    start = tmp_path / "hqs.safetensors"
+    save_model(start, HQSNet(HQSNetConfig(iterations=2, init_iters=5, pretrained=False)),
+               metadata={"adapt": {"loss": "equivariant", "lr": 1e-2}})
+    main(["demo", "--model", str(start), "--meta-train", "2", "--size", "16", "--adapt-steps",
+          "1", "--out", str(tmp_path / "d")])
+    run = tmp_path / "d" / "meta-train"
+    config = json.loads((run / "config.json").read_text())
+    assert config["run"]["init_from"] == str(start) and config["optim"]["steps"] == 2
+    assert (config["meta"]["hypergradient"], config["meta"]["inner_loss"],
+            config["meta"]["inner_lr"]) == ("first_order", "equivariant", 1e-2)
+    assert str(run / "model.safetensors") in capsys.readouterr().out
+    trained, _ = load_model(run / "model.safetensors")
+    before, _ = load_model(start)
+    assert not torch.equal(trained.log_sigma, before.log_sigma)  # 2 outer steps moved θ
+    with pytest.raises(SystemExit, match="--meta-train"):
+        main(["demo", "--meta-train", "-1", "--out", str(tmp_path / "e")])
+
+
 def test_hqs_takes_a_batch_of_masks_without_a_norm_bound():
     """‖A‖² by power iteration on the whole batch when the operator is per-sample."""
     from metaprior.physics.operators import operator_norm_sq

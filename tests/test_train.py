@@ -399,3 +399,39 @@ def test_adapt_chooses_its_lr_on_held_out_measurements_without_ground_truth(tmp_
     with pytest.raises(SystemExit, match=r"--lr-search .* is the --measurements adapted on"):
         main(["adapt", "--model", str(model), "--measurements", str(y), "--lr-search", str(y),
               "--out", str(tmp_path / "b.safetensors")])
+
+
+@pytest.mark.parametrize("hypergradient", ["first_order", "maml"])
+def test_meta_train_frozen_holds_those_parameters_fixed_and_trains_the_rest(tmp_path,
+                                                                           hypergradient):
+    """``meta-train --frozen layers.0``: layer 0 ends bitwise as initialised in both loops
+    (its Adam state is never written), the other layer's filters move; the run resumes
+    bitwise."""
+    argv = ["meta-train", *TINY, "--frozen", "layers.0", "--hypergradient", hypergradient,
+            "--ckpt-every", "1", "--val-every", "1", "--no-progress"]
+    main([*argv, "--steps", "2", "--out", str(tmp_path / "ref")])
+    main([*argv, "--steps", "1", "--out", str(tmp_path / "cut")])
+    main([*argv, "--steps", "2", "--resume", "--out", str(tmp_path / "cut")])
+    start = train.MetaTrainer(tiny_config(tmp_path / "x", frozen=("layers.0",)), log=lambda *_: 0)
+    ref = load_tensors(tmp_path / "ref" / "model.safetensors")
+    cut = load_tensors(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(ref[k], cut[k]) for k in ref)
+    same = {name for name, p in start.model.named_parameters() if torch.equal(ref[name], p)}
+    assert {"layers.0.weight", "layers.0.lam"} <= same and "layers.1.weight" not in same
+    tensors = load_tensors(latest_checkpoint(tmp_path / "ref") / "state.safetensors")
+    assert not any(k.startswith("adam.layers.0.") for k in tensors)
+    assert load_model(tmp_path / "ref" / "model.safetensors")[1]["meta_config"]["frozen"] == [
+        "layers.0"]
+
+
+@pytest.mark.parametrize("frozen, match", [("nope", "frozen prefix 'nope' names no "
+                                                     "parameter; the model's parameters start "
+                                                     "with layers"),
+                                           ("layers", "holds every parameter fixed: nothing "
+                                                      "would train")])
+def test_meta_train_refuses_a_frozen_prefix_naming_nothing_or_everything(tmp_path, frozen,
+                                                                         match):
+    with pytest.raises(SystemExit, match=match):
+        main(["meta-train", *TINY, "--frozen", frozen, "--steps", "1", "--no-progress",
+              "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "config.json").exists()

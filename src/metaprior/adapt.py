@@ -16,7 +16,13 @@ from torch import nn
 
 from metaprior.config import _coerce, check_at_least, check_positive
 from metaprior.meta.inner import make_inner_optimizer
-from metaprior.meta.problem import check_params, inner_step, reconstruct
+from metaprior.meta.problem import (
+    check_frozen,
+    check_params,
+    inner_step,
+    is_frozen,
+    reconstruct,
+)
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 
@@ -210,14 +216,6 @@ class AdaptState:
     opt_state: OptState
 
 
-def is_frozen(name: str, prefixes: Sequence[str]) -> bool:
-    """Whether the parameter ``name`` starts with one of ``prefixes`` (``AdaptConfig.frozen``)
-    without splitting a number: ``denoiser`` holds ``denoiser_rgb.*`` too, ``convs.1`` holds
-    ``convs.1.weight`` but not ``convs.10.weight``."""
-    return any(name.startswith(p) and not (p[-1:].isdigit() and name[len(p):][:1].isdigit())
-               for p in prefixes)
-
-
 def parameters_of(model: nn.Module) -> Params:
     """Detached copies of a module's parameters, requiring grad (the functional θ)."""
     return {k: p.detach().clone().requires_grad_(True) for k, p in model.named_parameters()}
@@ -300,14 +298,7 @@ def fine_tune(
     first = start.step if start is not None else 0
     phi = {k: v.detach().clone().requires_grad_(not is_frozen(k, config.frozen))
            for k, v in (start.phi if start is not None else theta).items()}
-    for prefix in config.frozen:
-        if not any(is_frozen(k, (prefix,)) for k in phi):
-            tops = sorted({k.split(".")[0] for k in phi})
-            raise ValueError(f"adapt: frozen prefix {prefix!r} names no parameter; the model's "
-                             f"parameters start with {', '.join(tops)}")
-    if config.frozen and not any(p.requires_grad for p in phi.values()):
-        raise ValueError(f"adapt: frozen {config.frozen} holds every parameter fixed: "
-                         f"nothing would adapt")
+    check_frozen(list(phi), config.frozen, "adapt")
     state = start.opt_state if start is not None else opt.init(phi)
     batch = None
     for step in range(first):  # replay the stream

@@ -10,8 +10,10 @@
    :math:`A^\\top y`, total variation (its weight grid-searched on two *other* pictures), the
    model before and after adaptation, and write a figure of all of them.
 
-Meta-training has its own command, ``metaprior meta-train``
-(``examples/meta_train_own_family.py`` meta-trains on scikit-image's pictures).
+With ``meta_train`` (``--meta-train N``) the model is first meta-trained for N first-order
+MAML steps across the five operator families on scikit-image's other pictures, its inner step
+the label-free rule above (what it holds fixed held fixed), and that model is adapted instead:
+the whole product in one command, at toy scale. Real runs use ``metaprior meta-train``.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ class DemoConfig:
     seed: int = 0  # random seed
     out: str = "runs/demo"  # output folder
     overwrite: bool = False  # replace an earlier demo's output in --out (refused without it)
+    meta_train: int = 0  # first meta-train the model this many steps (0: adapt it as shipped)
 
 
 def earlier_demo(out: str | Path) -> list[Path]:
     """The files of an earlier demo in ``out`` (adapted models, figures)."""
     out = Path(out)
-    return sorted([*out.glob("adapted_*.safetensors"), *out.glob("demo_*.png")])
+    return sorted([*out.glob("adapted_*.safetensors"), *out.glob("demo_*.png"),
+                   *out.glob("meta-train/config.json")])
 
 
 def run_demo(config: DemoConfig, device: str = "cpu", log=print) -> dict:
@@ -60,9 +64,11 @@ def run_demo(config: DemoConfig, device: str = "cpu", log=print) -> dict:
     if earlier and not config.overwrite:
         raise RunFolderError(f"--out {config.out} holds an earlier demo ({earlier[0]}): replace "
                              f"it with --overwrite or choose another --out")
-    if config.adapt_steps < 1 or not 16 <= config.size <= 1024:
-        raise ValueError(f"--adapt-steps must be >= 1 and --size must be in [16, 1024], got "
-                         f"{config.adapt_steps}, {config.size}")
+    if not 16 <= config.size <= 1024:
+        raise ValueError(f"--size must be in [16, 1024], got {config.size}")
+    if config.adapt_steps < 1 or config.meta_train < 0:
+        raise ValueError(f"--adapt-steps must be >= 1 and --meta-train >= 0, got "
+                         f"{config.adapt_steps}, {config.meta_train}")
     return _adapt_demo(config, device, log)
 
 
@@ -75,20 +81,59 @@ def _tv(task, images: list[Tensor], seed: int):
     return weight, bl.method("tv", weight)
 
 
+def _meta_train(config: DemoConfig, rule: AdaptConfig, device: str, log) -> Path:
+    """``config.meta_train`` first-order MAML steps from ``config.model`` across the operator
+    families on scikit-image's training pictures (32² patches), the inner step one step of
+    ``rule``'s label-free loss at its lr, the outer loss supervised, what ``rule`` holds fixed
+    held fixed in both loops; returns the model file."""
+    from metaprior.families import FAMILY_TASKS
+    from metaprior.meta.config import MetaConfig
+    from metaprior.train import meta_train
+    from metaprior.train_config import (
+        DataConfig,
+        NetworkConfig,
+        OptimConfig,
+        RunConfig,
+        TrainConfig,
+    )
+
+    model, meta = load_model(config.model)
+    families = tuple(task.name for task in FAMILY_TASKS)
+    section = "hqs" if meta["architecture"] == "hqs" else "model"
+    train = TrainConfig(**{section: model.config},
+                        network=NetworkConfig(architecture=meta["architecture"]),
+                        meta=MetaConfig(tasks=families, tasks_per_step=2,
+                                        objective="bilevel", hypergradient="first_order",
+                                        inner_loss=rule.loss, inner_lr=rule.lr,
+                                        frozen=rule.frozen, workers=1),
+                        data=DataConfig(dataset="demo", patch_size=32, inner_batch=4,
+                                        outer_batch=4, val_batch=4),
+                        optim=OptimConfig(steps=config.meta_train, lr=3e-3, schedule="constant"),
+                        run=RunConfig(out=str(Path(config.out) / "meta-train"), seed=config.seed,
+                                      device=device, val_every=0, init_from=config.model))
+    log(f"0/3 meta-training '{config.model}' {config.meta_train} first-order steps across "
+        f"{', '.join(families)} on scikit-image's training pictures ...")
+    return meta_train(train, log=lambda *_: None, progress=False, overwrite=config.overwrite)
+
+
 def _adapt_demo(config: DemoConfig, device: str, log) -> dict:
     t0 = time.perf_counter()
     model, meta = load_model(config.model, device)
-    theta = parameters_of(model)
     rule = AdaptConfig.from_model(meta, steps=config.adapt_steps, loss=config.loss or None,
                                   lr=config.lr or None)
     if rule.loss == "supervised":
         raise ValueError("--loss: the demo adapts without ground truth: use equivariant or "
                          "unsupervised")
+    name = config.model
+    if config.meta_train:
+        name = str(_meta_train(config, rule, device, log))
+        model, _ = load_model(name, device)
+    theta = parameters_of(model)
     task = get_task(config.adapt_task)
     test = [im.to(device) for im in demo_images("test", size=config.size)]
     batch = task.sample(torch.stack(test), torch.Generator().manual_seed(config.seed))
     measured = replace(batch, target=None, x=None)  # the measurements alone
-    log(f"1/3 '{config.model}' ({type(model).__name__}, {sum(t.numel() for t in theta.values()):,}"
+    log(f"1/3 '{name}' ({type(model).__name__}, {sum(t.numel() for t in theta.values()):,}"
         f" parameters) on '{task.name}'; measuring 3 held-out pictures (camera, moon, clock; "
         f"{config.size}x{config.size})")
     weight, tv = _tv(task, [im.to(device) for im in demo_images("train", size=config.size)[:2]],

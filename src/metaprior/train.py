@@ -29,7 +29,7 @@ from metaprior import distributed
 from metaprior.config import to_dict
 from metaprior.data import PatchSampler, bsds500, demo_images
 from metaprior.meta.config import INNER_LR_PREFIX
-from metaprior.meta.problem import inner_adapt, reconstruct
+from metaprior.meta.problem import check_frozen, inner_adapt, is_frozen, reconstruct
 from metaprior.meta.step import meta_gradient
 from metaprior.metrics import psnr
 from metaprior.models import build_model
@@ -67,13 +67,15 @@ def image_pools(config: DataConfig) -> tuple[list, list]:
     return images[:6], images[6:]
 
 
-def outer_groups(model: torch.nn.Module, lr: float) -> list[dict]:
+def outer_groups(model: torch.nn.Module, lr: float, frozen: tuple[str, ...] = ()) -> list[dict]:
     """The outer optimizer's parameter groups: one per relative learning rate the model declares
-    (``model.lr_scales()``; one group at ``lr`` for a model that declares none)."""
+    (``model.lr_scales()``; one group at ``lr`` for a model that declares none), without the
+    ``frozen`` parameters."""
     scales = model.lr_scales() if hasattr(model, "lr_scales") else {}
     groups: dict[float, list] = {}
     for name, p in model.named_parameters():
-        groups.setdefault(float(scales.get(name, 1.0)), []).append(p)
+        if not is_frozen(name, frozen):
+            groups.setdefault(float(scales.get(name, 1.0)), []).append(p)
     return [{"params": ps, "base_lr": lr * s} for s, ps in groups.items()]
 
 
@@ -89,18 +91,20 @@ class MetaTrainer:
                                  seed).to(self.device)
         if config.run.init_from:
             self._warm_start(config.run.init_from)
+        check_frozen([k for k, _ in self.model.named_parameters()], config.meta.frozen,
+                     "meta-train")
         # learned inner learning rates, as logs (positive, and Adam moves them multiplicatively)
         self.log_inner_lr = {
             name: torch.nn.Parameter(torch.tensor(math.log(config.meta.inner_lr),
                                                   device=self.device))
-            for name, _ in self.model.named_parameters()} if config.meta.learn_inner_lr else {}
+            for name in self.trained()} if config.meta.learn_inner_lr else {}
         self.tasks = [get_task(name) for name in config.meta.tasks]
         inner_pool, outer_pool = image_pools(config.data)
         p = config.data.patch_size
         self.inner_sampler = PatchSampler(inner_pool, p, seed=seed + 1)
         self.outer_sampler = PatchSampler(outer_pool, p, seed=seed + 2)
         self.task_rng = torch.Generator().manual_seed(seed + 3)
-        groups = outer_groups(self.model, config.optim.lr)
+        groups = outer_groups(self.model, config.optim.lr, config.meta.frozen)
         if self.log_inner_lr:
             groups.append({"params": list(self.log_inner_lr.values()),
                            "base_lr": config.optim.inner_lr_lr})
@@ -122,12 +126,17 @@ class MetaTrainer:
                              f"{model.config} differs from this run's {self.model.config}")
         self.model.load_state_dict(model.state_dict())
 
+    def trained(self) -> dict[str, torch.nn.Parameter]:
+        """θ: the model's parameters but the ``meta.frozen`` ones (those run as they are)."""
+        return {k: p for k, p in self.model.named_parameters()
+                if not is_frozen(k, self.config.meta.frozen)}
+
     def inner_lrs(self) -> dict[str, torch.Tensor]:
         r"""The learned inner learning rates :math:`\eta_k = e^{s_k}` (empty if not learned)."""
         return {k: s.exp() for k, s in self.log_inner_lr.items()}
 
     def _named_outer_params(self) -> dict[str, torch.nn.Parameter]:
-        return {**dict(self.model.named_parameters()),
+        return {**self.trained(),
                 **{INNER_LR_PREFIX + k: v for k, v in self.log_inner_lr.items()}}
 
     # --- persistence ----------------------------------------------------------------------
@@ -218,7 +227,7 @@ class MetaTrainer:
         cfg = self.config
         t0 = time.perf_counter()
         lr = learning_rate(cfg.optim, self.step)
-        theta = dict(self.model.named_parameters())
+        theta = self.trained()
         lrs = {k: v.detach() for k, v in self.inner_lrs().items()} or None
         total, results = meta_gradient(self.model, theta, self.next_meta_batch(), cfg.meta, lrs)
         outer = sum(r.outer_loss for r in results)
@@ -229,13 +238,13 @@ class MetaTrainer:
                                   **r.info} for key, r in zip(_task_keys(results), results,
                                                               strict=True)}}
         if finite:
-            for name, p in self.model.named_parameters():
+            for name, p in theta.items():
                 p.grad = total[name].to(p.dtype)
             for name, s in self.log_inner_lr.items():  # d/ds = d/dη · η with η = e^s
                 s.grad = (total[INNER_LR_PREFIX + name] * lrs[name]).to(s.dtype)
             if cfg.optim.grad_clip > 0:
                 record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), cfg.optim.grad_clip))
+                    theta.values(), cfg.optim.grad_clip))
             for group in self.optimizer.param_groups:  # one schedule, each group's base lr
                 group["lr"] = learning_rate(replace(cfg.optim, lr=group["base_lr"]), self.step)
             self.optimizer.step()
@@ -257,7 +266,7 @@ class MetaTrainer:
     def validate(self) -> dict:
         """PSNR (dB) on the fixed validation patches: the meta-model f_θ and the model after
         the K inner steps on that batch (the "inner" model of the paper's Fig. 3)."""
-        theta = {k: v.detach() for k, v in self.model.named_parameters()}
+        theta = {k: v.detach() for k, v in self.trained().items()}
         out = {}
         for batch in self.val_batches:
             meta_psnr = float(psnr(reconstruct(self.model, theta, batch), batch.target).mean())

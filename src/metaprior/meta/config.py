@@ -28,6 +28,8 @@ class MetaConfig:
     inner_steps: int = 1  # K (the paper uses 1 Adam step for PDNet)
     inner_optimizer: str = "adam"  # "adam" | "sgd"
     inner_lr: float = 3e-4  # inner learning rate η, also adaptation's default lr
+    # Held fixed in both loops, as AdaptConfig.frozen in adaptation: meta-train what adapts.
+    frozen: tuple[str, ...] = ()  # parameter-name prefixes held fixed (e.g. denoiser)
     # One inner learning rate per parameter tensor (W_k and λ_k of each layer), started at
     # inner_lr (Meta-SGD / MAML++'s per-layer rates), saved as the model's ``inner_lrs``;
     # adaptation then uses them (``AdaptConfig.lr_scales``).

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +55,27 @@ def check_params(model: nn.Module, params: Params, owner: str, what: str = "thet
             raise ValueError(f"{owner}: {what}'s {name!r} is {tuple(value.shape)}, the model's "
                              f"{tuple(shapes[name])}: use the parameters of this model "
                              f"(parameters_of(model))")
+
+
+def is_frozen(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether the parameter ``name`` starts with one of ``prefixes`` (``AdaptConfig.frozen``,
+    ``MetaConfig.frozen``) without splitting a number: ``denoiser`` holds ``denoiser_rgb.*``
+    too, ``convs.1`` holds ``convs.1.weight`` but not ``convs.10.weight``."""
+    return any(name.startswith(p) and not (p[-1:].isdigit() and name[len(p):][:1].isdigit())
+               for p in prefixes)
+
+
+def check_frozen(names: Sequence[str], prefixes: Sequence[str], owner: str) -> None:
+    """One-line ``ValueError`` for a frozen prefix that names none of the parameters ``names``,
+    or prefixes that hold every one of them fixed."""
+    for prefix in prefixes:
+        if not any(is_frozen(k, (prefix,)) for k in names):
+            tops = sorted({k.split(".")[0] for k in names})
+            raise ValueError(f"{owner}: frozen prefix {prefix!r} names no parameter; the "
+                             f"model's parameters start with {', '.join(tops)}")
+    if prefixes and all(is_frozen(k, prefixes) for k in names):
+        raise ValueError(f"{owner}: frozen {tuple(prefixes)} holds every parameter fixed: "
+                         f"nothing would {'adapt' if owner == 'adapt' else 'train'}")
 
 
 def reconstruct(model: nn.Module, params: Params, batch: TaskBatch) -> Tensor:
