@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from metaprior.outputs import machine_info
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # the repository root: reproductions
+from reproductions.machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 machine = machine_info

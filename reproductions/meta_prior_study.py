@@ -47,8 +47,8 @@ from metaprior.evaluate import pseudo_inverse, score, search_lr
 from metaprior.extras import require
 from metaprior.meta.problem import reconstruct
 from metaprior.metrics import mean_std
-from metaprior.outputs import machine_info
 from metaprior.tasks import mri_task, sr_task
+from reproductions.machine import machine_info
 from reproductions.table1 import centre_crop, spread, write_json
 
 HERE = Path(__file__).resolve().parent

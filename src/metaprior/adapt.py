@@ -35,24 +35,19 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 class AdaptConfig:
     steps: int = 50  # optimizer steps (Table 1: 50)
     lr: float = 1e-3  # learning rate η
-    # the last three need no ground truth; the last one uses the noise level (SURE instead of
-    # consistency)
+    # the last three need no ground truth; the last one uses the noise level (SURE)
     loss: str = "unsupervised"  # supervised | unsupervised | equivariant | robust-equivariant
     prox_lambda: float = 0.0  # λ of λ/2‖φ − θ‖²
     optimizer: str = "adam"  # "adam" | "sgd"
     # relative learning rates: each parameter tensor's rate over ``lr`` (a meta-model's learned
     # inner lrs divided by its inner_lr, see :meth:`from_model`); None: ``lr`` for every tensor
     lr_scales: Mapping[str, float] | None = None
-    # parameters held fixed, by name prefix (e.g. ("denoiser",): adapt HQSNet's schedule only,
-    # which is faster: no gradient of the fixed weights is computed)
+    # e.g. ("denoiser",): HQSNet's schedule only, faster (no gradient of the fixed weights)
     frozen: tuple[str, ...] = ()  # parameter-name prefixes held fixed during adaptation
-    # "bfloat16": mixed precision, the network's computations of each step under bfloat16
-    # autocast, the operator, the losses, φ and the optimizer state in float32 (faster where
-    # the hardware has bfloat16 arithmetic; best for rules that hold the weights fixed)
+    # bfloat16: the network under autocast; the operator, losses, φ, optimizer state in float32
     precision: str = "float32"  # bfloat16: mixed-precision steps (best with weights held fixed)
-    # adapt a copy of an unrolled model (HQSNet) with this many iterations, its schedule
-    # resampled from θ's, and carry the change over: φ = θ + R⁺(φ′ − θ′), R⁺ resampling back
-    # to the model's own iterations (:func:`coarse_problem`); steps cost about N/K as much
+    # HQSNet: φ = θ + R⁺(φ′ − θ′), R⁺ resampling the copy's schedule back to the model's
+    # iterations (:func:`coarse_problem`); steps cost about N/K as much
     coarse_iterations: int = 0  # adapt an N-iteration copy, carry its change over (0: the model)
 
     def __post_init__(self) -> None:

@@ -313,6 +313,3 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], d
     """(model weights, state tensors, state JSON) of a checkpoint folder."""
     return (load_tensors(path / "model.safetensors"), load_tensors(path / "state.safetensors"),
             json.loads((path / "state.json").read_text()))
-
-
-

@@ -78,18 +78,17 @@ APPLIES_WITH = {"meta.cg_iters": ("meta.hypergradient", "implicit"),
 
 
 def _add_meta_train(sub) -> None:
-    from metaprior.config import add_dataclass_arguments
     from metaprior.train_config import SECTIONS
 
-    p = sub.add_parser(
-        "meta-train", help="meta-train a network on training tasks (bilevel, eq. 2)",
-        description="Meta-train a network. Each outer step: per task, K inner steps on BSDS "
+    p = _add_command(
+        sub, "meta-train", SECTIONS, cmd_meta_train,
+        "meta-train a network on training tasks (bilevel, eq. 2)",
+        "Meta-train a network. Each outer step: per task, K inner steps on BSDS "
         "train+test patches, supervised outer loss on BSDS val patches, hypergradient by "
         "maml | first_order | implicit, or reptile's pseudo-gradient (K supervised steps on the "
         "task's two batches in turn) (or --objective joint: plain multi-task pre-training on "
         "the same batches, no inner step); outer Adam on their sum. Writes OUT/config.json, "
         "OUT/log.jsonl, OUT/checkpoints/, OUT/model.safetensors.")
-    p.add_argument("--config", help="JSON file of overrides: {\"model\": {...}, \"meta\": {...}}")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue from OUT/checkpoints/latest with its saved configuration "
                    "(--steps may extend it and --device move it; any other option that differs "
@@ -99,9 +98,6 @@ def _add_meta_train(sub) -> None:
                    "the new configuration and data have loaded); without it, or --resume, a "
                    "folder holding a run is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    add_dataclass_arguments(p, SECTIONS)
-    p.set_defaults(func=cmd_meta_train)
 
 
 def cmd_demo(args) -> None:

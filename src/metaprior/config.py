@@ -86,20 +86,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, sections: dict[str,
             comment = comments.get(f.name, "")  # a comment may say its default in its own words
             said = "(default" in comment or "default:" in comment
             text = comment if said else f"{comment} (default: {shown})"
-            if tp is bool:
+            if tp is bool:  # a field named no_* is already a negation: one switch
+                switch = ({"action": "store_const", "const": True} if f.name.startswith("no_")
+                          else {"action": argparse.BooleanOptionalAction})
                 group.add_argument(flag, dest=f"{section}.{f.name}", default=None, help=text,
-                                   **bool_switch(f.name))
+                                   **switch)
                 continue
             group.add_argument(flag, dest=f"{section}.{f.name}", type=_converter(tp),
                                default=None, metavar=f.name.upper(), help=text)
-
-
-def bool_switch(name: str) -> dict:
-    """argparse options of a bool field's switch: ``--name``/``--no-name``, or for a field
-    named ``no_*`` (already a negation) the plain ``--no-*`` switch."""
-    if name.startswith("no_"):
-        return {"action": "store_const", "const": True}
-    return {"action": argparse.BooleanOptionalAction}
 
 
 def section_values(section: str, cls, file_values: dict | None,

@@ -2,23 +2,11 @@ r"""Meta-training across processes with ``torch.distributed`` (launched by ``tor
 
 The outer step is a sum over tasks, :math:`\nabla_\theta \sum_i \mathcal L_{\rm outer}
 (\phi_i(\theta))` (eq. 2 of the paper), so it splits exactly: rank :math:`r` of :math:`R`
-computes the hypergradients of tasks :math:`i \equiv r \pmod R` of the meta-batch, one
-all-reduce sums them, and every rank applies the same outer Adam update to the same θ. With
-more ranks than tasks, the ranks that share a task split its batches (:func:`shares`): each
-takes the inner step of the whole inner batch from its part's weighted gradient summed over
-those ranks (:func:`task_group_sum`, differentiated in the backward pass), and scores its
-part of the outer batch; the parts' weighted hypergradients sum to the task's.
-
-Every rank draws the *whole* meta-batch from the run's seeded streams (drawing is cheap next
-to a hypergradient) and keeps its share. So the tasks, images, masks and noise of step
-:math:`n` do not depend on the number of ranks: a run is reproducible, a 2-rank run computes
-the 1-rank run's updates (up to the order of the floating-point sum), and a run can resume
-with another number of ranks. Rank 0 alone writes the log, checkpoints and the model.
-
-Backends: gloo on CPU, NCCL on CUDA (each rank on ``cuda:LOCAL_RANK``). A rank that dies
-makes the others fail in their next collective within ``timeout`` seconds (or at once, when
-``torchrun`` tears the group down) with a one-line error naming the lost rank where the
-backend reports it.
+computes the hypergradients of tasks :math:`i \equiv r \pmod R`, one all-reduce sums them,
+and every rank applies the same outer update. With more ranks than tasks, the ranks that
+share a task split its batches (:func:`shares`, :func:`task_group_sum`). Every rank draws the
+whole meta-batch, so a run does not depend on the number of ranks. Backends: gloo on CPU,
+NCCL on CUDA. Details and faults: ``docs/distributed.md``.
 """
 
 from __future__ import annotations

@@ -210,7 +210,6 @@ def geometric_search(evaluate: Callable[[float], float | None], grid: Sequence[f
     return best, dict(sorted(scores.items()))
 
 
-
 def search_lr(model, theta, stream: Callable[[], Callable[[int], TaskBatch]], rule,
               batches: Sequence[TaskBatch], lrs: Sequence[float], extend: int = 0,
               peak: float | str = 1.0, keep: Sequence[int] = (), scores: dict | None = None,

@@ -1,27 +1,7 @@
-r"""Operator families for training across operators: each task draws a new operator (kind,
-parameters) and noise level for every batch, so one network sees thousands of operators
-rather than four fixed ones.
-
-===================  ========================================================================
-task                 operators drawn per batch (noise std uniform in [0, 0.02] unless noted)
-===================  ========================================================================
-``blur-family``      circular 25×25 blurs: anisotropic Gaussian (stds 0.5–3, any angle),
-                     motion (deepinv ``MotionBlurGenerator``) or defocus (a disk, radius 1–4)
-``inpaint-family``   Bernoulli pixel masks, missing rate drawn per sample from [0.3, 0.9]
-``sr-family``        filtered downsampling ×2 or ×4 (deepinv ``Downsampling``, Gaussian or
-                     bicubic anti-alias filter, circular)
-``fourier-family``   Cartesian random-column k-space masks, acceleration 2–8, centre fraction
-                     0.04–0.12, a new mask every batch (seed 0 excluded)
-``denoise-family``   :math:`A = I`, noise std in [0.01, 0.1]
-===================  ========================================================================
-
-The evaluation operators stay outside these families: plain decimation (``sr2``: no filter),
-the fixed ``mri4`` mask (seed 0), and box blur + decimation. The closest members are
-``sr-family``'s ×2 Gaussian-filtered downsampling (to ``sr2`` and to box blur + decimation)
-and ``fourier-family``'s ×4 masks of centre fraction 0.08 (to ``mri4``, whose mask is one
-random draw of the same law, on knee images rather than natural ones).
-
-``TRAIN_FAMILIES`` names all five; ``metaprior meta-train --tasks`` takes them like any task.
+"""Operator families for training across operators: each task draws a new operator (kind,
+parameters) and noise level for every batch. The five tasks, their laws and how they relate to
+the evaluation operators are in ``docs/models.md`` ("Training across operator families");
+``TRAIN_FAMILIES`` names them, and ``metaprior meta-train --tasks`` takes them like any task.
 """
 
 from __future__ import annotations
@@ -34,15 +14,12 @@ import deepinv.physics.functional as dF
 import torch
 
 from metaprior import physics as ops
+from metaprior.paper_tasks import _identity, _inpaint_mix, _uniform
 from metaprior.task import Task
 
 TRAIN_FAMILIES = ("blur-family", "inpaint-family", "sr-family", "fourier-family",
                   "denoise-family")
 BLUR_SIZE = 25
-
-
-def _uniform(generator: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=generator))
 
 
 def gaussian_psf(sigma_x: float, sigma_y: float, angle: float, size: int = BLUR_SIZE
@@ -83,13 +60,6 @@ def _blur_family(shape, generator, device):
     physics = dinv.physics.BlurFFT(img_size=tuple(shape[1:]), filter=psf, device=device)
     physics.norm_sq_bound = 1.0  # a kernel that sums to 1 with non-negative taps
     return physics
-
-
-def _inpaint_family(shape, generator, device):
-    b, _, h, w = shape
-    missing = 0.3 + 0.6 * torch.rand((b, 1, 1, 1), generator=generator)
-    mask = (torch.rand((b, 1, h, w), generator=generator) >= missing).float()
-    return ops.inpainting(mask.to(device))
 
 
 class FilteredDownsampling(dinv.physics.Downsampling):
@@ -135,10 +105,6 @@ def _fourier_family(shape, generator, device):
     return ops.mri(shape[1:], acceleration, center, seed, device=device)
 
 
-def _identity(shape, generator, device):
-    return ops.identity()
-
-
 def _family(name: str, factory, about: str, noise: tuple[float, float] = (0.0, 0.02)) -> Task:
     return Task(name, factory, noise_sigma=noise[0], noise_max=noise[1],
                 params={"family": about, "noise_sigma": list(noise)})
@@ -147,7 +113,8 @@ def _family(name: str, factory, about: str, noise: tuple[float, float] = (0.0, 0
 #: The five family tasks (:mod:`metaprior.tasks` registers them under their names).
 FAMILY_TASKS = (
     _family("blur-family", _blur_family, "Gaussian (anisotropic), motion or defocus blur"),
-    _family("inpaint-family", _inpaint_family, "Bernoulli masks, missing rate 0.3-0.9"),
+    _family("inpaint-family", partial(_inpaint_mix, low=0.3, high=0.9),
+            "Bernoulli masks, missing rate 0.3-0.9"),
     _family("sr-family", _sr_family, "Gaussian/bicubic-filtered downsampling x2/x4"),
     _family("fourier-family", _fourier_family, "random Cartesian columns, x2-x8"),
     _family("denoise-family", partial(_identity), "identity", noise=(0.01, 0.1)),

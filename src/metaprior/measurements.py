@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from metaprior.checkpoint import load_tensors, read_metadata, save_tensors
-from metaprior.tasks import Task, TaskBatch, get_task
+from metaprior.tasks import TaskBatch, get_task
 
 #: The most image pixels a measurement file may claim per number of ``y`` (SR ×16 is 256).
 MAX_PIXELS_PER_MEASUREMENT = 1024
@@ -111,7 +111,7 @@ def image_shape(path: str | Path, meta: dict | None = None) -> tuple[int, int, i
     return tuple(shape)
 
 
-def load_measurements(path: str | Path, device="cpu", task: Task | None = None) -> TaskBatch:
+def load_measurements(path: str | Path, device="cpu") -> TaskBatch:
     """Rebuild the :class:`TaskBatch` stored by :func:`save_measurements` (``x``/``target``
     are ``None`` when the file holds no ground truth)."""
     from metaprior.config import check_device
@@ -127,7 +127,7 @@ def load_measurements(path: str | Path, device="cpu", task: Task | None = None) 
     shape = image_shape(path, meta)
     if not isinstance(meta["task"], str):
         raise ValueError(f"{path}: 'task' metadata must be a task name, got {meta['task']!r}")
-    task = task or get_task(meta["task"])
+    task = get_task(meta["task"])
     tensors = load_tensors(path, device)
     if "y" not in tensors:
         raise ValueError(f"{path} holds no measurements 'y': write it with `metaprior measure`")

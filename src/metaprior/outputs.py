@@ -1,19 +1,7 @@
-"""Output paths and run folders: checked before any work starts, locked while a run writes.
-
-Promises (tested in ``tests/test_reliability.py``, stated in ``docs/reliability.md``):
-
-* an output path is checked (parent writable, proven by writing and removing a probe file,
-  not a folder where a file is wanted, the right suffix) *before* a command computes
-  anything; a write that still fails at the end keeps the result in a named temporary file
-  (:func:`write_or_keep`);
-* a run folder that already holds a run is never reused silently: meta-training refuses it
-  unless told to ``resume`` it or to ``overwrite`` it, and an overwrite removes the earlier
-  run's files only once the new run's configuration and data have been validated;
-* one process at a time writes a run folder: :class:`RunLock` holds an exclusive
-  ``flock`` on ``OUT/.lock`` for the life of the run (released by the kernel if the process
-  dies, so a killed run never leaves a stale lock); a second process gets a one-line error;
-* temporary files a killed writer left behind (``.step_*.tmp-PID``, ``.*.tmp-PID``) are
-  removed by the next writer holding the lock.
+"""Output paths and run folders: checked before any work starts (a late failed write keeps
+the result in a named temporary file, :func:`write_or_keep`), locked while a run writes
+(:class:`RunLock`). The promises are stated in ``docs/reliability.md`` and tested in
+``tests/test_reliability.py``.
 """
 
 from __future__ import annotations
@@ -218,27 +206,3 @@ class RunLock:
                     break
         os.close(self._fd)  # closing the descriptor releases the flock
         self._fd = None
-
-
-def machine_info() -> dict:
-    """The machine a result was measured on (CPU model, its bfloat16 instructions, cores,
-    threads, torch, CUDA device, Python), recorded beside benchmark and study results."""
-    import platform
-
-    import torch
-
-    cpu, bfloat16 = platform.processor() or platform.machine(), []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):  # what precision="bfloat16" runs on
-            bfloat16 = sorted(set(line.split()) & {"avx512_bf16", "amx_bf16", "avx_ne_convert"})
-            break
-    return {"cpu": cpu, "cpu_bfloat16": bfloat16, "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "python": platform.python_version()}

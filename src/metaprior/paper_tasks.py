@@ -17,14 +17,8 @@ mix``         sample from [0.2, 0.9]
 mix``         [0.6, 2.6], 25×25, circular
 ============  ======================================  =====================================
 
-The two ``-mix`` families widen T3/T4 into families of operators with a task parameter drawn
-per batch or sample (``--tasks denoise,tv,deblur-mix,inpaint-mix``): more diverse meta-training
-tasks, still without super-resolution or Fourier sampling.
-
-``fourier`` is not one of the paper's training tasks: it is the optional Fourier-domain task
-tried against the paper's unsupervised-MRI failure (``--tasks denoise,tv,deblur,inpaint,
-fourier``). Its mask and acceleration are redrawn for every batch, so it never sees the fixed
-``mri4`` mask, nor knee images.
+``--tasks denoise,tv,deblur-mix,inpaint-mix`` widens T3/T4 into families; ``fourier`` redraws
+its mask every batch, so it never sees ``mri4``'s fixed mask (nor knee images).
 """
 
 from __future__ import annotations
@@ -59,6 +53,10 @@ def _inpaint(shape, generator, device, missing):
     return ops.inpainting(ops.bernoulli_mask((b, 1, h, w), missing, generator, device))
 
 
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
 def _inpaint_mix(shape, generator, device, low, high):
     b, _, h, w = shape
     missing = low + (high - low) * torch.rand((b, 1, 1, 1), generator=generator)
@@ -67,8 +65,7 @@ def _inpaint_mix(shape, generator, device, low, high):
 
 
 def _blur_mix(shape, generator, device, low, high, size):
-    sigma = low + (high - low) * float(torch.rand((), generator=generator))
-    return ops.gaussian_blur(shape[1:], sigma, size, device=device)
+    return ops.gaussian_blur(shape[1:], _uniform(generator, low, high), size, device=device)
 
 
 def _decimate(shape, generator, device, factor):
@@ -168,7 +165,6 @@ def fourier_task(accelerations: tuple[int, ...] = (2, 4, 8), center_fraction: fl
     return Task("fourier", partial(_random_fourier, accelerations=tuple(accelerations),
                                    center_fraction=center_fraction),
                 params={"accelerations": list(accelerations), "center_fraction": center_fraction})
-
 
 
 #: Parametrised names that :func:`get_task` builds on first use: (pattern, builder).

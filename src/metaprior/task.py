@@ -150,7 +150,6 @@ class Task:
         return TaskBatch(self.name, y, physics, target, x, sigma, draw)
 
 
-
 def physics_noise_sigma(physics: LinearPhysics, owner: str = "task_from_physics") -> float:
     """The std of a deepinv physics' own noise model: 0 for none (``ZeroNoise``), the
     ``sigma`` of a scalar ``GaussianNoise``; any other noise model is a one-line
@@ -173,22 +172,17 @@ def task_from_physics(
     name: str, physics: LinearPhysics | PhysicsFactory, noise_sigma: float = 0.0,
     target: Callable[[Tensor], Tensor] | None = None,
 ) -> Task:
-    """A task with a user operator: any deepinv ``LinearPhysics``.
+    """A task with a user operator: any deepinv ``LinearPhysics`` (``docs/api.md``).
 
-    The measurements are :math:`y = A x + \\sigma e`, with :math:`A` the physics' ``A`` and the
-    noise drawn from the task's generator. A physics' own noise model is honoured: a fixed
-    physics built with ``GaussianNoise(sigma)`` gives that ``sigma`` (``noise_sigma`` may be
-    left at 0 or must agree); a factory's physics must carry no noise model, or one that
-    agrees with ``noise_sigma``. Other noise models (Poisson, per-sample stds, ...) are
-    refused with a one-line ``ValueError``.
+    The measurements are :math:`y = A x + \\sigma e`, the noise drawn from the task's
+    generator. A physics' own ``GaussianNoise(sigma)`` gives that ``sigma`` (``noise_sigma``
+    may be left at 0 or must agree); other noise models are a one-line ``ValueError``.
 
     Args:
-        name: the task's name (register it with :func:`register_task` to use it by name, e.g.
-            from the command line with ``metaprior --plugin FILE.py``).
-        physics: a fixed operator, which then measures images of the size it was built for
-            only, or a factory ``(image shape (B, C, H, W), generator, device) -> physics``
-            that builds one for any image size (fine-tuning patches and whole test images
-            alike), drawing any randomness from ``generator``.
+        name: the task's name (:func:`register_task` makes it usable by name).
+        physics: a fixed operator, for images of the size it was built for only, or a factory
+            ``(image shape (B, C, H, W), generator, device) -> physics``, drawing any
+            randomness from ``generator``.
         noise_sigma: std of the white Gaussian noise added to :math:`y`.
         target: what the network must output (default: the clean image).
     """

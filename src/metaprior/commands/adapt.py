@@ -17,10 +17,8 @@ class AdaptData:
     task: str | None = None  # task of --images (e.g. sr2, sr3, inpaint-0.7, or from --plugin)
     measurements: str | None = None  # measurement file (`metaprior measure`): adapt on it
     eval_measurements: str | None = None  # with --images: held-out measurements to score
-    # choose the lr first: the rule's lr ×1, ×10/3, ×10 (one more value past an edge), each
-    # adapting on patches of a folder's pictures put through the task's operator and scored by
-    # PSNR on them, or adapting on the data and scored by the label-free loss of a measurement
-    # file held out from adaptation (no ground truth needed)
+    # choose the lr first: scored by PSNR on a folder's pictures put through the task, or by
+    # the label-free loss of a measurement file held out from adaptation (no ground truth)
     lr_search: str | None = None  # pictures or held-out y: lr ×1, ×10/3, ×10 (+1 past an edge)
     patch_size: int = 64  # with --images or a --lr-search folder: patch side (0 = full images)
     batch_size: int = 8  # with --images or a --lr-search folder: patches per step

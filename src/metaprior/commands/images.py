@@ -81,23 +81,14 @@ def figure(columns: dict[str, torch.Tensor], scores: dict[str, list[float]], pat
     return path
 
 
-def task_peak(name: str) -> float | str:
-    """The PSNR peak of the task called ``name`` (:attr:`metaprior.tasks.Task.peak`; 1 for a
-    task that is not registered in this process, e.g. from a plugin not loaded)."""
-    from metaprior.tasks import get_task
-
-    try:
-        return get_task(name).peak
-    except ValueError:
-        return 1.0
-
-
 def psnr_line(model, params, batch) -> str:
     """``"mean ± std dB"`` of ``model`` with ``params`` on ``batch``, at its task's peak."""
     from metaprior.meta.problem import reconstruct
     from metaprior.metrics import mean_std, psnr
+    from metaprior.tasks import get_task
 
     with torch.no_grad():
-        values = psnr(reconstruct(model, params, batch), batch.target, task_peak(batch.task))
+        values = psnr(reconstruct(model, params, batch), batch.target,
+                      get_task(batch.task).peak)
     m, s = mean_std(values)
     return f"{m:.2f} ± {s:.2f} dB"

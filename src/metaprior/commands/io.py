@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,8 +91,8 @@ def cmd_reconstruct(args) -> None:
 def side_by_side(batch, x_hat: torch.Tensor, path: Path) -> Path:
     """:func:`figure` of a measured batch: y (where it is a real image), A^T y, ``x_hat`` and,
     where ``batch`` holds it, the ground truth, with the PSNRs of A^T y and ``x_hat``."""
-    from metaprior.commands.images import task_peak
     from metaprior.metrics import psnr
+    from metaprior.tasks import get_task
 
     with torch.no_grad():
         columns = {"A^T y": batch.physics.A_adjoint(batch.y), "reconstruction": x_hat}
@@ -102,25 +101,25 @@ def side_by_side(batch, x_hat: torch.Tensor, path: Path) -> Path:
     scores = {}
     if batch.target is not None:
         columns["ground truth"] = batch.target
-        peak = task_peak(batch.task)
+        peak = get_task(batch.task).peak
         scores = {k: psnr(columns[k].clamp(0, 1), batch.target, peak).tolist()
                   for k in ("A^T y", "reconstruction")}
     return figure({k: v.cpu() for k, v in columns.items()}, scores, path)
 
 
 def write_png_atomic(path: Path, image: torch.Tensor) -> None:
-    """Write a (C, H, W) image in [0, 1] as an 8-bit PNG, through a temporary file beside
-    ``path`` and a rename."""
+    """Write a (C, H, W) image in [0, 1] as an 8-bit PNG, atomically
+    (:func:`~metaprior.checkpoint.write_bytes_atomic`)."""
+    import io
+
     from PIL import Image
 
+    from metaprior.checkpoint import write_bytes_atomic
+
     arr = (image.permute(1, 2, 0).squeeze(-1).numpy() * 255).round().astype("uint8")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def write_pngs(folder: Path, images: dict[str, torch.Tensor]) -> Path:

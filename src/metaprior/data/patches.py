@@ -17,7 +17,6 @@ class PatchSampler:
     Args:
         images: list of (C, H, W) tensors in [0, 1], each at least ``patch_size`` on both sides.
         patch_size: side of the square crop (default 64; the paper leaves it open).
-        flips: apply random flips.
         seed: seed of the sampler's generator.
 
     Examples:
@@ -27,9 +26,7 @@ class PatchSampler:
         torch.Size([4, 1, 32, 32])
     """
 
-    def __init__(
-        self, images: Sequence[Tensor], patch_size: int = 64, flips: bool = True, seed: int = 0
-    ) -> None:
+    def __init__(self, images: Sequence[Tensor], patch_size: int = 64, seed: int = 0) -> None:
         if not images:
             raise ValueError("images is empty: give at least one image to sample patches from")
         small = [tuple(im.shape[-2:]) for im in images if min(im.shape[-2:]) < patch_size]
@@ -38,7 +35,6 @@ class PatchSampler:
                              f"--patch-size")
         self.images = list(images)
         self.patch_size = patch_size
-        self.flips = flips
         self.generator = torch.Generator().manual_seed(seed)
 
     def _randint(self, high: int) -> int:
@@ -53,11 +49,10 @@ class PatchSampler:
             h, w = img.shape[-2:]
             i, j = self._randint(h - p + 1), self._randint(w - p + 1)
             patch = img[:, i : i + p, j : j + p]
-            if self.flips:
-                if self._randint(2):
-                    patch = patch.flip(-1)
-                if self._randint(2):
-                    patch = patch.flip(-2)
+            if self._randint(2):
+                patch = patch.flip(-1)
+            if self._randint(2):
+                patch = patch.flip(-2)
             out.append(patch)
         return torch.stack(out).float()
 

@@ -1,9 +1,7 @@
 r"""Reptile (Nichol, Achiam & Schulman 2018): a first-order meta-gradient over a long inner run.
 
-MAML's hypergradient scores :math:`\phi_K` on held-out data and differentiates through the
-inner steps; Reptile runs the K steps and moves θ towards where they ended. For one task with
-batches :math:`\mathcal D^{\rm train}, \mathcal D^{\rm test}`, the K steps of the inner
-optimizer (learning rate η) descend the supervised loss on the two batches in turn,
+For one task with batches :math:`\mathcal D^{\rm train}, \mathcal D^{\rm test}`, the K steps of
+the inner optimizer (learning rate η) descend the supervised loss on the two batches in turn,
 
 .. math::
     \phi_{k+1} = \phi_k + \mathrm{update}\big(\nabla_\phi[\mathcal L_{\rm sup}(\phi_k;
@@ -18,10 +16,7 @@ With SGD it is the mean gradient along the run, :math:`g = \frac1K\sum_k \nabla
 \mathcal L(\phi_k; \mathcal D_{k \bmod 2})`. To second order in η its expectation is the joint
 gradient minus :math:`\tfrac\eta2\nabla_\theta\langle\nabla\mathcal L(\theta;\mathcal D^{\rm
 train}), \nabla\mathcal L(\theta;\mathcal D^{\rm test})\rangle` per pair of steps (Nichol et
-al., Sec. 5): it favours a θ where a step on one batch of a task also lowers the loss on
-another, which is what a good start for many fine-tuning steps needs. Alternating the two
-batches is what makes that inner product one of *different* data. Cost: K first-order
-steps per task, memory constant in K.
+al., Sec. 5). Memory is constant in K.
 """
 
 from __future__ import annotations

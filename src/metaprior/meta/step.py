@@ -123,17 +123,10 @@ def _part(inner: TaskBatch, outer: TaskBatch, task: int, tasks: int, part: int, 
           config: MetaConfig) -> tuple[TaskBatch, TaskBatch, TaskShare | None] | None:
     """Part ``part`` of ``parts`` of task ``task``'s work: its batches and the
     :class:`TaskShare` its hypergradient is computed with (``None``: the whole task), or
-    ``None`` for nothing to do.
-
-    Second- and first-order MAML split both batches: the inner step of the whole inner batch
-    comes from the parts' weighted gradients summed across the task's ranks
-    (:func:`~metaprior.distributed.task_group_sum`), and each part scores its share of the
-    outer batch, a mean over samples. Where the inner batch has fewer samples than parts,
-    only the outer batch is split and each rank repeats the inner step. Joint pre-training,
-    a mean over both batches, splits both. The implicit hypergradient is not split: a
-    conjugate-gradient solve of a fixed number of iterations is not linear in its right-hand
-    side, so part 0 computes the task whole, as it does a batch whose operator does not split
-    by sample. Reptile's K steps on both batches are not split either.
+    ``None`` for nothing to do. MAML and joint pre-training split both batches (the outer
+    batch alone where the inner one has fewer samples than parts); implicit and reptile are
+    not split (part 0 computes the task whole, as it does an operator that does not split
+    by sample). ``docs/distributed.md`` explains why.
     """
     if parts == 1:
         return inner, outer, None

@@ -8,25 +8,12 @@ For :math:`\min_x \tfrac12\|Ax-y\|^2 + R(x)`, iteration :math:`k = 1..K` is
           + \tfrac{\|A\|^2}{2\gamma_k}\|z - x_{k-1}\|^2,
     \qquad x_k = D_\vartheta(z_k, \sigma_k),
 
-with :math:`D_\vartheta` an FFDNet (:mod:`metaprior.models.ffdnet`) at noise level
-:math:`\sigma_k`, and :math:`x_0` the smooth least-squares estimate
-:math:`\arg\min_x \tfrac12\|Ax-y\|^2 + \tfrac{\epsilon\|A\|^2}2\|\nabla x\|^2` (conjugate
-gradients, no parameters). The data step is the operator's own ``prox_l2`` (closed form for
-decimation, masks, FFT blurs and Cartesian MRI; conjugate gradients otherwise), so every output of a
-layer is exactly consistent with :math:`y` up to the weight :math:`\gamma_k`. Weighting the
-proximal term (and the start's smoothing) by :math:`\|A\|^2` makes the iteration invariant
-to the operator's scale: an operator :math:`cA` with data :math:`cy` gives the same
-reconstruction.
-
-With :math:`\sigma_k` decreasing geometrically from 49/255 and
-:math:`\gamma_k = \lambda(\sigma_k/\sigma_K)^2`, :math:`\lambda = 1/0.23`, this is DPIR
-(Zhang et al. 2021). Here :math:`\log\sigma_k`, :math:`\log\gamma_k` and the denoiser's
-weights :math:`\vartheta` are all parameters, so the network can be meta-trained, pre-trained
-across operators and adapted to a new one with the same inner loop as PDNet (eq. 2 of
-arXiv 2311.18710).
-
-Colour images are denoised channel by channel with the grayscale network, or, with
-``color=True``, by the published colour FFDNet (a second set of weights).
+with :math:`D_\vartheta` an FFDNet at noise level :math:`\sigma_k`, :math:`x_0` the smooth
+least-squares estimate :math:`\arg\min_x \tfrac12\|Ax-y\|^2 + \tfrac{\epsilon\|A\|^2}2\|\nabla
+x\|^2`, and the data step the operator's own ``prox_l2``. With :math:`\sigma_k` decreasing
+geometrically from 49/255 and :math:`\gamma_k = \lambda(\sigma_k/\sigma_K)^2`,
+:math:`\lambda = 1/0.23`, this is DPIR (Zhang et al. 2021); :math:`\log\sigma_k`,
+:math:`\log\gamma_k` and :math:`\vartheta` are all parameters. Details: ``docs/models.md``.
 """
 
 from __future__ import annotations
@@ -48,8 +35,7 @@ from metaprior.physics.operators import in_float32, operator_norm_sq
 @dataclass(frozen=True)
 class HQSNetConfig:
     iterations: int = 8  # K, unrolled HQS iterations
-    # Step size of the denoiser's weights relative to the schedule's (log σ_k, log γ_k), in
-    # training and adaptation alike: the schedule moves by ~lr a step, the weights by ~lr·this.
+    # training and adaptation alike: the schedule moves by ~lr a step, the weights by ~lr·this
     denoiser_lr_scale: float = 1e-3  # relative step size of the denoiser's weights
     sigma_max: float = 49 / 255  # σ_1, the first denoiser level (DPIR's)
     sigma_min: float = 0.01  # σ_K, the last denoiser level

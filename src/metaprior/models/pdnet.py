@@ -46,12 +46,9 @@ class PDNetConfig:
     step_safety: float = 0.99  # s in τ_k = s / (‖A‖²/2 + γ‖W_k‖²)
     weight_init_std: float = 0.01  # W_k ~ N(0, std²)
     lam_init: float = 0.01  # λ_k initial value
-    # True: τ_k are constants in the backward pass (the paper leaves this open). False:
-    # differentiate through Condat's rule too, so gradients are exact derivatives of the
-    # forward map (what finite-difference checks compare against).
+    # the paper leaves it open; false: exact derivatives (what finite differences check)
     detach_step_sizes: bool = True  # τ_k constant in backward (false: differentiate Condat's rule)
-    # Gradient checkpointing, to second order (checkpoint_twice). Memory ~ depth/segment +
-    # segment layers per inner step.
+    # to second order (checkpoint_twice): memory ~ depth/segment + segment layers per step
     checkpoint_segment: int = 0  # recompute segments of this many layers in backward (0: off)
 
 

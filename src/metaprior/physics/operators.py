@@ -81,9 +81,9 @@ def gaussian_kernel(sigma: float = 1.6, size: int = 25) -> Tensor:
     return (g / g.sum()).float().view(1, 1, size, size)
 
 
-def denoising(sigma: float = 0.1, rng: torch.Generator | None = None) -> LinearPhysics:
+def denoising(sigma: float = 0.1) -> LinearPhysics:
     r"""T1: :math:`y = x + \sigma e`, :math:`A = I` (deepinv ``Denoising``)."""
-    noise = dinv.physics.GaussianNoise(sigma=sigma, rng=rng)
+    noise = dinv.physics.GaussianNoise(sigma=sigma)
     return _with_bound(dinv.physics.Denoising(noise_model=noise), 1.0)
 
 
@@ -246,4 +246,3 @@ def mri(
     """MRI ×``acceleration`` with a fixed-seed fastMRI random column mask."""
     mask = column_mask(img_shape[-1], acceleration, center_fraction, seed)
     return RealMRI(mask, img_shape, device=device)
-

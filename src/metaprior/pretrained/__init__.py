@@ -1,17 +1,9 @@
-"""Models loadable by name (safetensors only; each folder's ``MODELS.json`` gives the command,
-configuration and wall time that produced each model, and, where it builds on an earlier run,
-the ``init_command`` of that run: the one that wrote its ``--init-from`` file, or the one it
-continues with ``--resume``).
-
-The package ships the recommended model, :data:`RECOMMENDED`. Further folders of models, each
-holding a ``MODELS.json`` that maps names to ``{"file": ..., "command": ..., ...}``, are found
-through :func:`add_model_dir` or the environment variable ``METAPRIOR_MODEL_PATH``
-(folders separated by ``:``); the repository's ``reproductions`` package registers its own
-(``reproductions/models/``, the paper's PDNets). Where two folders hold the same name, the
-package's comes first, then ``METAPRIOR_MODEL_PATH`` in order, then :func:`add_model_dir`.
-
-``metaprior adapt --model NAME`` and :func:`metaprior.checkpoint.load_model` accept these names
-wherever they accept a file path.
+"""Models loadable by name: the package ships :data:`RECOMMENDED`; :func:`add_model_dir` and
+``METAPRIOR_MODEL_PATH`` (folders separated by ``:``) add folders, each holding a
+``MODELS.json`` that maps names to ``{"file": ..., "command": ..., ...}``. Where two folders
+hold the same name, the package's comes first, then ``METAPRIOR_MODEL_PATH`` in order, then
+:func:`add_model_dir`. Every ``--model`` flag and :func:`metaprior.checkpoint.load_model`
+accept these names wherever they accept a file path.
 """
 
 from __future__ import annotations
