@@ -74,7 +74,7 @@ def load_eval_images(name: str, data_root: str | None = None) -> list[Tensor]:
     of either name)."""
     from pathlib import Path
 
-    from metaprior.data import demo_images, list_images, load_image, set3c
+    from metaprior.data import demo_images, read_images, set3c
 
     if name == "set3c":
         return set3c(data_root)
@@ -82,7 +82,7 @@ def load_eval_images(name: str, data_root: str | None = None) -> list[Tensor]:
         return demo_images("test")
     if not Path(name).is_dir():
         raise ValueError(f"--images {name}: no such folder (or give set3c or demo)")
-    return [load_image(p) for p in list_images(name)]
+    return read_images(name, color=False)
 
 
 def task_table(model, params, task_names, images, seed: int = 0, adapt=None) -> list[dict]:

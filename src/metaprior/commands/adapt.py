@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from metaprior.commands.images import image_files, psnr_line, read_images
+from metaprior.commands.images import psnr_line
+from metaprior.data import list_images, read_images
 from metaprior.outputs import RunFolderError, check_output_file, write_or_keep
 
 
@@ -272,8 +273,8 @@ def cmd_adapt(args) -> None:
                       "data": ({"measurements": args.measurements} if args.measurements else
                                {"images": args.images, "patch_size": args.patch_size,
                                 "batch_size": args.batch_size, "color": args.color})}
-            recipe["data"]["sha256"] = digest(
-                [Path(args.measurements)] if args.measurements else image_files(args.images))
+            recipe["data"]["sha256"] = digest([Path(args.measurements)] if args.measurements
+                                              else list_images(args.images, "--images"))
             recipe["model_sha256"] = digest([resolve_model_path(args.model)])
             result = fine_tune_run(model, theta, stream(), config,
                                    Path(args.out).with_name(Path(args.out).stem + ".run"),

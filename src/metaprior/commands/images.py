@@ -1,44 +1,10 @@
-"""Image folders in, figures and PSNR lines out, shared by the commands."""
+"""Figures and PSNR lines out, shared by the commands."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-
-
-def image_files(folder: str, flag: str = "--images") -> list[Path]:
-    """The image files of the folder of option ``flag``, sorted; one-line errors for a missing
-    or empty folder."""
-    from metaprior.data.datasets import IMAGE_SUFFIXES
-
-    if not Path(folder).is_dir():
-        raise FileNotFoundError(f"{flag} {folder} is not a folder of images")
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"{flag} {folder} holds no images (png, jpg, tif, bmp): add some or "
-                         f"choose another folder")
-    return files
-
-
-#: The smallest image side the commands read (the denoisers work at half resolution).
-MIN_SIDE = 8
-
-
-def read_images(folder: str, color: bool, flag: str = "--images") -> list[torch.Tensor]:
-    """The images of the folder of option ``flag``, each (C, H, W) in [0, 1]; one-line errors
-    for an unreadable image or one smaller than ``MIN_SIDE`` a side."""
-    from metaprior.data import load_image
-
-    images = []
-    for path in image_files(folder, flag):
-        image = load_image(path, gray=not color)
-        if min(image.shape[-2:]) < MIN_SIDE:
-            h, w = image.shape[-2:]
-            raise ValueError(f"{flag}: {path} is {h}x{w} pixels: images must be at least "
-                             f"{MIN_SIDE}x{MIN_SIDE}")
-        images.append(image)
-    return images
 
 
 def figure(columns: dict[str, torch.Tensor], scores: dict[str, list[float]], path: Path,

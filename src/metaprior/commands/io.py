@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from metaprior.commands.images import figure, image_files, psnr_line, read_images
+from metaprior.commands.images import figure, psnr_line
+from metaprior.data import list_images, read_images
 from metaprior.outputs import RunFolderError, check_output_file, check_writable_dir, write_or_keep
 
 
@@ -40,7 +41,7 @@ def cmd_measure(args) -> None:
     resolve(args, {"measure": MeasureOptions})
     check_output_file(args.out, "--out", ".safetensors", overwrite=args.overwrite)
     task = get_task(args.task)
-    files = image_files(args.images)
+    files = list_images(args.images, "--images")
     images = read_images(args.images, args.color)
     if len({tuple(im.shape) for im in images}) > 1:
         raise ValueError(f"images in {args.images} differ in size: measure folders of "

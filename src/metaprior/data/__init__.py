@@ -8,6 +8,7 @@ from metaprior.data.datasets import (
     fastmri_split,
     list_images,
     load_image,
+    read_images,
     resolve_data_root,
     set3c,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "fastmri_split",
     "list_images",
     "load_image",
+    "read_images",
     "resolve_data_root",
     "set3c",
 ]

@@ -45,19 +45,46 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
     return root
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files in ``folder``, sorted by name.
+def list_images(folder: str | os.PathLike, flag: str = "") -> list[Path]:
+    """Image files in ``folder``, sorted by name: a folder of the data root, or with ``flag``
+    the folder a user gave to that option.
 
     Raises:
-        DataRootError: the folder is missing or holds no image.
+        DataRootError (FileNotFoundError, ValueError with ``flag``): the folder is missing or
+        holds no image.
     """
     folder = Path(folder)
     if not folder.is_dir():
+        if flag:
+            raise FileNotFoundError(f"{flag} {folder} is not a folder of images")
         raise DataRootError(f"data folder {folder} does not exist: {HOW_TO_SET}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files and flag:
+        raise ValueError(f"{flag} {folder} holds no images (png, jpg, tif, bmp): add some or "
+                         f"choose another folder")
     if not files:
         raise DataRootError(f"data folder {folder} holds no image: {HOW_TO_SET}")
     return files
+
+
+#: The smallest image side read from a user's folder (the denoisers work at half resolution).
+MIN_SIDE = 8
+
+
+def read_images(folder: str | os.PathLike, color: bool, flag: str = "--images"
+                ) -> list[Tensor]:
+    """The images of the folder a user gave to option ``flag``, each (C, H, W) in [0, 1]
+    (C = 3 with ``color``, else 1); one-line errors for a missing or empty folder, an
+    unreadable image or one smaller than ``MIN_SIDE`` a side."""
+    images = []
+    for path in list_images(folder, flag):
+        image = load_image(path, gray=not color)
+        if min(image.shape[-2:]) < MIN_SIDE:
+            h, w = image.shape[-2:]
+            raise ValueError(f"{flag}: {path} is {h}x{w} pixels: images must be at least "
+                             f"{MIN_SIDE}x{MIN_SIDE}")
+        images.append(image)
+    return images
 
 
 def _to_tensor(array: np.ndarray, gray: bool) -> Tensor:
