@@ -189,8 +189,11 @@ def main(argv=None) -> dict:
                 denoiser = bl.make_denoiser("ffdnet")
             value, _grid = bl.grid_search(lambda v, k=kind, d=denoiser: bl.method(k, v, d),
                                          bl.GRIDS[kind], data["grid"], data["peak"])
+            t_score = time.perf_counter()
             psnrs = score(bl.method(kind, value, denoiser), data["val"], data["peak"])
-            entry["baselines"][name] = {"value": value, "psnr": mean_std(psnrs)[0]}
+            entry["baselines"][name] = {
+                "value": value, "psnr": mean_std(psnrs)[0],
+                "sec_per_image": (time.perf_counter() - t_score) / len(psnrs)}
             print(f"{op} {name} ({value:g}): {entry['baselines'][name]['psnr']:.2f}", flush=True)
         for model_name in args.models.split(","):
             model, _meta = load(model_name)
@@ -213,7 +216,8 @@ def main(argv=None) -> dict:
                                           coarse_iterations=args.coarse_iterations)
                     try:  # the grid-search crops are scored too, to choose the lr on
                         run = finetune_and_score(model, theta, data["stream"](), rule,
-                                                 data["grid"] + data["val"], (0, 1, 5, 20),
+                                                 data["grid"] + data["val"],
+                                                 [n for n in (0, 1, 5, 20, 50) if n < args.steps],
                                                  data["peak"])
                     except FloatingPointError:
                         continue

@@ -31,7 +31,7 @@ def test_the_package_ships_the_recommended_model_only():
 
     assert DemoConfig.model == Table1Config.recommended == pretrained.RECOMMENDED
     study = json.loads((reproductions.MODELS / "MODELS.json").read_text())
-    assert len(study) == 17 and all(name.startswith(("meta-", "joint-", "hqs-"))
+    assert len(study) == 19 and all(name.startswith(("meta-", "joint-", "hqs-"))
                                     for name in study)
     assert all((reproductions.MODELS / e["file"]).is_file() for e in study.values())
 

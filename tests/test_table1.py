@@ -379,3 +379,33 @@ def test_table1_chooses_a_label_free_lr_without_reading_ground_truth():
     assert cache["k"]["fingerprint"]["criterion"] == "label-free"
     with pytest.raises(ValueError, match="lr_criterion must be"):
         Table1Config(lr_criterion="ssim")
+
+
+def test_validation_curves_merge_result_files_and_draw_steps_and_wall_time(tmp_path):
+    """Models of several ``solver_validation`` files land on one figure per operator (a later
+    file's run of the same name wins); a file that is not such a result is refused."""
+    from PIL import Image
+
+    from reproductions.validation_curves import draw, merged
+
+    def run(psnr0, psnr50):
+        return {"lr": 3e-3, "s_per_step": 2.0, "psnr": {"0": psnr0, "1": psnr0, "50": psnr50}}
+
+    a, b, bad = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "bad.json"
+    a.write_text(json.dumps({"operators": {"op1": {
+        "baselines": {"tv": {"value": 1e-3, "psnr": 25.0, "sec_per_image": 0.5}},
+        "models": {"m/equivariant": run(26.0, 26.5)}}}}))
+    b.write_text(json.dumps({"operators": {
+        "op1": {"baselines": {}, "models": {"m/equivariant": run(26.0, 27.0),
+                                             "n/equivariant": run(25.0, 25.5)}},
+        "op2": {"baselines": {}, "models": {"n/equivariant": run(30.0, 30.1)}}}}))
+    bad.write_text(json.dumps({"tasks": {}}))
+    ops = merged([a, b])
+    assert list(ops) == ["op1", "op2"] and ops["op1"]["baselines"]["tv"]["psnr"] == 25.0
+    assert ops["op1"]["models"]["m/equivariant"]["psnr"]["50"] == 27.0
+    assert set(ops["op1"]["models"]) == {"m/equivariant", "n/equivariant"}
+    path = draw(ops, tmp_path / "fig" / "curves.png")
+    with Image.open(path) as im:
+        assert im.size[0] > im.size[1] > 0  # two operators side by side, two rows
+    with pytest.raises(ValueError, match=r"not a result file of reproductions\.solver_validation"):
+        merged([a, bad])
