@@ -401,13 +401,16 @@ def test_adapt_chooses_its_lr_on_held_out_measurements_without_ground_truth(tmp_
               "--out", str(tmp_path / "b.safetensors")])
 
 
-@pytest.mark.parametrize("hypergradient", ["first_order", "maml"])
+@pytest.mark.parametrize("hypergradient", [
+    ["--hypergradient", "first_order"], ["--hypergradient", "maml", "--learn-inner-lr"],
+    ["--hypergradient", "implicit"], ["--hypergradient", "reptile", "--inner-steps", "2"],
+    ["--objective", "joint"]], ids=["first_order", "maml", "implicit", "reptile", "joint"])
 def test_meta_train_frozen_holds_those_parameters_fixed_and_trains_the_rest(tmp_path,
                                                                            hypergradient):
     """``meta-train --frozen layers.0``: layer 0 ends bitwise as initialised in both loops
     (its Adam state is never written), the other layer's filters move; the run resumes
     bitwise."""
-    argv = ["meta-train", *TINY, "--frozen", "layers.0", "--hypergradient", hypergradient,
+    argv = ["meta-train", *TINY, "--frozen", "layers.0", *hypergradient,
             "--ckpt-every", "1", "--val-every", "1", "--no-progress"]
     main([*argv, "--steps", "2", "--out", str(tmp_path / "ref")])
     main([*argv, "--steps", "1", "--out", str(tmp_path / "cut")])
