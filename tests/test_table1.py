@@ -409,3 +409,23 @@ def test_validation_curves_merge_result_files_and_draw_steps_and_wall_time(tmp_p
         assert im.size[0] > im.size[1] > 0  # two operators side by side, two rows
     with pytest.raises(ValueError, match=r"not a result file of reproductions\.solver_validation"):
         merged([a, bad])
+
+
+def test_the_folder_check_takes_longer_runs_only_when_they_score_the_50th_step(tmp_path):
+    """``reproductions check``: a Table 1 file of a longer run passes when its curve holds the
+    protocol's 50 steps, and is named as a problem when it does not."""
+    import shutil
+
+    from reproductions.check_results import RESULTS, check
+
+    for name in ("table1.json", "training_tasks_depth.json",
+                 "table1_dpir24_dihedral_sr_ei_200.json"):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    assert check(tmp_path) == []
+    longer = tmp_path / "table1_dpir24_dihedral_sr_ei_200.json"
+    results = json.loads(longer.read_text())
+    results["config"]["curve"] = [0, 1, 5, 20]
+    longer.write_text(json.dumps(results))
+    assert check(tmp_path) == [f"{longer.name}: ValueError: not the 50-step protocol (or a "
+                               f"longer run scored after 50 steps too) with at least one "
+                               f"initialisation"]
