@@ -81,8 +81,10 @@ def _tv(task, images: list[Tensor], seed: int):
     return weight, bl.method("tv", weight)
 
 
-def _meta_train(config: DemoConfig, rule: AdaptConfig, device: str, log) -> Path:
-    """``config.meta_train`` first-order MAML steps from ``config.model`` across the operator
+def _meta_train(config: DemoConfig, rule: AdaptConfig, model, architecture: str, device: str,
+                log) -> Path:
+    """``config.meta_train`` first-order MAML steps from ``model`` (``config.model``, loaded;
+    its ``architecture``) across the operator
     families on scikit-image's training pictures (32² patches), the inner step one step of
     ``rule``'s label-free loss at its lr, the outer loss supervised, what ``rule`` holds fixed
     held fixed in both loops; returns the model file."""
@@ -97,11 +99,10 @@ def _meta_train(config: DemoConfig, rule: AdaptConfig, device: str, log) -> Path
         TrainConfig,
     )
 
-    model, meta = load_model(config.model)
     families = tuple(task.name for task in FAMILY_TASKS)
-    section = "hqs" if meta["architecture"] == "hqs" else "model"
+    section = "hqs" if architecture == "hqs" else "model"
     train = TrainConfig(**{section: model.config},
-                        network=NetworkConfig(architecture=meta["architecture"]),
+                        network=NetworkConfig(architecture=architecture),
                         meta=MetaConfig(tasks=families, tasks_per_step=2,
                                         objective="bilevel", hypergradient="first_order",
                                         inner_loss=rule.loss, inner_lr=rule.lr,
@@ -126,7 +127,7 @@ def _adapt_demo(config: DemoConfig, device: str, log) -> dict:
                          "unsupervised")
     name = config.model
     if config.meta_train:
-        name = str(_meta_train(config, rule, device, log))
+        name = str(_meta_train(config, rule, model, meta["architecture"], device, log))
         model, _ = load_model(name, device)
     theta = parameters_of(model)
     task = get_task(config.adapt_task)

@@ -67,15 +67,15 @@ def image_pools(config: DataConfig) -> tuple[list, list]:
     return images[:6], images[6:]
 
 
-def outer_groups(model: torch.nn.Module, lr: float, frozen: tuple[str, ...] = ()) -> list[dict]:
-    """The outer optimizer's parameter groups: one per relative learning rate the model declares
-    (``model.lr_scales()``; one group at ``lr`` for a model that declares none), without the
-    ``frozen`` parameters."""
+def outer_groups(model: torch.nn.Module, lr: float,
+                 trained: dict[str, torch.nn.Parameter]) -> list[dict]:
+    """The outer optimizer's parameter groups over ``trained`` (named parameters of ``model``):
+    one per relative learning rate the model declares (``model.lr_scales()``; one group at
+    ``lr`` for a model that declares none)."""
     scales = model.lr_scales() if hasattr(model, "lr_scales") else {}
     groups: dict[float, list] = {}
-    for name, p in model.named_parameters():
-        if not is_frozen(name, frozen):
-            groups.setdefault(float(scales.get(name, 1.0)), []).append(p)
+    for name, p in trained.items():
+        groups.setdefault(float(scales.get(name, 1.0)), []).append(p)
     return [{"params": ps, "base_lr": lr * s} for s, ps in groups.items()]
 
 
@@ -104,7 +104,7 @@ class MetaTrainer:
         self.inner_sampler = PatchSampler(inner_pool, p, seed=seed + 1)
         self.outer_sampler = PatchSampler(outer_pool, p, seed=seed + 2)
         self.task_rng = torch.Generator().manual_seed(seed + 3)
-        groups = outer_groups(self.model, config.optim.lr, config.meta.frozen)
+        groups = outer_groups(self.model, config.optim.lr, self.trained())
         if self.log_inner_lr:
             groups.append({"params": list(self.log_inner_lr.values()),
                            "base_lr": config.optim.inner_lr_lr})
