@@ -14,8 +14,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from metaprior.cli import THREADS_HELP, load_plugin, one_line_errors
 from metaprior.config import (
     add_dataclass_arguments,
@@ -26,6 +24,7 @@ from metaprior.config import (
     resolve,
 )
 from metaprior.outputs import check_output_file, check_writable_dir
+from metaprior.runtime import configure_cpu
 
 
 @dataclass(frozen=True)
@@ -191,9 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
     def run() -> None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        configure_cpu(args.threads)
         for path in args.plugin:
             load_plugin(path)
         args.func(args)

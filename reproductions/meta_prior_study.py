@@ -47,6 +47,7 @@ from metaprior.evaluate import pseudo_inverse, score, search_lr
 from metaprior.extras import require
 from metaprior.meta.problem import reconstruct
 from metaprior.metrics import mean_std
+from metaprior.runtime import configure_cpu
 from metaprior.tasks import mri_task, sr_task
 from reproductions.machine import machine_info
 from reproductions.table1 import centre_crop, spread, write_json
@@ -119,7 +120,7 @@ def _load_results() -> dict:
 
 
 def cmd_score(args) -> None:
-    torch.set_num_threads(1)
+    configure_cpu(1)  # as every command: one thread, the heap kept
     if args.model == "random":
         from metaprior.models import PDNet, PDNetConfig
 

@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
     add_shared_args(ap)
     args = ap.parse_args(argv)
     args.patch_size, args.batch = 60, 8  # the fine-tuning stream's (unused here)
-    torch.set_num_threads(1)
+    mp.configure_cpu(1)  # as every command: one thread, the heap kept
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {"operators": {}}
     results["command"] = "python -m reproductions.solver_iterations " + " ".join(

@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=8)
     add_shared_args(ap)
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    mp.configure_cpu(1)  # as every command: one thread, the heap kept
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {"operators": {}}
     results["command"] = "python -m reproductions.solver_validation " + " ".join(

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from metaprior.cli import one_line_errors
+from metaprior.runtime import configure_cpu
 from reproductions.table1 import PAPER_TABLE1, Table1Config, quick_config, run_table1
 
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--quick", action="store_true", help="one test image, one grid image")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    configure_cpu(1)  # as every command: one thread, the heap kept
 
     base = quick_config() if args.quick else Table1Config()
     config = replace(base, tasks=(args.task,), baselines=(args.baseline,), pdnet=False,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -245,3 +247,59 @@ def test_joint_pretraining_is_an_objective_not_a_hypergradient():
     a = task_hypergradient(model, theta, inner, outer, cfg)
     b = joint_gradient(model, theta, inner, outer, cfg)
     assert all(torch.equal(a.grads[k], b.grads[k]) for k in theta)
+
+
+_HEAP_PROBE = """
+import ctypes, sys, torch
+from metaprior.runtime import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):  # glibc >= 2.33
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+maps = [torch.ones(8, 64, 32, 32) for _ in range(100)]  # 100 feature maps of 2 MiB
+mapped = libc.mallinfo2().hblkhd  # bytes in blocks of their own mappings
+del maps
+print(applied, mapped >> 20, libc.mallinfo2().arena >> 20)  # MiB; heap kept after freeing
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_keep_freed_memory_keeps_the_heap_that_a_step_frees():
+    """After ``keep_freed_memory()`` (every command's set-up) 2 MiB feature maps come from the
+    heap, not from mappings of their own, and the heap is kept when they are freed, so the
+    next step reuses it rather than faulting its pages in again (``bench_heap.py``)."""
+    def probe(mode):
+        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if "mallinfo2" in out.stderr:
+            pytest.skip("a C library without mallinfo2")
+        applied, mapped, kept = out.stdout.split()
+        return applied, int(mapped), int(kept)
+
+    applied, mapped, kept = probe("keep")
+    _, mapped_default, kept_default = probe("default")  # glibc's own thresholds
+    assert applied == "True"
+    assert mapped < 10 <= 190 <= mapped_default, (mapped, mapped_default)
+    assert kept >= kept_default + 190, (kept, kept_default)  # the 200 MiB stay in the heap
+
+
+def test_every_command_keeps_freed_memory_and_sets_its_threads(monkeypatch, tmp_path):
+    from metaprior import cli, runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append("heap") or True)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    runtime.configure_cpu(2)
+    assert calls == [2, "heap"]
+    with pytest.raises(ValueError, match="--threads must be >= 1"):
+        runtime.configure_cpu(0)
+    calls.clear()  # through the CLI: set up, then the command's own one-line error
+    with pytest.raises(SystemExit):
+        cli.main(["reconstruct", "--model", str(tmp_path / "none.safetensors"),
+                  "--measurements", str(tmp_path / "none.safetensors"), "--out",
+                  str(tmp_path / "r"), "--threads", "1"])
+    assert calls == [1, "heap"]

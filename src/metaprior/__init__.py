@@ -52,6 +52,8 @@ _API = {
     "save_measurements": "metaprior.measurements",
     # metrics
     "psnr": "metaprior.metrics", "ssim": "metaprior.metrics",
+    # the process (every command calls configure_cpu)
+    "configure_cpu": "metaprior.runtime", "keep_freed_memory": "metaprior.runtime",
 }
 
 __all__ = ["__version__", *_API]

@@ -16,9 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from metaprior import __version__, pretrained
+from metaprior import __version__, pretrained, runtime
 from metaprior.extras import MissingExtraError
 from metaprior.outputs import RunFolderError, check_writable_dir
 
@@ -32,9 +30,7 @@ class DeviceOptions:
 
 
 def _setup(args) -> None:
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    runtime.configure_cpu(args.threads)
 
 
 def cmd_meta_train(args) -> None:
