@@ -12,6 +12,7 @@ import torch
 from deepinv.models import Reconstructor
 
 import metaprior as mp
+from metaprior import adapt as adapt_module
 from metaprior import physics as ops
 from metaprior.checkpoint import load_model, read_metadata, save_model
 from metaprior.families import TRAIN_FAMILIES, disk_psf, gaussian_psf
@@ -229,12 +230,13 @@ def test_frozen_denoiser_adapts_the_schedule_alone():
         mp.fine_tune(model, theta, lambda _s: batch, mp.AdaptConfig(frozen=("denoisr",)))
 
 
-def test_bfloat16_precision_runs_the_network_alone_in_bfloat16():
+def test_bfloat16_precision_runs_the_network_alone_in_bfloat16(monkeypatch):
     """``precision="bfloat16"``: in an adaptation step the denoiser's convolutions run in
     bfloat16 while the operator (a convolution too) stays float32; the step is close to the
     float32 one but not equal to it; φ and Adam's moments stay float32, the denoiser's
     weights too when they adapt. The robust loss, and a model without float32 data steps
     (PDNet), are refused."""
+    monkeypatch.setattr(adapt_module, "bfloat16_is_fast", lambda device: True)  # any CPU
     model = _tiny_hqs()
     theta = mp.parameters_of(model)
     g = torch.Generator().manual_seed(5)
@@ -287,6 +289,26 @@ def test_bfloat16_precision_runs_the_network_alone_in_bfloat16():
         mp.AdaptConfig(precision="float16")
     with pytest.raises(ValueError, match="robust-equivariant loss needs precision float32"):
         mp.AdaptConfig(loss="robust-equivariant", precision="bfloat16")
+
+
+def test_bfloat16_is_refused_where_it_would_run_slower_than_float32(monkeypatch):
+    """Without bfloat16 instructions (a CPU without AVX-512 BF16 or AMX) oneDNN emulates
+    bfloat16, about 20x slower than float32 (``docs/performance.md``): the mixed-precision
+    option, whose only use is speed, is refused there in one line naming the fix."""
+    model = _tiny_hqs()
+    task = mp.get_task("sr2")
+    batch = task.sample(torch.rand(2, 1, 16, 16), torch.Generator().manual_seed(0))
+    rule = mp.AdaptConfig(steps=1, loss="equivariant", frozen=("denoiser",),
+                          precision="bfloat16")
+    monkeypatch.setattr(adapt_module, "bfloat16_is_fast", lambda device: device.type != "cpu")
+    with pytest.raises(ValueError, match=r"^adapt: precision bfloat16 needs bfloat16 "
+                       r"instructions.*this cpu has none.*precision float32"):
+        mp.fine_tune(model, mp.parameters_of(model), lambda _s: batch, rule)
+    mp.fine_tune(model, mp.parameters_of(model), lambda _s: batch,
+                 replace(rule, precision="float32"))
+    fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    monkeypatch.undo()
+    assert adapt_module.bfloat16_is_fast(torch.device("cpu")) == fast
 
 
 def test_files_without_an_architecture_load_as_pdnet(tmp_path):
@@ -472,7 +494,7 @@ def test_hqs_takes_a_batch_of_masks_without_a_norm_bound():
     assert out.shape == x.shape and 0.9 < operator_norm_sq(physics, x) < 1.1
 
 
-def test_adapt_command_takes_the_model_s_rule_for_the_loss(tmp_path):
+def test_adapt_command_takes_the_model_s_rule_for_the_loss(tmp_path, monkeypatch):
     """``metaprior adapt``: without ``--loss`` the recommended rule (the schedule alone), with
     ``--loss supervised`` that loss's rule (every parameter, its lr), ``--frozen ''`` holds
     nothing fixed; each adapted file records the rule it ran."""
@@ -499,8 +521,15 @@ def test_adapt_command_takes_the_model_s_rule_for_the_loss(tmp_path):
                                 original.denoiser.convs[0].weight)
         assert moved == (expected[2] == [])
     out = tmp_path / "bf16.safetensors"
-    main([*base, "--precision", "bfloat16", "--out", str(out)])
+    with monkeypatch.context() as patch:
+        patch.setattr(adapt_module, "bfloat16_is_fast", lambda device: True)  # any CPU
+        main([*base, "--precision", "bfloat16", "--out", str(out)])
     assert load_model(out)[1]["adapted"]["precision"] == "bfloat16"
+    with monkeypatch.context() as patch:  # a CPU without bfloat16 instructions
+        patch.setattr(adapt_module, "bfloat16_is_fast", lambda device: False)
+        with pytest.raises(SystemExit, match=r"instructions.*none.*--precision float32"):
+            main([*base, "--precision", "bfloat16", "--out", str(tmp_path / "no.safetensors")])
+    assert not (tmp_path / "no.safetensors").exists()
     with pytest.raises(SystemExit, match="precision must be one of"):
         main([*base, "--precision", "half", "--out", str(tmp_path / "no.safetensors")])
     assert not (tmp_path / "no.safetensors").exists()

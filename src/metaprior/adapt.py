@@ -31,6 +31,18 @@ from metaprior.typing import OptState, Params
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
+def bfloat16_is_fast(device: torch.device) -> bool:
+    """Whether ``device`` has bfloat16 arithmetic: a CUDA card that supports it, or a CPU with
+    AVX-512 BF16 or AMX instructions. Elsewhere oneDNN emulates bfloat16 convolutions, about
+    20x slower than float32 (``docs/performance.md``)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    probes = [probe for probe in probes if probe is not None]
+    return device.type != "cpu" or not probes or any(probe() for probe in probes)
+
+
 @dataclass(frozen=True)
 class AdaptConfig:
     steps: int = 50  # optimizer steps (Table 1: 50)
@@ -188,6 +200,12 @@ def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:
         raise ValueError(f"adapt: precision {config.precision} needs a model whose data steps "
                          f"stay float32 under autocast (HQSNet); a {type(model).__name__} "
                          f"adapts in float32")
+    device = next(model.parameters()).device
+    if config.precision == "bfloat16" and not bfloat16_is_fast(device):
+        raise ValueError(f"adapt: precision bfloat16 needs bfloat16 instructions (AVX-512 BF16 "
+                         f"or AMX on a CPU); this {device.type} has none and would run it about "
+                         f"20x slower than float32: use precision float32 (--precision "
+                         f"float32)")
     if config.coarse_iterations and not hasattr(model, "resample"):
         raise ValueError(f"adapt: coarse_iterations {config.coarse_iterations} needs an unrolled "
                          f"model that can be resampled (HQSNet); a {type(model).__name__} adapts "
