@@ -102,6 +102,7 @@ def sandbox(tmp_path_factory) -> Path:
                          "adapt_key": {"data": {"patch": 3}},
                          "suite_steps": {"steps": 0}}.items():
         (root / "cfg" / f"{name}.json").write_text(json.dumps(values))
+    (root / "cfg" / "binary.json").write_bytes(b"\xff\xfe{}")
     (root / "report.json").write_text(json.dumps({"tasks": {"sr2": {"pdnet": 1}}}))
     (root / "not_suite.json").write_text(json.dumps([1, 2]))
     train.meta_train(tiny_config(root / "run", steps=1), progress=False, log=lambda *_: None)
@@ -228,6 +229,9 @@ BAD_INPUTS = [
      "optim.lr must be of type float"),
     ([*CFG, "{root}/cfg/section.json", "--out", "{root}/r1"],
      "section 'model' must be an object"),
+    ([*CFG, "{root}/cfg", "--out", "{root}/r1"], "cfg is a folder: pass a JSON file to --config"),
+    ([*CFG, "{root}/cfg/binary.json", "--out", "{root}/r1"],
+     "binary.json is not UTF-8 text: pass a JSON file to --config"),
     ([*MT, "--inner-batch", "0", "--out", "{root}/r1"], "inner_batch must be >= 1"),
     ([*MT, "--patch-size", "0", "--out", "{root}/r1"], "patch_size must be >= 1"),
     (["meta-train", *TINY, "--steps", "0", "--out", "{root}/r1"], "steps must be >= 1"),
@@ -1088,3 +1092,37 @@ def test_api_edge_cases_a_user_meets_with_deepinv_operators(tmp_path):
     (bad / "MODELS.json").write_text("garbage")
     with pytest.raises(ValueError, match=r"zoo/MODELS.json is not a JSON object of models"):
         mp.add_model_dir(bad)
+
+
+def test_deepinv_downsampling_without_a_filter_reconstructs_through_its_exact_prox():
+    """deepinv's ``Downsampling(filter=None)`` (plain decimation) has no closed-form prox of
+    its own (deepinv 0.5 fails on ``Fh = None``); HQSNet and the TV baseline take its data
+    step through the exact diagonal prox of :class:`metaprior.physics.Decimation`, so the
+    README's recipe 1 runs on it and gives what the built-in ``sr2`` gives."""
+    import deepinv as dinv
+
+    import metaprior as mp
+    from metaprior.baselines import variational
+    from metaprior.models import HQSNet, HQSNetConfig
+    from metaprior.physics import Decimation
+    from metaprior.physics.operators import prox_l2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 16, 16, generator=g)
+    theirs = dinv.physics.Downsampling(img_size=(1, 16, 16), factor=2, filter=None)
+    ours = Decimation((1, 16, 16), factor=2)
+    z, y = torch.rand(2, 1, 16, 16, generator=g), ours.A(x)
+    assert torch.allclose(prox_l2(theirs, z, y, 0.3), ours.prox_l2(z, y, 0.3))
+    with pytest.raises(TypeError):  # what deepinv itself does, which the helper avoids
+        theirs.prox_l2(z, y, 0.3)
+    model = HQSNet(HQSNetConfig(iterations=2, init_iters=10, pretrained=False))
+    task = mp.task_from_physics("decimate-user", theirs, noise_sigma=0.01)
+    batch = task.sample(x, torch.Generator().manual_seed(1))
+    rule = mp.AdaptConfig(steps=1, lr=1e-3, loss="equivariant", frozen=("denoiser",))
+    phi = mp.fine_tune(model, mp.parameters_of(model), lambda _s: batch, rule).params
+    x_hat = mp.reconstruct(model, phi, batch)
+    # the same up to ‖A‖² = 1, exact for Decimation, by power iteration for deepinv's
+    assert torch.allclose(model(batch.y, theirs), model(batch.y, ours), atol=1e-3)
+    assert torch.isfinite(x_hat).all()
+    tv = variational(batch, "tv", 1e-3, max_iter=20)
+    assert torch.isfinite(tv).all()

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from metaprior.extras import require
+from metaprior.physics.operators import prox_l2
 from metaprior.tasks import TaskBatch
 
 #: Hyper-parameter grids (λ for the variational methods, the assumed noise level for DPIR).
@@ -137,7 +138,7 @@ def _primal_dual(batch: TaskBatch, weight: float, tgv: bool, max_iter: int, tol:
             q = _project(q + step * _sym_grad(v_bar), 2.0 * weight)
         else:
             p = _project(p + step * g, weight)
-        x_new = physics.prox_l2(x - step * grad2d_adjoint(p[0], p[1]), y, step)
+        x_new = prox_l2(physics, x - step * grad2d_adjoint(p[0], p[1]), y, step)
         if tgv:
             v_new = v - step * (_sym_grad_adjoint(q) - p)
             v_bar, v = 2 * v_new - v, v_new

@@ -216,10 +216,15 @@ def load_config_file(path: str | Path | None) -> dict:
     if path is None:
         return {}
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a folder: pass a JSON file to --config")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist: check --config")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not UTF-8 text: pass a JSON file to "
+                         f"--config") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"config file {path} is not valid JSON ({e.msg} at line {e.lineno}): "
                          f"fix --config") from None

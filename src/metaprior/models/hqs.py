@@ -29,7 +29,7 @@ from deepinv.physics import LinearPhysics
 from torch import Tensor, nn
 
 from metaprior.models.ffdnet import FFDNet, noise_schedule
-from metaprior.physics.operators import in_float32, operator_norm_sq
+from metaprior.physics.operators import in_float32, operator_norm_sq, prox_l2
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,6 @@ class HQSNet(Reconstructor):
         sigmas, gammas = self.schedule()
         for k in range(c.iterations):
             with in_float32(device):
-                z = physics.prox_l2(x, y, gammas[k] / norm_sq)
+                z = prox_l2(physics, x, y, gammas[k] / norm_sq)
             x = self.denoise(z, sigmas[k], k).to(aty.dtype)
         return x

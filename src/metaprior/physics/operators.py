@@ -159,6 +159,15 @@ class Decimation(dinv.physics.Downsampling):
         return (self.A_adjoint(y) + z / gamma) / (kept + 1.0 / gamma)
 
 
+def prox_l2(physics: LinearPhysics, z: Tensor, y: Tensor, gamma: Tensor | float) -> Tensor:
+    r""":math:`\arg\min_x \tfrac12\|Ax-y\|^2 + \tfrac1{2\gamma}\|x-z\|^2` by the operator's
+    own ``prox_l2``, except deepinv's ``Downsampling`` without a filter (plain decimation),
+    whose closed form needs a filter: there :class:`Decimation`'s exact diagonal prox."""
+    if isinstance(physics, dinv.physics.Downsampling) and physics.filter is None:
+        return Decimation.prox_l2(physics, z, y, gamma)
+    return physics.prox_l2(z, y, gamma)
+
+
 def column_mask(
     width: int, acceleration: int = 4, center_fraction: float = 0.08, seed: int = 0
 ) -> Tensor:
