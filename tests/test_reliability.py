@@ -1126,3 +1126,19 @@ def test_deepinv_downsampling_without_a_filter_reconstructs_through_its_exact_pr
     assert torch.isfinite(x_hat).all()
     tv = variational(batch, "tv", 1e-3, max_iter=20)
     assert torch.isfinite(tv).all()
+
+
+def test_demo_names_where_a_supervised_rule_came_from(tmp_path):
+    """A model that recommends supervised adaptation cannot run the label-free demo: the
+    refusal names the model's recommendation when ``--loss`` was not given, ``--loss`` when
+    it was; both name the fix."""
+    model = save_model(tmp_path / "m.safetensors", PDNet(PDNetConfig(depth=2)),
+                       metadata={"adapt": {"loss": "supervised", "lr": 1e-3}})
+    base = ["demo", "--model", str(model), "--size", "16", "--out", str(tmp_path / "d")]
+    with pytest.raises(SystemExit, match=r"m.safetensors recommends supervised adaptation.*"
+                                         r"--loss equivariant or unsupervised"):
+        main(base)
+    with pytest.raises(SystemExit, match=r"--loss supervised: the demo adapts without ground "
+                                         r"truth: use equivariant or unsupervised"):
+        main([*base, "--loss", "supervised"])
+    assert not (tmp_path / "d").exists()

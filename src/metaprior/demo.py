@@ -122,9 +122,13 @@ def _adapt_demo(config: DemoConfig, device: str, log) -> dict:
     model, meta = load_model(config.model, device)
     rule = AdaptConfig.from_model(meta, steps=config.adapt_steps, loss=config.loss or None,
                                   lr=config.lr or None)
+    if rule.loss == "supervised" and config.loss:
+        raise ValueError("--loss supervised: the demo adapts without ground truth: use "
+                         "equivariant or unsupervised")
     if rule.loss == "supervised":
-        raise ValueError("--loss: the demo adapts without ground truth: use equivariant or "
-                         "unsupervised")
+        raise ValueError(f"--model {config.model} recommends supervised adaptation, and the "
+                         f"demo adapts without ground truth: pass --loss equivariant or "
+                         f"unsupervised")
     name = config.model
     if config.meta_train:
         name = str(_meta_train(config, rule, model, meta["architecture"], device, log))
