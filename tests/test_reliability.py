@@ -1142,3 +1142,14 @@ def test_demo_names_where_a_supervised_rule_came_from(tmp_path):
                                          r"truth: use equivariant or unsupervised"):
         main([*base, "--loss", "supervised"])
     assert not (tmp_path / "d").exists()
+
+
+def test_adapt_checks_its_rule_against_the_model_before_any_work(sandbox, capsys):
+    """A ``--frozen`` prefix that names no parameter, or ``--coarse-iterations`` with a
+    model that cannot be resampled (a PDNet), is refused before the model is scored or an lr
+    searched (a long run would otherwise learn it only after that)."""
+    for extra, fragment in ((["--frozen", "nosuch"], "'nosuch' names no parameter"),
+                            (["--coarse-iterations", "5"], "needs an unrolled model")):
+        with pytest.raises(SystemExit, match=fragment):
+            main([a.format(root=sandbox) for a in [*ADAPT, *extra]])
+        assert "before:" not in capsys.readouterr().out

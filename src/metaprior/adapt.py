@@ -185,6 +185,18 @@ def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:
     if not isinstance(config, AdaptConfig):
         raise ValueError(f"fine_tune: config must be an AdaptConfig, got "
                          f"{type(config).__name__}")
+    if start is not None and not isinstance(start, AdaptState):
+        raise ValueError(f"fine_tune: start must be an AdaptState or None, got "
+                         f"{type(start).__name__}")
+    check_rule(model, config)
+
+
+def check_rule(model: nn.Module, config: AdaptConfig) -> None:
+    """One-line ``ValueError`` where the step rule ``config`` does not fit ``model`` (its
+    ``lr_scales``, ``frozen`` prefixes, precision, coarse iterations), before any work:
+    ``metaprior adapt`` checks it before scoring or searching an lr."""
+    order = [k for k, _ in model.named_parameters()]
+    names = set(order)
     if config.lr_scales is not None:
         missing, unknown = names - set(config.lr_scales), set(config.lr_scales) - names
         if missing:
@@ -193,9 +205,6 @@ def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:
         if unknown:
             raise ValueError(f"adapt: lr_scales names parameters the model lacks: "
                              f"{', '.join(sorted(unknown)[:3])}")
-    if start is not None and not isinstance(start, AdaptState):
-        raise ValueError(f"fine_tune: start must be an AdaptState or None, got "
-                         f"{type(start).__name__}")
     if config.precision != "float32" and not getattr(model, "mixed_precision", False):
         raise ValueError(f"adapt: precision {config.precision} needs a model whose data steps "
                          f"stay float32 under autocast (HQSNet); a {type(model).__name__} "
@@ -210,6 +219,7 @@ def _check_fine_tune_args(model, theta, next_batch, config, start) -> None:
         raise ValueError(f"adapt: coarse_iterations {config.coarse_iterations} needs an unrolled "
                          f"model that can be resampled (HQSNet); a {type(model).__name__} adapts "
                          f"as it is: use 0")
+    check_frozen(order, config.frozen, "adapt")
 
 
 @dataclass
@@ -311,7 +321,6 @@ def fine_tune(
     first = start.step if start is not None else 0
     phi = {k: v.detach().clone().requires_grad_(not is_frozen(k, config.frozen))
            for k, v in (start.phi if start is not None else theta).items()}
-    check_frozen(list(phi), config.frozen, "adapt")
     state = start.opt_state if start is not None else opt.init(phi)
     batch = None
     for step in range(first):  # replay the stream

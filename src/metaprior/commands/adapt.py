@@ -221,7 +221,7 @@ def data_stream(args):
 def cmd_adapt(args) -> None:
     from tqdm import tqdm
 
-    from metaprior.adapt import AdaptConfig, fine_tune, parameters_of
+    from metaprior.adapt import AdaptConfig, check_rule, fine_tune, parameters_of
     from metaprior.adapt_run import fine_tune_run
     from metaprior.checkpoint import load_model, resolve_model_path, save_model
     from metaprior.config import check_fits_in_memory, resolve, section_values
@@ -251,6 +251,7 @@ def cmd_adapt(args) -> None:
         raise ValueError("--images needs --task NAME")
     model, meta = load_model(args.model, args.device)
     config = adapt_rule(meta, given)
+    check_rule(model, config)  # before the model is scored or an lr searched
     task_name, stream, evaluation = data_stream(args)
     if config.loss == "supervised" and args.measurements and evaluation is None:
         raise ValueError(f"{args.measurements} has no ground truth: use --loss unsupervised")
