@@ -65,9 +65,12 @@ def check_adapt_data(given: dict, seed_given: bool = False) -> None:
         for name in IMAGES_ONLY[:1] if pictures else IMAGES_ONLY:
             if name in given and given[name] not in (None, False):
                 flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} applies to --images only (with --measurements the "
+                folder = name != IMAGES_ONLY[0]  # a --lr-search folder takes the others
+                where = "--images or a --lr-search folder" if folder else "--images"
+                fix = "--images or --lr-search DIR" if folder else "--images"
+                raise ValueError(f"{flag} applies to {where} only (with --measurements the "
                                  f"measurement file itself is adapted on and scored): drop "
-                                 f"{flag} or give --images")
+                                 f"{flag} or give {fix}")
         if seed_given and not pictures:
             raise ValueError("--seed applies to --images or a --lr-search folder (it seeds "
                              "their patches and measurements): drop --seed")
