@@ -363,8 +363,8 @@ def test_adapt_chooses_its_lr_on_pictures_with_ground_truth(tmp_path, capsys):
     tried = {float(k): v for k, v in adapted["lr_search"].items()}
     assert {1e-3, 1e-2} <= set(tried) and len(tried) in (3, 4)
     assert adapted["lr"] == max((v, k) for k, v in tried.items() if v is not None)[1]
-    with pytest.raises(SystemExit, match="--patch-size applies to --images or a --lr-search "
-                                         "folder only.*give --images or --lr-search DIR"):
+    with pytest.raises(SystemExit, match=r"--patch-size applies to --images or a --lr-search "
+                                         r"folder only.*give --images or --lr-search DIR"):
         main(["adapt", "--model", str(tmp_path / "m.safetensors"), "--measurements", str(y),
               "--patch-size", "16", "--out", str(tmp_path / "b.safetensors")])
 
