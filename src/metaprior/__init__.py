@@ -42,6 +42,7 @@ _API = {
     "AdaptConfig": "metaprior.adapt", "fine_tune": "metaprior.adapt",
     "fine_tune_run": "metaprior.adapt_run", "parameters_of": "metaprior.adapt",
     "load_into": "metaprior.adapt", "coarse_problem": "metaprior.adapt",
+    "check_rule": "metaprior.adapt", "bfloat16_is_fast": "metaprior.adapt",
     # scoring
     "evaluate_method": "metaprior.evaluate", "finetune_and_score": "metaprior.evaluate",
     "search_lr": "metaprior.evaluate", "label_free_loss": "metaprior.evaluate",
