@@ -35,12 +35,11 @@ def bfloat16_is_fast(device: torch.device) -> bool:
     """Whether ``device`` has bfloat16 arithmetic: a CUDA card that supports it, or a CPU with
     AVX-512 BF16 or AMX instructions. Elsewhere oneDNN emulates bfloat16 convolutions, about
     20x slower than float32 (``docs/performance.md``)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    probes = [getattr(torch.cpu, name, None)
-              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    probes = [probe for probe in probes if probe is not None]
-    return device.type != "cpu" or not probes or any(probe() for probe in probes)
+    if device.type != "cpu":
+        return device.type != "cuda" or torch.cuda.is_bf16_supported()
+    known = [probe() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+             if (probe := getattr(torch.cpu, name, None)) is not None]
+    return not known or any(known)  # a torch without these probes: not refused
 
 
 @dataclass(frozen=True)

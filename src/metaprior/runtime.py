@@ -3,10 +3,11 @@
 An unrolled network's step allocates its activations and frees them all at the end, about
 1.4 GB a step for the recommended model's 24 iterations on 8 patches of 64². glibc's
 allocator hands the top of its heap back to the system whenever more than its trim threshold
-(a few MB by default) lies free there, so every step faulted the same pages in again: a third
-of an adaptation's time went to the kernel (``benchmarks/bench_heap.py``,
-``docs/performance.md``). :func:`keep_freed_memory` keeps freed memory for the next step; a
-process then holds its peak heap until it exits. Every command calls :func:`configure_cpu`.
+(adapted as it goes, a few MB at first) lies free there, and in some processes it keeps doing
+so: every step then faults the same pages in again (one demo run spent 82 of its 248 s in the
+kernel; ``benchmarks/bench_heap.py``, ``docs/performance.md``). :func:`keep_freed_memory`
+keeps freed memory for the next step; a process then holds its peak heap until it exits.
+Every command calls :func:`configure_cpu`.
 """
 
 from __future__ import annotations
