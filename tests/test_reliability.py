@@ -89,6 +89,10 @@ def sandbox(tmp_path_factory) -> Path:
     (root / "tiny_imgs").mkdir()
     Image.new("L", (1, 1), 128).save(root / "tiny_imgs" / "dot.png")
     (root / "empty_imgs").mkdir()
+    (root / "rgba_imgs").mkdir()  # a transparent corner: what lies under it is undefined
+    rgba = Image.new("RGBA", (16, 16), (200, 100, 50, 255))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))
+    rgba.save(root / "rgba_imgs" / "logo.png")
     (root / "demo_out").mkdir()
     (root / "demo_out" / "demo_sr2.png").write_bytes(b"an earlier figure")
     (root / "cfg").mkdir()
@@ -157,8 +161,11 @@ BAD_INPUTS = [
      "--steps must be >= 1"),
     (["adapt", "--model", M, "--measurements", Y, "--steps", "-3", "--out",
       "{root}/o.safetensors"], "--steps must be >= 1"),
-    ([*ADAPT, "--lr", "nan"], "lr must be a finite number"),
-    ([*ADAPT, "--lr", "-1"], "lr must be a finite number"),
+    ([*ADAPT, "--lr", "nan"], "error: --lr must be a finite number > 0, got nan"),
+    ([*ADAPT, "--lr", "-1"], "error: --lr must be a finite number"),
+    ([*MT, "--gamma", "nan", "--out", "{root}/r1"],
+     "error: --gamma must be a finite number > 0, got nan"),
+    ([*MT, "--step-safety", "2", "--out", "{root}/r1"], "error: --step-safety must be in (0, 1]"),
     (["adapt", "--model", M, "--measurements", Y, "--out", "{root}/imgs"], "must end in"),
     (["adapt", "--model", M, "--measurements", Y, "--out", "{root}/a_file/m.safetensors"],
      "is an existing file"),
@@ -232,8 +239,8 @@ BAD_INPUTS = [
     ([*CFG, "{root}/cfg", "--out", "{root}/r1"], "cfg is a folder: pass a JSON file to --config"),
     ([*CFG, "{root}/cfg/binary.json", "--out", "{root}/r1"],
      "binary.json is not UTF-8 text: pass a JSON file to --config"),
-    ([*MT, "--inner-batch", "0", "--out", "{root}/r1"], "inner_batch must be >= 1"),
-    ([*MT, "--patch-size", "0", "--out", "{root}/r1"], "patch_size must be >= 1"),
+    ([*MT, "--inner-batch", "0", "--out", "{root}/r1"], "error: --inner-batch must be >= 1"),
+    ([*MT, "--patch-size", "0", "--out", "{root}/r1"], "error: --patch-size must be >= 1"),
     (["meta-train", *TINY, "--steps", "0", "--out", "{root}/r1"], "steps must be >= 1"),
     (["meta-train", *TINY, "--steps", "1", "--lr", "inf", "--out", "{root}/r1"],
      "lr must be a finite number"),
@@ -282,28 +289,39 @@ BAD_INPUTS = [
      "--out {root}/recon.png names an image: reconstruct writes a folder"),
     (["reconstruct", "--model", M, "--measurements", Y, "--out", "{root}/r", "--device",
       "cpu:3"], "--device cpu:3: the CPU is cpu"),
-    ([*MT, "--outer-theta-weight", "nan", "--out", "{root}/r1"], "outer_theta_weight must be"),
-    ([*MT, "--outer-theta-weight", "inf", "--out", "{root}/r1"], "outer_theta_weight must be"),
+    ([*MT, "--outer-theta-weight", "nan", "--out", "{root}/r1"],
+     "error: --outer-theta-weight must be"),
+    ([*MT, "--outer-theta-weight", "inf", "--out", "{root}/r1"],
+     "error: --outer-theta-weight must be"),
     ([*MT, "--out", ""], "--out is empty"),
     ([*MT, "--seed", "99999999999999999999999", "--out", "{root}/r1"],
      "error: --seed must be an integer in [-2^63, 2^63)"),
     (["measure", "--task", "sr2", "--images", IMGS, "--seed", "99999999999999999999999",
       "--out", "{root}/m.safetensors"], "error: --seed must be an integer in [-2^63, 2^63)"),
-    ([*MT, "--lam-init", "-1", "--out", "{root}/r1"], "lam_init >= 0"),
+    ([*MT, "--lam-init", "-1", "--out", "{root}/r1"], "error: --lam-init must be >= 0"),
     ([*MT, "--cg-iters", "5", "--out", "{root}/r1"],
      "--cg-iters applies to --hypergradient implicit only"),
     ([*MT, "--inner-lr-lr", "0.5", "--out", "{root}/r1"],
      "--inner-lr-lr applies to --learn-inner-lr only"),
     ([*MT, "--hypergradient", "implicit", "--prox-lambda", "1", "--cg-tol", "nan", "--out",
-      "{root}/r1"], "cg_tol must be a finite number > 0"),
+      "{root}/r1"], "error: --cg-tol must be a finite number > 0"),
     ([*MT, "--tasks", "denoise", "--tasks-per-step", "5", "--out", "{root}/r1"],
-     "tasks_per_step must be <= the 1 task(s)"),
+     "error: --tasks-per-step must be <= the 1 task(s)"),
     (["adapt", "--model", "{root}/empty_imgs", "--measurements", Y, "--out",
       "{root}/o.safetensors"], "holds no model"),
     (reconstruct(measurements="{root}/empty_imgs"), "is a folder, not a measurement file"),
     ([*ADAPT, "--seed", "5"], "--seed applies to --images or a --lr-search folder"),
     (["adapt", "--model", M, "--measurements", Y, "--out", ""], "--out is empty"),
     (["demo", "--size", "100000", "--out", "{root}/demo_new"], "--size must be"),
+    (["demo", "--adapt-task", "sr3", "--out", "{root}/demo_new"],
+     "--size 128 is not a multiple of --adapt-task sr3's factor 3: pass --size 126"),
+    # parametrised task names: finite, possible values, named in the task's own words
+    (["measure", "--task", "denoise-1e400", "--images", IMGS, "--out", "{root}/m.safetensors"],
+     "denoise: sigma must be a finite number > 0, got inf"),
+    (["measure", "--task", "mri9999", "--images", IMGS, "--out", "{root}/m.safetensors"],
+     "mri: acceleration 9999 keeps fewer k-space columns than the fully sampled centre"),
+    (["measure", "--task", "sr2", "--images", "{root}/rgba_imgs", "--out",
+      "{root}/m.safetensors"], "logo.png has transparent pixels"),
 ]
 
 
@@ -544,6 +562,40 @@ def test_reconstruct_figure_shows_the_inputs_beside_the_reconstruction(sandbox, 
           str(tmp_path / "rgb"), "--figure"])
     with Image.open(tmp_path / "rgb" / "figure.png") as im:  # no ground truth: 3 columns
         assert im.size == (3 * 160, 18 + 2 * (160 + 16)) and im.mode == "RGB"
+
+
+def test_reconstruct_without_figure_names_an_earlier_figure_it_leaves(sandbox, tmp_path, capsys):
+    """A rerun without ``--figure`` keeps an earlier run's ``figure.png`` (it deletes nothing it
+    did not write this time) and says that the figure shows the earlier reconstructions."""
+    model = str(sandbox / "model.safetensors")
+    _, y = _named_measurements(tmp_path)
+    out = tmp_path / "rec"
+    main(["reconstruct", "--model", model, "--measurements", str(y), "--out", str(out),
+          "--figure"])
+    before = (out / "figure.png").read_bytes()
+    capsys.readouterr()
+    main(["reconstruct", "--model", model, "--measurements", str(y), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert (out / "figure.png").read_bytes() == before
+    assert f"{out / 'figure.png'} is an earlier run's figure" in err and "--figure" in err
+
+
+def test_images_with_an_alpha_channel_are_read_when_opaque(tmp_path):
+    """An opaque RGBA or LA picture reads as its colour channels; a transparent one is refused
+    (BAD_INPUTS), as is a palette picture with a transparent colour."""
+    from metaprior.data.datasets import load_image
+
+    Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(tmp_path / "rgba.png")
+    Image.new("LA", (8, 8), (90, 255)).save(tmp_path / "la.png")
+    assert torch.equal(load_image(tmp_path / "rgba.png", gray=False)[:, 0, 0],
+                       torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(load_image(tmp_path / "la.png")[0, 0, 0], torch.tensor(90 / 255))
+    corner = Image.new("RGBA", (8, 8), (255, 0, 0, 255))
+    corner.putpixel((0, 0), (0, 0, 0, 0))
+    palette = corner.convert("P")
+    palette.save(tmp_path / "p.png", transparency=palette.getpixel((0, 0)))
+    with pytest.raises(ValueError, match=r"p\.png has transparent pixels"):
+        load_image(tmp_path / "p.png")
 
 
 def test_two_adapt_runs_on_one_out_are_refused_by_the_run_folder_lock(sandbox, tmp_path):
@@ -886,7 +938,8 @@ def test_boolean_options_are_switches_and_old_true_false_values_still_read():
 
 @pytest.mark.parametrize("argv", [["adapt", "--steps", "1.5"], ["adapt", "--lr"],
                                   ["adapt", "--stpes", "1"], ["measure", "--seed", "abc"],
-                                  ["demo", "--meta-train"], ["nope"]])
+                                  ["demo", "--meta-train"], ["nope"],
+                                  ["evaluate", "--tasks", "sr2,,mri4"]])
 def test_a_malformed_command_line_is_one_line_naming_the_help(argv, capsys):
     """argparse's own errors (a wrong type, a missing value, an unknown flag or command) are
     one line too, exit status 2, pointing at the command's ``--help``."""
@@ -897,6 +950,8 @@ def test_a_malformed_command_line_is_one_line_naming_the_help(argv, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "--help" in err[0], err
     if argv[0] != "nope":
         assert f"metaprior {argv[0]} --help" in err[0]
+    if "sr2,,mri4" in argv:  # not read as "sr2,mri4"
+        assert "'sr2,,mri4' has an empty entry" in err[0]
 
 
 def test_an_example_without_its_data_root_ends_in_one_line(tmp_path):
@@ -1096,13 +1151,13 @@ def test_api_edge_cases_a_user_meets_with_deepinv_operators(tmp_path):
 
 def test_deepinv_downsampling_without_a_filter_reconstructs_through_its_exact_prox():
     """deepinv's ``Downsampling(filter=None)`` (plain decimation) has no closed-form prox of
-    its own (deepinv 0.5 fails on ``Fh = None``); HQSNet and the TV baseline take its data
-    step through the exact diagonal prox of :class:`metaprior.physics.Decimation`, so the
-    README's recipe 1 runs on it and gives what the built-in ``sr2`` gives."""
+    its own (deepinv 0.5 fails on ``Fh = None``); HQSNet and the TV and DPIR baselines take
+    its data step through the exact diagonal prox of :class:`metaprior.physics.Decimation`,
+    so the README's recipe 1 runs on it and gives what the built-in ``sr2`` gives."""
     import deepinv as dinv
 
     import metaprior as mp
-    from metaprior.baselines import variational
+    from metaprior.baselines import dpir, variational
     from metaprior.models import HQSNet, HQSNetConfig
     from metaprior.physics import Decimation
     from metaprior.physics.operators import prox_l2
@@ -1126,6 +1181,14 @@ def test_deepinv_downsampling_without_a_filter_reconstructs_through_its_exact_pr
     assert torch.isfinite(x_hat).all()
     tv = variational(batch, "tv", 1e-3, max_iter=20)
     assert torch.isfinite(tv).all()
+
+    class Smooth(dinv.models.Denoiser):  # a stand-in denoiser: DPIR's schedule is under test
+        def forward(self, x, sigma=None):
+            return torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+    decimated = dpir(batch, Smooth(), 0.02, iterations=4)  # deepinv's own L2 fails here
+    assert torch.allclose(decimated, dpir(replace(batch, physics=ours), Smooth(), 0.02, 4),
+                          atol=1e-4)
 
 
 def test_demo_names_where_a_supervised_rule_came_from(tmp_path):

@@ -225,6 +225,14 @@ class _PerChannel(dinv.models.Denoiser):
         return self.denoiser(x.reshape(b * c, 1, h, w), sigma).reshape(b, c, h, w)
 
 
+class ExactL2(dinv.optim.L2):
+    r"""deepinv's :math:`\tfrac1{2\sigma^2}\|Ax-y\|^2` with its prox through
+    :func:`~metaprior.physics.operators.prox_l2`: the same, and plain decimation too."""
+
+    def prox(self, x: Tensor, y: Tensor, physics, *args, gamma=1.0, **kwargs) -> Tensor:
+        return prox_l2(physics, x, y, self.norm * gamma)
+
+
 @torch.no_grad()
 def dpir(batch: TaskBatch, denoiser: dinv.models.Denoiser, noise_level: float,
          iterations: int = 8) -> Tensor:
@@ -242,7 +250,7 @@ def dpir(batch: TaskBatch, denoiser: dinv.models.Denoiser, noise_level: float,
     stepsize = (sigmas / max(0.01, noise_level)) ** 2 / 0.23
     solver = dinv.optim.optim_builder(
         iteration="HQS", prior=dinv.optim.PnP(denoiser=_PerChannel(denoiser)),
-        data_fidelity=dinv.optim.L2(), early_stop=False, max_iter=iterations,
+        data_fidelity=ExactL2(), early_stop=False, max_iter=iterations,
         params_algo={"stepsize": stepsize.to(batch.y.device),
                      "g_param": sigmas.to(batch.y.device)})
     return solver(batch.y, batch.physics, init=smooth_init(batch))

@@ -250,10 +250,17 @@ def main(argv: list[str] | None = None) -> None:
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
 
     def run() -> None:
-        for path in args.plugin:
-            load_plugin(path)
-        _setup(args)
-        args.func(args)
+        from metaprior.config import name_the_flag
+
+        try:
+            for path in args.plugin:
+                load_plugin(path)
+            _setup(args)
+            args.func(args)
+        except ValueError as e:  # a section's check, in the words of the flag that set it
+            if name_the_flag(str(e), argv) == str(e):
+                raise
+            raise ValueError(name_the_flag(str(e), argv)) from None
 
     one_line_errors(run)
 

@@ -28,7 +28,7 @@ def _converter(tp):
     origin = typing.get_origin(tp)
     if origin is tuple:
         item = _converter(typing.get_args(tp)[0])
-        return lambda s: tuple(item(x.strip()) for x in s.split(",") if x.strip())
+        return lambda s: _items(s, item)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _converter(args[0])
@@ -289,6 +289,29 @@ def check_device(device: str) -> None:
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but no CUDA device is available: use "
                          "--device cpu")
+
+
+def _items(text: str, item) -> tuple:
+    """A comma-separated flag value as a tuple (``""``: empty); an empty entry is refused."""
+    parts = [x.strip() for x in text.split(",")]
+    if parts == [""]:
+        return ()
+    if "" in parts:
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry: separate the items by "
+                                         f"single commas")
+    return tuple(item(x) for x in parts)
+
+
+def name_the_flag(message: str, argv: typing.Sequence[str]) -> str:
+    """A check's message in the words of the command line: ``adapt: lr must be ...`` becomes
+    ``--lr must be ...`` where ``argv`` gave ``--lr`` (a value from a config file keeps its
+    section's name)."""
+    match = re.fullmatch(r"\w+: (\w+) (must .*)", message, flags=re.DOTALL)
+    if match:
+        flag = "--" + match[1].replace("_", "-")
+        if any(a == flag or a.startswith(flag + "=") for a in argv):
+            return f"{flag} {match[2]}"
+    return message
 
 
 def check_positive(owner: str, **values: float) -> None:

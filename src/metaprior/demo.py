@@ -5,7 +5,8 @@
 2. measure three held-out pictures with an operator (default ``sr2``: plain ×2 decimation,
    no anti-alias filter);
 3. adapt it to those measurements alone, *without ground truth*, with the label-free rule
-   the model recommends (its metadata ``adapt``: the equivariant loss, the schedule alone);
+   the model recommends (its metadata ``adapt``: the equivariant loss, the schedule alone),
+   its steps taken on a copy of 8 iterations (``coarse_iterations``; 0: on the model itself);
 4. print PSNR against the ground truth (used for scoring only) of the zero-filled adjoint
    :math:`A^\\top y`, total variation (its weight grid-searched on two *other* pictures), the
    model before and after adaptation, and write a figure of all of them.
@@ -48,6 +49,9 @@ class DemoConfig:
     out: str = "runs/demo"  # output folder
     overwrite: bool = False  # replace an earlier demo's output in --out (refused without it)
     meta_train: int = 0  # first meta-train the model this many steps (0: adapt it as shipped)
+    # the steps on an 8-iteration copy of the 24 (about 3x faster, the same PSNR here); a
+    # model with no more iterations, or not unrolled (PDNet), is adapted itself
+    coarse_iterations: int = 8  # adapt an N-iteration copy of an unrolled model (0: the model)
 
 
 def earlier_demo(out: str | Path) -> list[Path]:
@@ -66,9 +70,15 @@ def run_demo(config: DemoConfig, device: str = "cpu", log=print) -> dict:
                              f"it with --overwrite or choose another --out")
     if not 16 <= config.size <= 1024:
         raise ValueError(f"--size must be in [16, 1024], got {config.size}")
-    if config.adapt_steps < 1 or config.meta_train < 0:
-        raise ValueError(f"--adapt-steps must be >= 1 and --meta-train >= 0, got "
-                         f"{config.adapt_steps}, {config.meta_train}")
+    if config.adapt_steps < 1 or config.meta_train < 0 or config.coarse_iterations < 0:
+        raise ValueError(f"--adapt-steps must be >= 1, --meta-train and --coarse-iterations "
+                         f">= 0, got {config.adapt_steps}, {config.meta_train}, "
+                         f"{config.coarse_iterations}")
+    factor = get_task(config.adapt_task).params.get("factor", 1)
+    if config.size % factor:
+        raise ValueError(f"--size {config.size} is not a multiple of --adapt-task "
+                         f"{config.adapt_task}'s factor {factor}: pass --size "
+                         f"{config.size - config.size % factor}")
     return _adapt_demo(config, device, log)
 
 
@@ -120,8 +130,10 @@ def _meta_train(config: DemoConfig, rule: AdaptConfig, model, architecture: str,
 def _adapt_demo(config: DemoConfig, device: str, log) -> dict:
     t0 = time.perf_counter()
     model, meta = load_model(config.model, device)
+    coarse = config.coarse_iterations if hasattr(model, "resample") else 0
     rule = AdaptConfig.from_model(meta, steps=config.adapt_steps, loss=config.loss or None,
-                                  lr=config.lr or None)
+                                  lr=config.lr or None, coarse_iterations=coarse
+                                  if coarse < getattr(model.config, "iterations", 0) else 0)
     if rule.loss == "supervised" and config.loss:
         raise ValueError("--loss supervised: the demo adapts without ground truth: use "
                          "equivariant or unsupervised")
@@ -144,6 +156,8 @@ def _adapt_demo(config: DemoConfig, device: str, log) -> dict:
     weight, tv = _tv(task, [im.to(device) for im in demo_images("train", size=config.size)[:2]],
                      config.seed)
     fixed = f", {'/'.join(rule.frozen)} held fixed" if rule.frozen else ""
+    if rule.coarse_iterations:
+        fixed += f", on a copy of {rule.coarse_iterations} iterations"
     log(f"2/3 adapting to their measurements alone, no ground truth ({rule.steps} {rule.loss} "
         f"{rule.optimizer} steps, lr {rule.lr:g}{fixed}) ...")
     run = finetune_and_score(model, theta, lambda step: measured, rule, [batch])

@@ -30,6 +30,7 @@ from functools import partial
 import torch
 
 from metaprior import physics as ops
+from metaprior.config import check_at_least, check_positive
 from metaprior.task import Task
 
 TRAIN_TASKS = ("denoise", "tv", "deblur", "inpaint")
@@ -89,8 +90,7 @@ def _named(base: str, value: float, default: float) -> str:
 
 def denoise_task(sigma: float = 0.1) -> Task:
     """T1: Gaussian denoising (``denoise``; another σ: ``denoise-SIGMA``)."""
-    if not sigma > 0:
-        raise ValueError(f"denoise: sigma must be > 0, got {sigma}")
+    check_positive("denoise", sigma=sigma)
     return Task(_named("denoise", sigma, 0.1), partial(_denoising, sigma=sigma),
                 noise_sigma=sigma, params={"sigma": sigma})
 
@@ -103,8 +103,8 @@ def tv_task(weight: float = 0.1, tol: float = 1e-6) -> Task:
 
 def deblur_task(sigma: float = 1.6, size: int = 25) -> Task:
     """T3: noiseless Gaussian deconvolution (``deblur``; another std: ``deblur-SIGMA``)."""
-    if not sigma > 0 or size < 1:
-        raise ValueError(f"deblur: sigma must be > 0 and size >= 1, got {sigma}, {size}")
+    check_positive("deblur", sigma=sigma)
+    check_at_least("deblur", 1, size=size)
     name = _named("deblur", sigma, 1.6) + ("" if size == 25 else f"-k{size}")
     return Task(name, partial(_blur, sigma=sigma, size=size),
                 params={"sigma": sigma, "size": size})
@@ -149,6 +149,11 @@ def mri_task(acceleration: int = 4, center_fraction: float = 0.08, seed: int = 0
     if acceleration < 2 or not 0 < center_fraction < 1:
         raise ValueError(f"mri: acceleration must be >= 2 and center_fraction in (0, 1), got "
                          f"{acceleration}, {center_fraction}")
+    if acceleration * center_fraction > 1:  # 1/acceleration of the columns, the centre among them
+        raise ValueError(f"mri: acceleration {acceleration} keeps fewer k-space columns than the "
+                         f"fully sampled centre (center_fraction {center_fraction:g}): choose "
+                         f"an acceleration <= {int(1 / center_fraction)} or a smaller centre "
+                         f"(mriK-cfFRACTION)")
     name = f"mri{acceleration}" + ("" if seed == 0 else f"-s{seed}") + (
         "" if center_fraction == 0.08 else f"-cf{center_fraction:g}")
     return Task(name,

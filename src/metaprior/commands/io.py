@@ -87,6 +87,9 @@ def cmd_reconstruct(args) -> None:
         print(f"PSNR: {psnr_line(model, parameters_of(model), batch)}")
     if args.figure:
         print(f"figure: {side_by_side(batch, x_hat, out / 'figure.png')}")
+    elif (out / "figure.png").exists():
+        print(f"note: {out / 'figure.png'} is an earlier run's figure, not of these "
+              f"reconstructions (--figure replaces it)", file=sys.stderr)
 
 
 def side_by_side(batch, x_hat: torch.Tensor, path: Path) -> Path:

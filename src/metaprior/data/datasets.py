@@ -99,7 +99,7 @@ def _to_tensor(array: np.ndarray, gray: bool) -> Tensor:
         img = rgb2gray(img).astype(np.float32)  # ITU-R 709 luma
     elif not gray and img.ndim == 2:
         img = gray2rgb(img)
-    t = torch.from_numpy(np.ascontiguousarray(img))
+    t = torch.from_numpy(np.array(img, order="C"))  # a writable copy
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
 
 
@@ -133,6 +133,11 @@ def _array_at_scale(im, path) -> np.ndarray:
         if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
             raise ValueError(f"image {path}: float pixels must be finite and in [0, 1]")
         return arr
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if "A" in im.getbands() and im.getchannel("A").getextrema()[0] < 255:
+        raise ValueError(f"image {path} has transparent pixels (its alpha channel), whose "
+                         f"colour is undefined: flatten it onto a background first")
     if im.mode in ("L", "LA"):
         return np.asarray(im.convert("L"))
     return np.asarray(im.convert("RGB"))

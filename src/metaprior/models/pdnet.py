@@ -31,6 +31,7 @@ from deepinv.models import Reconstructor
 from deepinv.physics import LinearPhysics
 from torch import Tensor, nn
 
+from metaprior.config import check_positive
 from metaprior.physics.operators import operator_norm_sq
 
 #: Frequency grid on which the conv's frequency response is maximised (see conv_norm_sq).
@@ -285,12 +286,14 @@ class PDNet(Reconstructor):
         if c.depth < 1 or c.width < 1 or c.kernel_size < 1 or c.kernel_size % 2 == 0:
             raise ValueError(f"model: depth and width must be >= 1 and kernel_size odd, got "
                              f"depth {c.depth}, width {c.width}, kernel_size {c.kernel_size}")
-        if not (c.gamma > 0 and 0 < c.step_safety <= 1 and c.weight_init_std >= 0
-                and c.checkpoint_segment >= 0 and c.lam_init >= 0
-                and math.isfinite(c.gamma + c.lam_init)):
-            raise ValueError(f"model: need gamma > 0, 0 < step_safety <= 1, weight_init_std >= "
-                             f"0, checkpoint_segment >= 0, lam_init >= 0 and finite values, "
-                             f"got {c}")
+        check_positive("model", gamma=c.gamma)
+        for name, ok, need in (("step_safety", 0 < c.step_safety <= 1, "in (0, 1]"),
+                               ("weight_init_std", 0 <= c.weight_init_std < math.inf, ">= 0"),
+                               ("lam_init", 0 <= c.lam_init < math.inf, ">= 0"),
+                               ("checkpoint_segment", c.checkpoint_segment >= 0, ">= 0")):
+            if not ok:
+                raise ValueError(f"model: {name} must be {need} and finite, got "
+                                 f"{getattr(c, name)!r}")
         self.layers = nn.ModuleList(PDLayer(self.config) for _ in range(self.config.depth))
 
     @classmethod

@@ -178,6 +178,11 @@ def column_mask(
     Returns:
         (width,) 0/1 float tensor over the centred k-space columns.
     """
+    if width // acceleration < int(center_fraction * width):
+        raise ValueError(f"MRI x{acceleration} keeps {width // acceleration} of {width} k-space "
+                         f"columns, fewer than the fully sampled centre "
+                         f"({int(center_fraction * width)}, center_fraction "
+                         f"{center_fraction:g}): choose a lower acceleration or a smaller centre")
     gen = dinv.physics.generator.RandomMaskGenerator(
         img_size=(1, 1, width), acceleration=acceleration, center_fraction=center_fraction,
         rng=torch.Generator().manual_seed(seed),
