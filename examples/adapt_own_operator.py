@@ -28,7 +28,6 @@ use it too::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 
 import metaprior as mp
 from metaprior import baselines as bl
-from metaprior.cli import one_line_errors
+from metaprior.cli import OneLineParser, one_line_errors
 from metaprior.data import demo_images
 from metaprior.pretrained import RECOMMENDED
 
@@ -80,7 +79,7 @@ TASK = mp.register_task(mp.task_from_physics("boxblur-decimate2", BoxBlurDecimat
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="adaptation steps, no ground truth")
     ap.add_argument("--size", type=int, default=128, help="picture side")
     ap.add_argument("--model", default=RECOMMENDED,
@@ -94,7 +93,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     "denoiser (HQSNet: adapt the schedule alone), or none (adapt every "
                     "parameter); default: each model's own rule")
     args = ap.parse_args(argv)
+    if args.size < 16 or args.size % 2 or args.steps < 0:
+        ap.error(f"--size must be an even number >= 16 and --steps >= 0, got {args.size}, "
+                 f"{args.steps}")
     torch.set_num_threads(1)
+    frozen = (tuple(p for p in args.frozen.split(",") if p and p != "none")
+              if args.frozen else None)  # None: each model's own rule
+    rules = {}  # each model's own step rule, checked against it before any work
+    for name in [args.model, *filter(None, args.compare.split(","))]:
+        model, meta = mp.load_model(name)
+        own = frozen
+        if own and name != args.model and not any(k.startswith(own)
+                                                  for k, _ in model.named_parameters()):
+            own = ()  # a compared model without those parameters (a PDNet) adapts all its own
+        # (optimizer, step size, the loss it recommends); a model trained with a supervised
+        # inner loss (or none) adapts with measurement consistency
+        rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss=args.loss or None,
+                                         frozen=own)
+        if rule.loss == "supervised":
+            rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss="unsupervised",
+                                             frozen=own)
+        mp.check_rule(model, rule)
+        rules[name] = model, rule
 
     x = torch.stack(demo_images("test", size=args.size))  # (3, 1, H, W) held-out pictures
     task = TASK
@@ -110,19 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tuning = [task.sample(im.unsqueeze(0), g) for im in demo_images("train", size=args.size)[:2]]
     weight, _ = bl.grid_search(lambda w: bl.method("tv", w), bl.GRIDS["tv"], tuning)
     rows[f"TV (weight {weight:g})"] = score(bl.method("tv", weight)(batch))
-    for name in [args.model, *filter(None, args.compare.split(","))]:
-        model, meta = mp.load_model(name)
-        # each model's own step rule (optimizer, step size, the loss it recommends); a model
-        # trained with a supervised inner loss (or none) adapts with measurement consistency
-        frozen = (tuple(p for p in args.frozen.split(",") if p and p != "none")
-                  if args.frozen else None)  # None: the model's own rule
-        if frozen and not any(k.startswith(frozen) for k, _ in model.named_parameters()):
-            frozen = ()  # a model without those parameters (a PDNet) adapts all of its own
-        rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss=args.loss or None,
-                                         frozen=frozen)
-        if rule.loss == "supervised":
-            rule = mp.AdaptConfig.from_model(meta, steps=args.steps, loss="unsupervised",
-                                             frozen=frozen)
+    for name, (model, rule) in rules.items():
         theta = mp.parameters_of(model)
         result = mp.fine_tune(model, theta, lambda step: measured, rule)
         with torch.no_grad():

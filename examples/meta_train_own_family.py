@@ -13,14 +13,13 @@ truth to a blur of length 9, which is outside the training family.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 
 import deepinv as dinv
 import torch
 
 import metaprior as mp
-from metaprior.cli import one_line_errors
+from metaprior.cli import OneLineParser, one_line_errors
 from metaprior.data import demo_images
 
 
@@ -45,7 +44,7 @@ UNSEEN = mp.register_task(mp.task_from_physics(
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200, help="outer meta-training steps")
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("--adapt-steps", type=int, default=20)
@@ -54,6 +53,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--overwrite", action="store_true",
                     help="replace an earlier run in --out (refused without it)")
     args = ap.parse_args(argv)
+    for flag, value, low in (("--steps", args.steps, 1), ("--depth", args.depth, 1),
+                             ("--adapt-steps", args.adapt_steps, 0), ("--size", args.size, 16)):
+        if value < low:  # checked before the meta-training, not after it
+            ap.error(f"{flag} must be >= {low}, got {value}")
     torch.set_num_threads(1)
 
     config = mp.TrainConfig(

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from metaprior.cli import THREADS_HELP, load_plugin, one_line_errors
+from metaprior.cli import THREADS_HELP, OneLineParser, load_plugin, one_line_errors
 from metaprior.config import (
     add_dataclass_arguments,
     build_section,
@@ -130,8 +130,6 @@ def cmd_linear(args) -> None:
     base = exact_inner_config() if args.preset == "exact" else LinearExperimentConfig()
     config = build_section("linear", LinearExperimentConfig, args.file_values, args, base=base)
     check_writable_dir(args.out, "--out")
-    if config.outer_steps < 1:
-        raise ValueError(f"--outer-steps must be >= 1, got {config.outer_steps}")
     result = run_linear_experiment(config, Path(args.out), sweep=args.sweep)
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1)[:4000])
     print(f"wrote {Path(args.out) / 'figure2.png'} and {Path(args.out) / 'linear.json'}")
@@ -140,6 +138,9 @@ def cmd_linear(args) -> None:
 def cmd_check(args) -> None:
     from reproductions.check_results import check
 
+    if not Path(args.results).is_dir():
+        raise ValueError(f"--results {args.results} is not a folder: pass the folder of the "
+                         f"results (reproductions/results)")
     problems = check(Path(args.results))
     if problems:
         raise ValueError(f"{len(problems)} problem(s) in {args.results}: " + "; ".join(problems))
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     from reproductions.linear.experiment import LinearExperimentConfig
     from reproductions.table1 import Table1Config
 
-    parser = argparse.ArgumentParser(prog="python -m reproductions", description=__doc__)
+    parser = OneLineParser(prog="python -m reproductions", description=__doc__)
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="a Python file run first, e.g. one registering your own tasks "
                         "(metaprior.register_task); repeatable")
@@ -187,15 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
 
     def run() -> None:
+        args = build_parser().parse_args(argv)
         configure_cpu(args.threads)
         for path in args.plugin:
             load_plugin(path)
         args.func(args)
 
-    one_line_errors(run)
+    one_line_errors(run, argv=argv)
 
 
 if __name__ == "__main__":

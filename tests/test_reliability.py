@@ -89,6 +89,9 @@ def sandbox(tmp_path_factory) -> Path:
     (root / "tiny_imgs").mkdir()
     Image.new("L", (1, 1), 128).save(root / "tiny_imgs" / "dot.png")
     (root / "empty_imgs").mkdir()
+    write_pngs(root / "odd_imgs", n=1, size=16)  # a whole image sr2 cannot measure, second
+    (root / "odd_imgs" / "0.png").rename(root / "odd_imgs" / "a.png")
+    Image.new("L", (16, 15), 90).save(root / "odd_imgs" / "b.png")
     (root / "rgba_imgs").mkdir()  # a transparent corner: what lies under it is undefined
     rgba = Image.new("RGBA", (16, 16), (200, 100, 50, 255))
     rgba.putpixel((0, 0), (0, 0, 0, 0))
@@ -299,6 +302,8 @@ BAD_INPUTS = [
     (["measure", "--task", "sr2", "--images", IMGS, "--seed", "99999999999999999999999",
       "--out", "{root}/m.safetensors"], "error: --seed must be an integer in [-2^63, 2^63)"),
     ([*MT, "--lam-init", "-1", "--out", "{root}/r1"], "error: --lam-init must be >= 0"),
+    ([*MT, "--patch-size", "16", "--tasks", "deblur", "--out", "{root}/r1"],
+     "--patch-size 16 does not suit task 'deblur' (image size (16, 16) is smaller than the blur"),
     ([*MT, "--cg-iters", "5", "--out", "{root}/r1"],
      "--cg-iters applies to --hypergradient implicit only"),
     ([*MT, "--inner-lr-lr", "0.5", "--out", "{root}/r1"],
@@ -391,6 +396,46 @@ def test_sixteen_bit_and_float_images_are_read_at_their_scale(tmp_path):
     Image.fromarray(raw.astype("float32")).save(tmp_path / "big.tif")
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         load_image(tmp_path / "big.tif")
+
+
+def _png48(path: Path, pixels) -> None:
+    """A 16-bit-a-channel RGB PNG (Pillow writes none): signature, IHDR, one IDAT, IEND."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    h, w, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[i].astype(">u2").tobytes() for i in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2,
+                                                                       0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_sixteen_bit_colour_is_kept_or_refused_and_exif_orientation_applied(tmp_path):
+    """A 16-bit RGB TIFF is read at its 16 bits (Pillow would keep 8); a 16-bit RGB PNG, which
+    Pillow reads at 8 bits, is refused with the fix; a JPEG is read the way up its EXIF
+    orientation says, as viewers show it."""
+    import numpy as np
+    import tifffile
+
+    from metaprior.data import load_image
+
+    rgb = np.random.default_rng(0).integers(0, 65536, (8, 12, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb, photometric="rgb")
+    image = load_image(tmp_path / "rgb16.tif", gray=False)
+    assert torch.allclose(image, torch.from_numpy(rgb / 65535).permute(2, 0, 1).float())
+    _png48(tmp_path / "rgb16.png", rgb)
+    with pytest.raises(ValueError, match=r"rgb16\.png is 16-bit colour.*16-bit TIFF"):
+        load_image(tmp_path / "rgb16.png", gray=False)
+    portrait = Image.new("L", (24, 32), 0)  # stored 24 wide, 32 high
+    portrait.paste(255, (0, 0, 24, 4))  # a bright band along the stored top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    portrait.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    turned = load_image(tmp_path / "turned.jpg")
+    assert turned.shape == (1, 24, 32)  # shown 32 wide, 24 high
+    assert turned[0, :, -4:].mean() > 0.9 and turned[0, :, :4].mean() < 0.1  # band on the right
 
 
 def test_reconstruct_replaces_its_own_images_only_and_warns_on_another_task(sandbox, tmp_path,
@@ -729,6 +774,20 @@ def test_ctrl_c_ends_a_command_with_one_line_and_dies_by_sigint():
     assert "interrupted" in err[0] and "--resume" in err[0]
 
 
+def test_ctrl_c_while_the_command_line_loads_is_one_line_too():
+    """Ctrl-C in the first seconds, while the libraries load and the parser is built, is the
+    same one line; importing the command line loads no torch, so that window is short."""
+    code = ("import sys\nimport metaprior.cli as cli\n"
+            "assert 'torch' not in sys.modules, 'metaprior.cli imports torch'\n"
+            "def interrupted():\n    raise KeyboardInterrupt\n"
+            "cli.build_parser = interrupted\ncli.main(['measure', '--help'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode in (-2, 130) and len(err) == 1, proc.stderr
+    assert err[0].startswith("error: interrupted")
+
+
 def test_meta_train_takes_the_other_architecture_s_defaults(tmp_path):
     """A run's own config.json holds both networks' sections: values equal to the other
     architecture's defaults are not refused (values that differ are: BAD_INPUTS)."""
@@ -779,6 +838,34 @@ def test_leftover_temporary_files_are_removed_by_the_next_locked_run(sandbox, tm
           str(sandbox / "y.safetensors"), "--steps", "1", "--ckpt-every", "1", "--no-progress",
           "--out", str(tmp_path / "a.safetensors")])
     assert not any(p.exists() for p in leftovers) and (run / "notes.txt").exists()
+
+
+def test_resume_names_what_is_missing_and_never_invites_losing_checkpoints(tmp_path):
+    """``meta-train --resume`` on a folder that does not exist, on one that holds no run, on a
+    run whose ``checkpoints/latest`` names a missing step, and on a damaged ``state.json``:
+    each named as what it is; none answered with ``--overwrite``, which would delete the
+    checkpoints that are there."""
+    def refused(out: Path) -> str:
+        with pytest.raises(SystemExit) as exc:
+            main([*MT, "--out", str(out), "--resume"])
+        return str(exc.value.code)
+
+    assert "does not exist: there is no run to resume" in refused(tmp_path / "absent")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a run")
+    assert "holds no run" in refused(tmp_path / "mine")
+    run = tmp_path / "run"
+    main([*MT, "--out", str(run)])
+    latest = run / "checkpoints" / "latest"
+    good = latest.read_text().strip()
+    latest.write_text("step_0009999")
+    message = refused(run)
+    assert "names step_0009999" in message and good in message, message
+    assert "--overwrite" not in message
+    latest.write_text(good)
+    (run / "checkpoints" / good / "state.json").write_text("")
+    message = refused(run)
+    assert "state.json is damaged" in message and "--overwrite" not in message, message
 
 
 def test_a_run_stopped_before_its_first_checkpoint_names_the_fix(sandbox, tmp_path):
@@ -834,7 +921,35 @@ CONTRADICTIONS = [
     (["--measurements", Y, "--task", "mri4"], "--task mri4 contradicts"),
     (["--measurements", Y, "--eval-measurements", Y], "--eval-measurements applies to --images"),
     (["--measurements", Y, "--patch-size", "8"], "--patch-size applies to --images"),
+    (["--images", IMGS, "--task", "sr2", "--patch-size", "0", "--batch-size", "4"],
+     "--batch-size applies to patches"),
+    (["--images", "{root}/odd_imgs", "--task", "sr2", "--patch-size", "0"],
+     r"b\.png \(15x16 pixels\) does not suit task 'sr2'"),
+    (["--measurements", Y, "--resume", "--overwrite"], "give one of them"),
 ]
+
+
+def test_adapt_without_checkpoints_keeps_out_and_its_run_folder_together(sandbox, tmp_path):
+    """``<out stem>.run/`` holds the checkpoints of the adaptation that wrote ``--out``. An
+    adaptation without ``--ckpt-every`` into that ``--out`` is refused while they are there,
+    and with ``--overwrite`` replaces them too, so a later ``--resume`` continues the run
+    that wrote ``--out``, not an older one."""
+    out = tmp_path / "a.safetensors"
+    adapt = ["adapt", "--model", M.format(root=sandbox), "--measurements",
+             Y.format(root=sandbox), "--no-progress", "--out", str(out)]
+    main([*adapt, "--steps", "4", "--ckpt-every", "2"])
+    first = out.read_bytes()
+    out.unlink()
+    with pytest.raises(SystemExit, match="holds the checkpoints of an earlier run"):
+        main([*adapt, "--steps", "1"])
+    assert not out.exists()
+    out.write_bytes(first)
+    main([*adapt, "--steps", "1", "--lr", "0.5", "--overwrite"])
+    newer = out.read_bytes()
+    with pytest.raises(SystemExit, match="lr"):  # the checkpoint is the lr-0.5 run's now
+        main([*adapt, "--steps", "4", "--resume"])
+    main([*adapt, "--steps", "2", "--lr", "0.5", "--resume"])
+    assert out.read_bytes() != newer  # continued the lr-0.5 run from its step 1
 
 
 @pytest.mark.parametrize("flags,fragment", CONTRADICTIONS)
@@ -963,6 +1078,37 @@ def test_an_example_without_its_data_root_ends_in_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, lines
     assert lines[0].startswith("error: ") and "absent" in lines[0]
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["examples/adapt_own_operator.py", "--size", "0"], "--size must be"),
+    (["examples/adapt_own_operator.py", "--size", "32", "--frozen", "nosuch", "--compare", ""],
+     "nosuch"),
+    (["examples/adapt_own_operator.py", "--stpes", "1"], "unrecognized arguments: --stpes"),
+    (["examples/meta_train_own_family.py", "--size", "0", "--out", "{tmp}/m"], "--size must be"),
+    (["examples/meta_train_own_family.py", "--adapt-steps", "-1", "--out", "{tmp}/m"],
+     "--adapt-steps must be"),
+    (["-m", "reproductions", "linear", "--dtype", "nosuch", "--out", "{tmp}/m"],
+     "--dtype must be float32 or float64"),
+    (["-m", "reproductions", "linear", "--image-size", "0", "--out", "{tmp}/m"],
+     "--image-size"),
+    (["-m", "reproductions", "linear", "--mask-size", "100", "--out", "{tmp}/m"],
+     "--mask-size"),
+    (["-m", "reproductions", "table1", "--stpes", "0"], "unrecognized arguments: --stpes"),
+    (["-m", "reproductions", "check", "--results", "{tmp}/absent"], "absent"),
+])
+def test_examples_and_reproductions_refuse_bad_options_in_one_line_before_any_work(
+        tmp_path, argv, fragment):
+    """The example scripts and ``python -m reproductions`` check their options first, in the
+    command line's one-line form: no traceback, no usage block, no run folder left behind."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, *[a.format(tmp=tmp_path) for a in argv]],
+                          capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'src'}"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode in (1, 2) and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and fragment.format(tmp=tmp_path) in lines[0], lines
+    assert not (tmp_path / "m").exists()
 
 
 def test_api_mistakes_are_one_line_value_errors_naming_the_argument(tmp_path):

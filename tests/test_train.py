@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,7 +188,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no model at"):
         main(["reconstruct", "--model", str(tmp_path / "none"), "--measurements", "x",
               "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--resume: no checkpoint"):
+    with pytest.raises(SystemExit, match="--resume: .*empty does not exist: there is no run"):
         main(["meta-train", "--out", str(tmp_path / "empty"), "--resume", "--dataset", "demo"])
     with pytest.raises(SystemExit, match="hypergradient must be one of"):
         main(["meta-train", "--hypergradient", "reptil", "--out", str(tmp_path / "x")])
@@ -274,6 +275,9 @@ def test_adapt_cli_resumes_a_long_run_bitwise(tmp_path):
     state.write_text(json.dumps(saved))
     main([*base[:2], str(tmp_path / "run") + "/", base[3], str(imgs) + "/", *base[5:],
           "--steps", "5", "--resume", "--out", str(tmp_path / "cut.safetensors")])
+    shutil.copytree(imgs, tmp_path / "moved")  # the same names and bytes elsewhere
+    main([*base[:4], str(tmp_path / "moved"), *base[5:], "--steps", "5", "--resume", "--out",
+          str(tmp_path / "cut.safetensors")])
     # the run folder's model trained on: its file is another θ under the same path
     train.meta_train(tiny_config(tmp_path / "run", steps=1), progress=False, log=lambda *_: None,
                      resume=True, steps=2)

@@ -87,6 +87,19 @@ class LinearExperimentConfig:
     seed: int = 0
     log_every: int = 10  # meta-loss history stride
 
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"linear: dtype must be float32 or float64, got {self.dtype!r}")
+        if self.image_size < 2:
+            raise ValueError(f"linear: image_size must be >= 2, got {self.image_size}")
+        if not 1 <= self.mask_size <= self.image_size // 2:  # area A holds a square beside B's
+            raise ValueError(f"linear: mask_size must be in [1, {self.image_size // 2}] (half "
+                             f"the image_size {self.image_size}), got {self.mask_size}")
+        for name in ("outer_steps", "n_tasks_per_batch", "n_train_samples", "n_test_samples",
+                     "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"linear: {name} must be >= 1, got {getattr(self, name)}")
+
 
 def exact_inner_config(**overrides) -> LinearExperimentConfig:
     r"""Settings under which meta-training recovers the Bayes blocks of the training tasks.

@@ -82,8 +82,15 @@ def check_resumable(latest: Path, state: dict, recipe: dict, steps: int) -> None
     """A one-line error naming what differs between the checkpoint ``latest`` (its
     ``state.json``) and the run asked for: the data (:data:`DATA_KEYS`), the model's file
     (:data:`MODEL_KEYS`), an option or a
-    step-rule field, or ``steps`` below the checkpoint's step."""
-    change = _first_change(state.get("recipe", {}), recipe)
+    step-rule field, or ``steps`` below the checkpoint's step. Data or a model file whose
+    checksum is the saved one may have moved (a path is not compared then)."""
+    saved, recipe = state.get("recipe", {}), json.loads(json.dumps(recipe))
+    for where, key, checksum in (("data", "images", "sha256"), ("data", "measurements", "sha256"),
+                                 ("", "model", "model_sha256")):
+        old, new = (r.get(where, {}) if where else r for r in (saved, recipe))
+        if key in old and old.get(checksum) and old.get(checksum) == new.get(checksum):
+            new[key] = old[key]  # the same names and bytes, wherever they lie now
+    change = _first_change(saved, recipe)
     if change and change[0] in DATA_KEYS + MODEL_KEYS:
         what = "data" if change[0] in DATA_KEYS else "model"
         raise ValueError(f"--resume: the {what} changed since {latest} was written "
@@ -142,6 +149,8 @@ def fine_tune_run(
         start, seconds_before = None, 0.0
         latest = ckpt.latest_checkpoint(run_dir)
         if resume:
+            if latest is None and ckpt.unnamed_checkpoints(run_dir):
+                raise FileNotFoundError(ckpt.unnamed_checkpoints(run_dir))
             if latest is None:
                 raise FileNotFoundError(f"--resume: no checkpoint under "
                                         f"{ckpt.checkpoint_dir(run_dir)} (a run stopped before "

@@ -273,6 +273,30 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return target if (target / "state.json").is_file() else None
 
 
+def unnamed_checkpoints(run_dir: str | Path) -> str | None:
+    """Where ``checkpoints/latest`` names no complete checkpoint but complete ones are there:
+    a one-line message naming them and how to resume from one (else None)."""
+    folder = checkpoint_dir(run_dir)
+    complete = sorted(p.name for p in folder.glob("step_*") if (p / "state.json").is_file())
+    if not complete:
+        return None
+    pointer = folder / "latest"
+    named = pointer.read_text().strip() if pointer.is_file() else "nothing"
+    return (f"--resume: {pointer} names {named}, which is not a complete checkpoint, but "
+            f"{folder} holds {', '.join(complete)}: write one of those names into {pointer} "
+            f"to resume from it")
+
+
+def read_state(checkpoint: Path) -> dict:
+    """A checkpoint's ``state.json``; a damaged one is a one-line error naming it."""
+    path = Path(checkpoint) / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is damaged ({e}): point {path.parent.parent / 'latest'} at "
+                         f"an earlier checkpoint folder to resume from it") from None
+
+
 def save_checkpoint(
     run_dir: str | Path, step: int, model: nn.Module, tensors: dict[str, Tensor], state: dict,
     model_metadata: dict | None = None, keep: int = 2,
@@ -312,4 +336,4 @@ def save_checkpoint(
 def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
     """(model weights, state tensors, state JSON) of a checkpoint folder."""
     return (load_tensors(path / "model.safetensors"), load_tensors(path / "state.safetensors"),
-            json.loads((path / "state.json").read_text()))
+            read_state(path))

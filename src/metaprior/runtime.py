@@ -15,8 +15,6 @@ from __future__ import annotations
 import ctypes
 import sys
 
-import torch
-
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc's largest mmap threshold on 64-bit systems
 TRIM_THRESHOLD_MAX = 2**31 - 1  # an int
@@ -38,6 +36,8 @@ def keep_freed_memory() -> bool:
 
 def configure_cpu(threads: int) -> None:
     """``threads`` intra-op threads (``--threads``) and :func:`keep_freed_memory`."""
+    import torch  # here, so that the command line starts (and answers Ctrl-C) before torch
+
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)

@@ -229,3 +229,15 @@ def _noiseless_factory(build: PhysicsFactory, noise_sigma: float, shape, generat
                          f"GaussianNoise({own:g}) but the task's noise_sigma is {noise_sigma:g}: "
                          f"give noise_sigma={own:g}, or build the physics without noise")
     return physics
+
+
+def sample_or_name(task: Task, images: Tensor, generator: torch.Generator, what: str,
+                   fix: str = "choose another") -> TaskBatch:
+    """``task.sample(images, generator)``; images the task cannot measure (an odd side for
+    SR ×2, a patch smaller than a blur kernel) are a one-line error naming ``what`` (e.g.
+    ``"--patch-size 16"``) and ``fix``."""
+    try:
+        return task.sample(images, generator)
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"{what} does not suit task {task.name!r} "
+                         f"({str(e).splitlines()[0]}): {fix}") from None

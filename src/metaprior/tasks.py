@@ -30,6 +30,7 @@ from metaprior.task import (  # noqa: F401 (re-exported)
     Task,
     TaskBatch,
     physics_noise_sigma,
+    sample_or_name,
     task_from_physics,
 )
 

@@ -1,5 +1,4 @@
-r"""Meta-training (eq. (2) of the paper, arXiv 2311.18710): outer Adam on the sum of per-task
-hypergradients.
+r"""Meta-training (eq. (2) of arXiv 2311.18710): outer Adam on the sum of task hypergradients.
 
 Each outer step draws the meta-batch of tasks, an inner batch per task from the inner pool
 (BSDS500 train+test patches) and an outer batch from the outer pool (BSDS500 val patches),
@@ -42,7 +41,7 @@ from metaprior.outputs import (
     remove_orphans,
     write_or_keep,
 )
-from metaprior.tasks import TaskBatch, get_task
+from metaprior.tasks import TaskBatch, get_task, sample_or_name
 from metaprior.train_config import (  # noqa: F401 (OptimConfig, RunConfig: re-exported)
     DataConfig,
     OptimConfig,
@@ -113,7 +112,8 @@ class MetaTrainer:
         self.nonfinite_streak = 0
         val_images = PatchSampler(outer_pool, p, seed=seed + 4).sample(config.data.val_batch)
         val_rng = torch.Generator().manual_seed(seed + 5)
-        self.val_batches = [t.sample(val_images.to(self.device), val_rng) for t in self.tasks]
+        self.val_batches = [sample_or_name(t, val_images.to(self.device), val_rng,
+                                           f"--patch-size {p}") for t in self.tasks]
         # One background thread draws the next meta-batch while a step runs; it alone touches
         # the three sampling streams, in order, so the batches are those of serial sampling.
         self._sampler = ThreadPoolExecutor(1, thread_name_prefix="metaprior-sampler")
@@ -305,6 +305,8 @@ def meta_train(config: TrainConfig, resume: bool = False, log=print, progress: b
         raise ValueError("--resume continues the run in --out, --overwrite replaces it: give "
                          "one of them")
     out = check_writable_dir(config.run.out, "--out")
+    if resume and not out.is_dir():
+        raise FileNotFoundError(f"--resume: {out} does not exist: there is no run to resume")
     joined = distributed.launched() and not distributed.active()
     distributed.setup(config.run.device, config.run.dist_timeout)
     main = distributed.is_main()
@@ -360,9 +362,7 @@ def _agreed(what: str):
 
 def _train_loop(trainer: MetaTrainer, out: Path, progress: bool) -> Path:
     """The outer steps; rank 0 alone logs, validates, checkpoints and writes the model."""
-    config = trainer.config
-    run = config.run
-    main = distributed.is_main()
+    config, run, main = trainer.config, trainer.config.run, distributed.is_main()
     bar = tqdm(total=config.optim.steps, initial=trainer.step, disable=not progress,
                desc="meta-train", unit="step", dynamic_ncols=True)
     with open(out / "log.jsonl", "a") if main else contextlib.nullcontext() as log_file:

@@ -134,11 +134,16 @@ def resume_config(out: Path, given: dict, steps: int | None) -> tuple[TrainConfi
     ``given`` value that differs from the saved one is an error (only :data:`RESUMABLE`
     values may change)."""
     latest = ckpt.latest_checkpoint(out)
+    if latest is None and ckpt.unnamed_checkpoints(out):
+        raise FileNotFoundError(ckpt.unnamed_checkpoints(out))
+    if latest is None and not (out / "config.json").is_file():
+        raise FileNotFoundError(f"--resume: {out} holds no run (no config.json): drop --resume "
+                                f"to start one, in another --out if its files are not a run's")
     if latest is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'} (a run "
                                 f"stopped before its first checkpoint): start it again with "
                                 f"--overwrite instead of --resume")
-    state = json.loads((latest / "state.json").read_text())
+    state = ckpt.read_state(latest)
     saved = state["config"]
     check_extends(steps, saved["optim"]["steps"], state["step"])
     for key, value in given.items():
@@ -146,8 +151,9 @@ def resume_config(out: Path, given: dict, steps: int | None) -> tuple[TrainConfi
         old = saved.get(section, {}).get(name)
         if key not in RESUMABLE and (list(value) if isinstance(value, tuple) else value) != old:
             raise ValueError(f"--resume continues the saved run, whose {key} is {old!r}, not "
-                             f"{value!r}: drop that option (only --steps and --device may "
-                             f"change) or start a new run in another --out")
+                             f"{value!r}: drop --{name.replace('_', '-')} (only --steps, "
+                             f"--device and --dist-timeout may change) or start a new run in "
+                             f"another --out")
     if steps is not None:
         saved["optim"]["steps"] = steps
     if "run.device" in given:

@@ -74,6 +74,9 @@ def check_adapt_data(given: dict, seed_given: bool = False) -> None:
         if seed_given and not pictures:
             raise ValueError("--seed applies to --images or a --lr-search folder (it seeds "
                              "their patches and measurements): drop --seed")
+    elif given.get("patch_size", AdaptData.patch_size) == 0 and "batch_size" in given:
+        raise ValueError("--batch-size applies to patches: with --patch-size 0 each step adapts "
+                         "on one whole image; drop --batch-size or give --patch-size")
 
 
 def check_lr_search(lr_search: str, measurements: str | None, evaluation: str | None) -> None:
@@ -114,15 +117,21 @@ def image_stream(args, task, device, images: list[torch.Tensor] | None = None):
     already): each call of the returned factory starts the same seeded stream of random
     patches (or full images)."""
     from metaprior.data import PatchSampler
+    from metaprior.tasks import sample_or_name
 
     images = read_images(args.images, args.color) if images is None else images
-    if args.patch_size > 0:
-        try:  # a patch the task cannot measure (e.g. an odd side for SR ×2) is named as such
-            task.sample(torch.zeros(1, images[0].shape[0], args.patch_size, args.patch_size),
-                        torch.Generator().manual_seed(0))
-        except (ValueError, RuntimeError) as e:
-            raise ValueError(f"--patch-size {args.patch_size} does not suit task "
-                             f"{task.name!r} ({str(e).splitlines()[0]}): choose another") from None
+    if args.patch_size > 0:  # a patch the task cannot measure is named as such
+        sample_or_name(task, torch.zeros(1, images[0].shape[0], args.patch_size, args.patch_size),
+                       torch.Generator().manual_seed(0), f"--patch-size {args.patch_size}")
+    else:  # each image measured whole: every size checked now, not when its step comes
+        from metaprior.data.datasets import list_images
+
+        files = list_images(args.images, "--images") if args.images else [None] * len(images)
+        pairs = list(zip(files, images, strict=True))
+        for path, image in {im.shape: (f, im) for f, im in reversed(pairs)}.values():
+            sample_or_name(task, torch.zeros(1, *image.shape), torch.Generator().manual_seed(0),
+                           f"{path} ({image.shape[-2]}x{image.shape[-1]} pixels)",
+                           "crop it, or adapt on patches (--patch-size)")
 
     def fresh():
         g = torch.Generator().manual_seed(args.seed + 1)
@@ -226,12 +235,15 @@ def cmd_adapt(args) -> None:
 
     from metaprior.adapt import AdaptConfig, check_rule, fine_tune, parameters_of
     from metaprior.adapt_run import fine_tune_run
-    from metaprior.checkpoint import load_model, resolve_model_path, save_model
+    from metaprior.checkpoint import latest_checkpoint, load_model, resolve_model_path, save_model
     from metaprior.config import check_fits_in_memory, resolve, section_values
 
     resolve(args, SECTIONS, extra=("adapt",))
     if args.ckpt_every < 0:
         raise ValueError(f"--ckpt-every must be >= 0 (0: no checkpoints), got {args.ckpt_every}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the checkpoints of <out stem>.run/, --overwrite "
+                         "replaces them: give one of them")
     if (args.images is None) == (args.measurements is None):
         raise ValueError("give exactly one of --images DIR or --measurements FILE")
     check_adapt_data(section_values("data", AdaptData, args.file_values, args),
@@ -272,7 +284,9 @@ def cmd_adapt(args) -> None:
             bar.set_postfix(loss=f"{loss:.4g}")
             bar.refresh()
 
-        if args.ckpt_every or args.resume:
+        run_dir = Path(args.out).with_name(Path(args.out).stem + ".run")
+        # checkpoints there belong to --out: refused or, with --overwrite, replaced by this run's
+        if args.ckpt_every or args.resume or latest_checkpoint(run_dir) is not None:
             recipe = {"model": args.model, "task": task_name, "seed": args.seed,
                       "data": ({"measurements": args.measurements} if args.measurements else
                                {"images": args.images, "patch_size": args.patch_size,
@@ -280,8 +294,7 @@ def cmd_adapt(args) -> None:
             recipe["data"]["sha256"] = digest([Path(args.measurements)] if args.measurements
                                               else list_images(args.images, "--images"))
             recipe["model_sha256"] = digest([resolve_model_path(args.model)])
-            result = fine_tune_run(model, theta, stream(), config,
-                                   Path(args.out).with_name(Path(args.out).stem + ".run"),
+            result = fine_tune_run(model, theta, stream(), config, run_dir,
                                    recipe, args.ckpt_every, args.resume, callback=progress,
                                    log=bar.write, overwrite=args.overwrite)
         else:

@@ -105,16 +105,40 @@ def _to_tensor(array: np.ndarray, gray: bool) -> Tensor:
 
 def load_image(path: str | os.PathLike, gray: bool = True) -> Tensor:
     """Read an image file as a (C, H, W) float32 tensor in [0, 1] (C = 1 if ``gray``)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
+            if _sixteen_bit_colour(im):  # Pillow would keep 8 of the 16 bits
+                return _to_tensor(_sixteen_bit_colour_array(im, path), gray)
             im.load()
-            return _to_tensor(_array_at_scale(im, path), gray)
+            return _to_tensor(_array_at_scale(ImageOps.exif_transpose(im), path), gray)
     # PIL: unreadable, truncated or unknown format, or over its pixel limit (a decompression bomb)
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"image {path} cannot be read ({str(e).splitlines()[0][:200]})"
                          ) from None
+
+
+def _sixteen_bit_colour(im) -> bool:
+    """Whether a PIL image, before it is loaded, stores 16 bits a colour channel."""
+    args = im.tile[0].args if im.tile else None
+    raw = args if isinstance(args, str) else (args[0] if args else "")
+    return im.mode in ("RGB", "RGBA", "RGBX") and ";16" in str(raw)
+
+
+def _sixteen_bit_colour_array(im, path) -> np.ndarray:
+    """The uint16 pixels of a 16-bit colour TIFF (``tifffile``, a dependency of scikit-image);
+    other 16-bit colour formats are refused: Pillow reads them at 8 bits."""
+    if im.format != "TIFF":
+        raise ValueError(f"image {path} is 16-bit colour, which would be read at 8 bits: save "
+                         f"it as a 16-bit TIFF (read at its full precision) or as 8-bit")
+    import tifffile
+
+    pixels = np.asarray(tifffile.imread(path))
+    if pixels.ndim == 3 and pixels.shape[-1] == 4 and pixels[..., 3].min() < 65535:
+        raise ValueError(f"image {path} has transparent pixels (its alpha channel), whose "
+                         f"colour is undefined: flatten it onto a background first")
+    return pixels
 
 
 def _array_at_scale(im, path) -> np.ndarray:
