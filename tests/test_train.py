@@ -188,7 +188,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no model at"):
         main(["reconstruct", "--model", str(tmp_path / "none"), "--measurements", "x",
               "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--resume: .*empty does not exist: there is no run"):
+    with pytest.raises(SystemExit, match=r"--resume: .*empty does not exist: there is no run"):
         main(["meta-train", "--out", str(tmp_path / "empty"), "--resume", "--dataset", "demo"])
     with pytest.raises(SystemExit, match="hypergradient must be one of"):
         main(["meta-train", "--hypergradient", "reptil", "--out", str(tmp_path / "x")])
