@@ -19,6 +19,7 @@ from metaprior.config import (
     add_dataclass_arguments,
     build_section,
     check_device,
+    errors_in_flag_words,
     load_config_file,
     replace_from_dict,
     resolve,
@@ -191,13 +192,15 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def run() -> None:
-        args = build_parser().parse_args(argv)
-        configure_cpu(args.threads)
-        for path in args.plugin:
-            load_plugin(path)
-        args.func(args)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        with errors_in_flag_words(parser, argv):  # a section's check named by the flag given
+            configure_cpu(args.threads)
+            for path in args.plugin:
+                load_plugin(path)
+            args.func(args)
 
-    one_line_errors(run, argv=argv)
+    one_line_errors(run)
 
 
 if __name__ == "__main__":

@@ -318,6 +318,11 @@ BAD_INPUTS = [
     ([*ADAPT, "--seed", "5"], "--seed applies to --images or a --lr-search folder"),
     (["adapt", "--model", M, "--measurements", Y, "--out", ""], "--out is empty"),
     (["demo", "--size", "100000", "--out", "{root}/demo_new"], "--size must be"),
+    # a check is named by a flag only where that flag set the value
+    (["demo", "--adapt-task", "deblur-1.6-k0", "--size", "64", "--out", "{root}/demo_new"],
+     "error: deblur: size must be >= 1, got 0"),
+    ([*MT, "--architecture", "hqs", "--iterations", "8", "--init-iters", "20000", "--out",
+      "{root}/r1"], "error: --init-iters must be in [0, 10000], got 20000"),
     (["demo", "--adapt-task", "sr3", "--out", "{root}/demo_new"],
      "--size 128 is not a multiple of --adapt-task sr3's factor 3: pass --size 126"),
     # parametrised task names: finite, possible values, named in the task's own words
@@ -412,7 +417,8 @@ def _png48(path: Path, pixels) -> None:
                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
-def test_sixteen_bit_colour_is_kept_or_refused_and_exif_orientation_applied(tmp_path):
+def test_sixteen_bit_colour_is_kept_or_refused_and_exif_orientation_applied(tmp_path,
+                                                                             monkeypatch):
     """A 16-bit RGB TIFF is read at its 16 bits (Pillow would keep 8); a 16-bit RGB PNG, which
     Pillow reads at 8 bits, is refused with the fix; a JPEG is read the way up its EXIF
     orientation says, as viewers show it."""
@@ -425,6 +431,16 @@ def test_sixteen_bit_colour_is_kept_or_refused_and_exif_orientation_applied(tmp_
     tifffile.imwrite(tmp_path / "rgb16.tif", rgb, photometric="rgb")
     image = load_image(tmp_path / "rgb16.tif", gray=False)
     assert torch.allclose(image, torch.from_numpy(rgb / 65535).permute(2, 0, 1).float())
+    tifffile.imwrite(tmp_path / "deflate.tif", rgb, photometric="rgb", compression="zlib")
+    assert torch.equal(load_image(tmp_path / "deflate.tif", gray=False), image)
+
+    def needs_codecs(*args, **kwargs):  # what tifffile says of LZW without imagecodecs
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+    monkeypatch.setattr(tifffile, "imread", needs_codecs)
+    with pytest.raises(ValueError, match=r"rgb16\.tif: its 16-bit colour cannot be decoded "
+                                         r".*imagecodecs"):
+        load_image(tmp_path / "rgb16.tif", gray=False)
+    monkeypatch.undo()
     _png48(tmp_path / "rgb16.png", rgb)
     with pytest.raises(ValueError, match=r"rgb16\.png is 16-bit colour.*16-bit TIFF"):
         load_image(tmp_path / "rgb16.png", gray=False)
@@ -946,7 +962,8 @@ def test_adapt_without_checkpoints_keeps_out_and_its_run_folder_together(sandbox
     out.write_bytes(first)
     main([*adapt, "--steps", "1", "--lr", "0.5", "--overwrite"])
     newer = out.read_bytes()
-    with pytest.raises(SystemExit, match="lr"):  # the checkpoint is the lr-0.5 run's now
+    with pytest.raises(SystemExit, match=r"--resume: .* was adapted with lr 0\.5"):  # the
+        # checkpoint is the lr-0.5 run's now
         main([*adapt, "--steps", "4", "--resume"])
     main([*adapt, "--steps", "2", "--lr", "0.5", "--resume"])
     assert out.read_bytes() != newer  # continued the lr-0.5 run from its step 1

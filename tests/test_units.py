@@ -303,3 +303,18 @@ def test_every_command_keeps_freed_memory_and_sets_its_threads(monkeypatch, tmp_
                   "--measurements", str(tmp_path / "none.safetensors"), "--out",
                   str(tmp_path / "r"), "--threads", "1"])
     assert calls == [1, "heap"]
+
+
+def test_checks_take_numpy_and_torch_numbers_and_refuse_others():
+    """``check_positive`` reads any real number (Python, NumPy, a 0-d tensor); a bool, a string,
+    NaN or a value <= 0 is a one-line error naming the field."""
+    import numpy as np
+
+    from metaprior.config import check_positive
+    from metaprior.tasks import denoise_task
+
+    assert denoise_task(np.float32(0.05)).noise_sigma == pytest.approx(0.05)
+    check_positive("t", a=np.int64(3), b=torch.tensor(0.5), c=2)
+    for bad in (True, "1", float("nan"), 0, -1.0, np.float64("inf"), None):
+        with pytest.raises(ValueError, match=r"^t: a must be a finite number > 0"):
+            check_positive("t", a=bad)

@@ -16,13 +16,7 @@ from torch import nn
 
 from metaprior.config import _coerce, check_at_least, check_positive
 from metaprior.meta.inner import make_inner_optimizer
-from metaprior.meta.problem import (
-    check_frozen,
-    check_params,
-    inner_step,
-    is_frozen,
-    reconstruct,
-)
+from metaprior.meta.problem import check_frozen, check_params, inner_step, is_frozen, reconstruct
 from metaprior.tasks import TaskBatch
 from metaprior.typing import OptState, Params
 
@@ -149,7 +143,10 @@ class AdaptConfig:
             if name == recommended.get("loss"):
                 raise ValueError(f"the model's adapt.by_loss repeats its recommended loss "
                                  f"{name!r}: keep that rule in 'adapt' itself")
-            cls(**{**base, **rule, "loss": name})  # a bad rule fails whatever loss is asked
+            try:  # a bad rule fails whatever loss is asked, named as the model's
+                cls(**{**base, **rule, "loss": name})
+            except ValueError as e:
+                raise ValueError(f"the model's adapt.by_loss.{name}: {e}") from None
         return {**by_loss[loss], "loss": loss} if loss in by_loss else recommended
 
     def lrs(self, model: nn.Module | None = None):

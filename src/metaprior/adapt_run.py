@@ -164,7 +164,7 @@ def fine_tune_run(
                                               state["opt"]))
             seconds_before = state["seconds"]
             log(f"resumed from {latest} at step {start.step}")
-        elif latest is not None and not overwrite:
+        elif (latest is not None or ckpt.unnamed_checkpoints(run_dir)) and not overwrite:
             raise RunFolderError(f"{run_dir} holds the checkpoints of an earlier run: --resume "
                                  f"continues it, --overwrite replaces it")
         elif latest is not None:

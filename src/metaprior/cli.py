@@ -13,7 +13,6 @@ import argparse
 import os
 import signal
 import sys
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,20 +221,17 @@ def legacy_bool_values(argv: list[str], switches: set[str]) -> list[str]:
     return out
 
 
-def one_line_errors(func, *args, argv: typing.Sequence[str] = ()):
+def one_line_errors(func, *args):
     """``func(*args)``, with a bad input (``ValueError``, ``OSError``, a failed run) reported as
-    ``error: <one line>`` and exit status 1 instead of a traceback, a check's field named by the
-    flag of ``argv`` that set it (:func:`~metaprior.config.name_the_flag`): what every command,
-    the reproductions and the example scripts do."""
+    ``error: <one line>`` and exit status 1 instead of a traceback: what every command, the
+    reproductions and the example scripts do."""
     try:
         return func(*args)
     except (ValueError, OSError, FloatingPointError, RuntimeError, RunFolderError,
             MissingExtraError) as e:
-        from metaprior.config import name_the_flag
-
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         message = lines[0][:500] if lines else type(e).__name__  # one line, whatever e holds
-        raise SystemExit(f"error: {name_the_flag(message, argv)}") from None
+        raise SystemExit(f"error: {message}") from None
     except KeyboardInterrupt:
         print("error: interrupted (a run that wrote checkpoints continues from the last one "
               "with --resume)", file=sys.stderr)
@@ -247,19 +243,22 @@ def one_line_errors(func, *args, argv: typing.Sequence[str] = ()):
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    one_line_errors(_main, argv, argv=argv)  # the parser's loading too: Ctrl-C is one line
+    one_line_errors(_main, argv)  # the parser's loading too: Ctrl-C is one line
 
 
 def _main(argv: list[str]) -> None:
+    from metaprior.config import errors_in_flag_words
+
     parser = build_parser()
     args, unknown = parser.parse_known_args(legacy_bool_values(argv, _switches(parser)))
     if unknown:  # named by the command's own parser, which points at its own --help
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    for path in args.plugin:
-        load_plugin(path)
-    _setup(args)
-    args.func(args)
+    with errors_in_flag_words(parser, argv):  # a section's check named by the flag given
+        for path in args.plugin:
+            load_plugin(path)
+        _setup(args)
+        args.func(args)
 
 
 if __name__ == "__main__":

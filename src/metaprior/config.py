@@ -8,6 +8,7 @@ resolved configuration is saved as JSON beside every result.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -302,22 +303,46 @@ def _items(text: str, item) -> tuple:
     return tuple(item(x) for x in parts)
 
 
-def name_the_flag(message: str, argv: typing.Sequence[str]) -> str:
+def name_the_flag(message: str, argv: typing.Sequence[str], dests: typing.Container[str]
+                  ) -> str:
     """A check's message in the words of the command line: ``adapt: lr must be ...`` becomes
-    ``--lr must be ...`` where ``argv`` gave ``--lr`` (a value from a config file keeps its
-    section's name)."""
-    match = re.fullmatch(r"\w+: (\w+) (must .*)", message, flags=re.DOTALL)
-    if match:
-        flag = "--" + match[1].replace("_", "-")
+    ``--lr must be ...`` where ``adapt.lr`` is an option of the parser (``dests``) and
+    ``argv`` gave ``--lr`` (a value from a config file keeps its section's name)."""
+    match = re.fullmatch(r"(\w+): (\w+) (must .*)", message, flags=re.DOTALL)
+    if match and f"{match[1]}.{match[2]}" in dests:
+        flag = "--" + match[2].replace("_", "-")
         if any(a == flag or a.startswith(flag + "=") for a in argv):
-            return f"{flag} {match[2]}"
+            return f"{flag} {match[3]}"
     return message
+
+
+@contextlib.contextmanager
+def errors_in_flag_words(parser: argparse.ArgumentParser, argv: typing.Sequence[str]):
+    """Re-raise a section's ``ValueError`` as :func:`name_the_flag` words it for ``parser``'s
+    options (its subcommands' too) and ``argv``."""
+    try:
+        yield
+    except ValueError as e:
+        dests, parsers = set(), [parser]
+        while parsers:
+            for action in parsers.pop()._actions:
+                dests.add(action.dest)
+                if isinstance(action, argparse._SubParsersAction):
+                    parsers.extend(action.choices.values())
+        message = name_the_flag(str(e), argv, dests)
+        if message == str(e):
+            raise
+        raise ValueError(message) from None
 
 
 def check_positive(owner: str, **values: float) -> None:
     """One-line ``ValueError`` naming the first value that is not a finite number > 0."""
     for name, v in values.items():
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+        try:  # a Python, NumPy or 0-d torch number; not a bool or a string
+            ok = not isinstance(v, (bool, str)) and math.isfinite(float(v)) and float(v) > 0
+        except (TypeError, ValueError, RuntimeError):
+            ok = False
+        if not ok:
             raise ValueError(f"{owner}: {name} must be a finite number > 0, got {v!r}")
 
 

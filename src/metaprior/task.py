@@ -238,6 +238,8 @@ def sample_or_name(task: Task, images: Tensor, generator: torch.Generator, what:
     ``"--patch-size 16"``) and ``fix``."""
     try:
         return task.sample(images, generator)
+    except torch.OutOfMemoryError:
+        raise
     except (ValueError, RuntimeError) as e:
         raise ValueError(f"{what} does not suit task {task.name!r} "
                          f"({str(e).splitlines()[0]}): {fix}") from None

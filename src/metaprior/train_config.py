@@ -151,9 +151,9 @@ def resume_config(out: Path, given: dict, steps: int | None) -> tuple[TrainConfi
         old = saved.get(section, {}).get(name)
         if key not in RESUMABLE and (list(value) if isinstance(value, tuple) else value) != old:
             raise ValueError(f"--resume continues the saved run, whose {key} is {old!r}, not "
-                             f"{value!r}: drop --{name.replace('_', '-')} (only --steps, "
-                             f"--device and --dist-timeout may change) or start a new run in "
-                             f"another --out")
+                             f"{value!r}: drop --{name.replace('_', '-')} or its --config "
+                             f"entry (only --steps, --device and --dist-timeout may change) "
+                             f"or start a new run in another --out")
     if steps is not None:
         saved["optim"]["steps"] = steps
     if "run.device" in given:

@@ -134,7 +134,15 @@ def _sixteen_bit_colour_array(im, path) -> np.ndarray:
                          f"it as a 16-bit TIFF (read at its full precision) or as 8-bit")
     import tifffile
 
-    pixels = np.asarray(tifffile.imread(path))
+    try:
+        pixels = np.asarray(tifffile.imread(path))
+    except (ValueError, KeyError, ImportError, NotImplementedError) as e:  # LZW: imagecodecs
+        raise ValueError(f"image {path}: its 16-bit colour cannot be decoded "
+                         f"({str(e).splitlines()[0][:200]}): save it uncompressed or with "
+                         f"deflate, or pip install imagecodecs") from None
+    if pixels.ndim != 3 or pixels.shape[-1] not in (3, 4):
+        raise ValueError(f"image {path} holds an array of shape {tuple(pixels.shape)}, not one "
+                         f"RGB picture (several pages?): save the picture alone")
     if pixels.ndim == 3 and pixels.shape[-1] == 4 and pixels[..., 3].min() < 65535:
         raise ValueError(f"image {path} has transparent pixels (its alpha channel), whose "
                          f"colour is undefined: flatten it onto a background first")

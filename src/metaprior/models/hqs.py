@@ -18,7 +18,6 @@ geometrically from 49/255 and :math:`\gamma_k = \lambda(\sigma_k/\sigma_K)^2`,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -28,6 +27,7 @@ from deepinv.models import Reconstructor
 from deepinv.physics import LinearPhysics
 from torch import Tensor, nn
 
+from metaprior.config import check_positive
 from metaprior.models.ffdnet import FFDNet, noise_schedule
 from metaprior.physics.operators import in_float32, operator_norm_sq, prox_l2
 
@@ -51,14 +51,13 @@ class HQSNetConfig:
     renamed: ClassVar[dict[str, str]] = {"colour": "color"}
 
     def __post_init__(self) -> None:
-        if not (1 <= self.iterations <= 1000 and 0 <= self.init_iters <= 10_000):
-            raise ValueError(f"model: iterations must be in [1, 1000] and init_iters in "
-                             f"[0, 10000], got {self.iterations}, {self.init_iters}")
-        values = (self.sigma_max, self.sigma_min, self.data_weight, self.init_eps,
-                  self.denoiser_lr_scale)
-        if not all(math.isfinite(v) and v > 0 for v in values):
-            raise ValueError(f"model: sigma_max, sigma_min, data_weight, init_eps and "
-                             f"denoiser_lr_scale must be finite and > 0, got {values}")
+        for name, low, high in (("iterations", 1, 1000), ("init_iters", 0, 10_000)):
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"hqs: {name} must be in [{low}, {high}], got "
+                                 f"{getattr(self, name)}")
+        check_positive("hqs", sigma_max=self.sigma_max, sigma_min=self.sigma_min,
+                       data_weight=self.data_weight, init_eps=self.init_eps,
+                       denoiser_lr_scale=self.denoiser_lr_scale)
 
 
 def smooth_estimate(physics: LinearPhysics, y: Tensor, eps: float = 1e-2, iters: int = 200,
