@@ -777,31 +777,26 @@ def test_an_adapted_model_whose_reconstruction_is_not_finite_is_not_written(sand
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hqs.safetensors", "y.safetensors"]
 
 
-def test_ctrl_c_ends_a_command_with_one_line_and_dies_by_sigint():
+@pytest.mark.parametrize("code", [
+    # a command interrupted while it runs
+    "from metaprior.cli import one_line_errors\n"
+    "def interrupted():\n    raise KeyboardInterrupt\n"
+    "one_line_errors(interrupted)\n",
+    # in its first seconds, while the parser is built; importing the command line loads no
+    # torch, so the window before the handler is short
+    "import sys\nimport metaprior.cli as cli\n"
+    "assert 'torch' not in sys.modules, 'metaprior.cli imports torch'\n"
+    "def interrupted():\n    raise KeyboardInterrupt\n"
+    "cli.build_parser = interrupted\ncli.main(['measure', '--help'])\n",
+], ids=["running", "loading"])
+def test_ctrl_c_ends_a_command_with_one_line_and_dies_by_sigint(code):
     """One line naming --resume, then death by SIGINT as Python's own handler does (so a
-    calling shell loop stops too), not a traceback."""
-    code = ("from metaprior.cli import one_line_errors\n"
-            "def interrupted():\n    raise KeyboardInterrupt\n"
-            "one_line_errors(interrupted)\n")
+    calling shell loop stops too), not a traceback; while the command runs or still loads."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode in (-2, 130) and len(err) == 1, proc.stderr
-    assert "interrupted" in err[0] and "--resume" in err[0]
-
-
-def test_ctrl_c_while_the_command_line_loads_is_one_line_too():
-    """Ctrl-C in the first seconds, while the libraries load and the parser is built, is the
-    same one line; importing the command line loads no torch, so that window is short."""
-    code = ("import sys\nimport metaprior.cli as cli\n"
-            "assert 'torch' not in sys.modules, 'metaprior.cli imports torch'\n"
-            "def interrupted():\n    raise KeyboardInterrupt\n"
-            "cli.build_parser = interrupted\ncli.main(['measure', '--help'])\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode in (-2, 130) and len(err) == 1, proc.stderr
-    assert err[0].startswith("error: interrupted")
+    assert err[0].startswith("error: interrupted") and "--resume" in err[0]
 
 
 def test_meta_train_takes_the_other_architecture_s_defaults(tmp_path):
