@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -1258,6 +1259,36 @@ def test_adapt_checks_its_own_options_before_loading_the_model(tmp_path):
         main(base)
     with pytest.raises(SystemExit, match=r"bad\.safetensors"):
         main([*base, "--task", "sr2"])
+
+
+def test_images_a_task_cannot_take_are_refused_in_one_line_naming_the_fix():
+    """``Task.sample`` refuses images that would give silently wrong results or fail deep in
+    torch: channels-last, another value range, integer or half dtypes, NaN, and a fixed
+    operator whose adjoint (not only ``A``) cannot take the size. The metrics refuse what they
+    would score wrongly: not (B, C, H, W), complex, a peak <= 0."""
+    import deepinv as dinv
+
+    import metaprior as mp
+
+    sr2, x = mp.get_task("sr2"), torch.rand(2, 1, 16, 16)
+    cases = [(x.permute(0, 2, 3, 1).expand(2, 16, 16, 4), "channels-last"),
+             (x * 255, "x / 255"), (x * 2 - 1, "[0, 1]"), ((x * 255).to(torch.uint8), "uint8"),
+             (x.half(), "float16"), (x.clone().fill_(float("nan")), "not finite")]
+    for images, fragment in cases:
+        with pytest.raises(ValueError, match=re.escape(fragment)):
+            sr2.sample(images)
+    sr2.sample(x.double())  # float64 images are measured (the linear-algebra checks use them)
+    fixed = dinv.physics.Downsampling(img_size=(1, 16, 16), filter="gaussian", factor=2)
+    with pytest.raises(ValueError, match="give task_from_physics a factory"):
+        mp.task_from_physics("ds16", fixed).sample(torch.rand(1, 1, 32, 32))
+    assert mp.task_from_physics("mine", fixed, peak="max").peak == "max"
+    for args, fragment in [((x[0], x[0]), "(B, C, H, W)"), ((x, x, 0), "peak"),
+                           ((x, x, -1.0), "peak"), ((x.to(torch.complex64),) * 2, "real")]:
+        for metric in (mp.psnr, mp.ssim):
+            with pytest.raises(ValueError, match=re.escape(fragment)):
+                metric(*args)
+    with pytest.raises(ValueError, match="sigma_min"):
+        mp.HQSNetConfig(sigma_min=0.5, sigma_max=0.1)
 
 
 def test_api_edge_cases_a_user_meets_with_deepinv_operators(tmp_path):

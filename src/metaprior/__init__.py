@@ -69,4 +69,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+    return sorted(name for name in set(globals()) | set(_API)
+                  if name not in ("annotations", "importlib"))

@@ -38,9 +38,12 @@ def bfloat16_is_fast(device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class AdaptConfig:
+    r"""The adaptation rule: ``steps`` of ``optimizer`` at ``lr`` on ``loss`` + λ/2‖φ − θ‖²:
+    ``supervised`` ‖f_φ(y) − x‖²; without ground truth ``unsupervised`` ‖A f_φ(y) − y‖²,
+    ``equivariant`` that + the 90°-rotation equivariance term, ``robust-equivariant`` SURE at
+    the task's noise level in its place (:func:`metaprior.meta.problem.inner_loss`)."""
     steps: int = 50  # optimizer steps (Table 1: 50)
     lr: float = 1e-3  # learning rate η
-    # the last three need no ground truth; the last one uses the noise level (SURE)
     loss: str = "unsupervised"  # supervised | unsupervised | equivariant | robust-equivariant
     prox_lambda: float = 0.0  # λ of λ/2‖φ − θ‖²
     optimizer: str = "adam"  # "adam" | "sgd"
@@ -283,7 +286,8 @@ def fine_tune(
     config: AdaptConfig, callback: Callable[[AdaptState, float], None] | None = None,
     keep: Sequence[int] = (), start: AdaptState | None = None, check_finite: bool = True,
 ) -> AdaptResult:
-    """Solve the inner problem approximately by ``config.steps`` optimizer steps from θ.
+    r""":math:`\min_\phi \mathcal L(f_\phi) + \frac\lambda2\|\phi-\theta\|^2` (``config``'s rule,
+    :class:`AdaptConfig`) approximately, by ``config.steps`` optimizer steps from θ.
 
     Args:
         model: the architecture (its own parameters are not used or changed).

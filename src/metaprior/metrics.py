@@ -13,11 +13,17 @@ import torch
 from torch import Tensor
 
 
-def _peak(x: Tensor, peak: float | str) -> Tensor:
+def _peak(x_hat: Tensor, x: Tensor, peak: float | str) -> Tensor:
+    """The (B,) peaks of ``x``'s images, after checking what the metrics score."""
+    if x_hat.shape != x.shape or x.ndim != 4:
+        raise ValueError(f"x_hat and x must be (B, C, H, W) images of the same shape, got "
+                         f"{tuple(x_hat.shape)} and {tuple(x.shape)}")
+    if x_hat.is_complex() or x.is_complex():
+        raise ValueError("x_hat and x must be real images (a complex image: its .abs())")
     if peak == "max":
         return x.flatten(1).amax(dim=1)
-    if isinstance(peak, str):
-        raise ValueError(f"peak must be a number or 'max', got {peak!r}")
+    if isinstance(peak, str) or not (math.isfinite(float(peak)) and float(peak) > 0):
+        raise ValueError(f"peak must be a number > 0 or 'max', got {peak!r}")
     return torch.full((x.shape[0],), float(peak), dtype=x.dtype, device=x.device)
 
 
@@ -33,11 +39,9 @@ def psnr(x_hat: Tensor, x: Tensor, peak: float | str = 1.0) -> Tensor:
     Returns:
         (B,) PSNR in dB (``inf`` for an exact reconstruction).
     """
-    if x_hat.shape != x.shape:
-        raise ValueError(f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} "
-                         f"and {tuple(x.shape)}")
+    peaks = _peak(x_hat, x.detach(), peak)
     mse = (x_hat.detach() - x.detach()).pow(2).flatten(1).mean(dim=1)
-    return 10 * torch.log10(_peak(x.detach(), peak) ** 2 / mse)
+    return 10 * torch.log10(peaks ** 2 / mse)
 
 
 def ssim(x_hat: Tensor, x: Tensor, peak: float | str = 1.0) -> Tensor:
@@ -54,7 +58,7 @@ def ssim(x_hat: Tensor, x: Tensor, peak: float | str = 1.0) -> Tensor:
     """
     from skimage.metrics import structural_similarity
 
-    peaks = _peak(x.detach(), peak).cpu().tolist()
+    peaks = _peak(x_hat, x.detach(), peak).cpu().tolist()
     a = x_hat.detach().double().cpu().numpy()
     b = x.detach().double().cpu().numpy()
     values = [

@@ -121,21 +121,20 @@ class Task:
             x: (B, C, H, W) clean images in [0, 1].
             generator: source of randomness for the operator and the noise (CPU generator).
         """
-        if x.ndim != 4:
-            raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        check_images(x)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         draw = generator.get_state()
         physics = self.make_physics(tuple(x.shape), generator, x.device)
         with torch.no_grad():
             try:
                 y = physics.A(x)
+                shape = tuple(physics.A_adjoint(y).shape)
             except RuntimeError as e:
                 raise ValueError(
                     f"task {self.name!r}: its operator cannot measure images of shape "
                     f"{tuple(x.shape)} ({str(e).splitlines()[0][:200]}); an operator built for "
                     f"one image size serves that size only: give task_from_physics a factory "
                     f"(shape, generator, device) -> physics") from None
-            shape = tuple(physics.A_adjoint(y).shape)
             if shape != tuple(x.shape):
                 raise ValueError(f"task {self.name!r}: its A_adjoint returns {shape} for images "
                                  f"{tuple(x.shape)}: an operator must map its measurements "
@@ -148,6 +147,27 @@ class Task:
                 y = y + sigma * e.to(y.device)
             target = x if self.target is None else self.target(x)
         return TaskBatch(self.name, y, physics, target, x, sigma, draw)
+
+
+def check_images(x: Tensor) -> None:
+    """A one-line ``ValueError`` for images a task would measure wrongly or a model fail on:
+    not (B, C, H, W) (channels-last among them), not float32/float64, not finite, or on
+    another scale than [0, 1] (beyond [-0.5, 1.5]: 8-bit, or [-1, 1])."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] > min(x.shape[-2:]):
+        raise ValueError(f"x has {x.shape[1]} channels of {x.shape[2]}x{x.shape[3]} pixels: "
+                         f"images must be (B, C, H, W), not channels-last (x.permute(0, 3, 1, "
+                         f"2))")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"x is {str(x.dtype).replace('torch.', '')}: images must be float32 "
+                         f"in [0, 1] (8-bit pixels: x.float() / 255)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x is not finite (NaN or inf pixels): images must be in [0, 1]")
+    low, high = float(x.min()), float(x.max())
+    if low < -0.5 or high > 1.5:
+        raise ValueError(f"x spans [{low:.3g}, {high:.3g}]: images must be in [0, 1] (8-bit "
+                         f"pixels: x / 255; [-1, 1]: (x + 1) / 2)")
 
 
 def physics_noise_sigma(physics: LinearPhysics, owner: str = "task_from_physics") -> float:
@@ -170,7 +190,7 @@ def physics_noise_sigma(physics: LinearPhysics, owner: str = "task_from_physics"
 
 def task_from_physics(
     name: str, physics: LinearPhysics | PhysicsFactory, noise_sigma: float = 0.0,
-    target: Callable[[Tensor], Tensor] | None = None,
+    target: Callable[[Tensor], Tensor] | None = None, peak: float | str = 1.0,
 ) -> Task:
     """A task with a user operator: any deepinv ``LinearPhysics`` (``docs/api.md``).
 
@@ -185,6 +205,8 @@ def task_from_physics(
             randomness from ``generator``.
         noise_sigma: std of the white Gaussian noise added to :math:`y`.
         target: what the network must output (default: the clean image).
+        peak: the data range its PSNR is scored with (:class:`Task`): ``1.0``, or ``"max"``
+            for each target's maximum (MRI magnitude images).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"task_from_physics: name must be a non-empty string, got {name!r}")
@@ -215,7 +237,10 @@ def task_from_physics(
     if target is not None and not callable(target):
         raise ValueError(f"task_from_physics: target must be a callable x -> target (or None: "
                          f"the clean image), got {type(target).__name__}")
-    return Task(name, factory, target=target, noise_sigma=noise_sigma,
+    if not (peak == "max" or (isinstance(peak, (int, float)) and not isinstance(peak, bool)
+                              and math.isfinite(peak) and peak > 0)):
+        raise ValueError(f"task_from_physics: peak must be a number > 0 or 'max', got {peak!r}")
+    return Task(name, factory, target=target, noise_sigma=noise_sigma, peak=peak,
                 params={"physics": kind, "fixed": isinstance(physics, LinearPhysics)})
 
 

@@ -58,6 +58,9 @@ class HQSNetConfig:
         check_positive("hqs", sigma_max=self.sigma_max, sigma_min=self.sigma_min,
                        data_weight=self.data_weight, init_eps=self.init_eps,
                        denoiser_lr_scale=self.denoiser_lr_scale)
+        if self.sigma_min > self.sigma_max:  # the schedule anneals from sigma_max down
+            raise ValueError(f"hqs: sigma_min must be <= sigma_max, got {self.sigma_min} > "
+                             f"{self.sigma_max}")
 
 
 def smooth_estimate(physics: LinearPhysics, y: Tensor, eps: float = 1e-2, iters: int = 200,
