@@ -1289,6 +1289,12 @@ def test_images_a_task_cannot_take_are_refused_in_one_line_naming_the_fix():
                 metric(*args)
     with pytest.raises(ValueError, match="sigma_min"):
         mp.HQSNetConfig(sigma_min=0.5, sigma_max=0.1)
+    hqs = mp.HQSNet(mp.HQSNetConfig(iterations=2, init_iters=5, pretrained=False))
+    wide = sr2.sample(x.double())  # float64 measurements, a float32 model
+    with pytest.raises(ValueError, match=r"measurements are torch\.float64, the model's "
+                                         r"parameters torch\.float32"):
+        mp.reconstruct(hqs, mp.parameters_of(hqs), wide)
+    assert mp.reconstruct(hqs, mp.parameters_of(hqs), sr2.sample(x)).dtype == torch.float32
 
 
 def test_api_edge_cases_a_user_meets_with_deepinv_operators(tmp_path):

@@ -81,6 +81,11 @@ def check_frozen(names: Sequence[str], prefixes: Sequence[str], owner: str) -> N
 def reconstruct(model: nn.Module, params: Params, batch: TaskBatch) -> Tensor:
     """:math:`f_\\phi(y, A)` with the parameters ``params`` (``functional_call``)."""
     check_params(model, params, "reconstruct")
+    y = batch.y.real if batch.y.is_complex() else batch.y
+    dtype = next(iter(params.values())).dtype if params else y.dtype
+    if y.dtype != dtype:  # else a dtype error deep in a convolution
+        raise ValueError(f"reconstruct: the measurements are {y.dtype}, the model's parameters "
+                         f"{dtype}: measure float32 images (x.float()) or convert the model")
     return functional_call(model, params, (batch.y, batch.physics))
 
 
