@@ -149,8 +149,8 @@ def fine_tune_run(
         start, seconds_before = None, 0.0
         latest = ckpt.latest_checkpoint(run_dir)
         if resume:
-            if latest is None and ckpt.unnamed_checkpoints(run_dir):
-                raise FileNotFoundError(ckpt.unnamed_checkpoints(run_dir))
+            if latest is None and (unnamed := ckpt.unnamed_checkpoints(run_dir)):
+                raise FileNotFoundError(unnamed)
             if latest is None:
                 raise FileNotFoundError(f"--resume: no checkpoint under "
                                         f"{ckpt.checkpoint_dir(run_dir)} (a run stopped before "
@@ -164,10 +164,10 @@ def fine_tune_run(
                                               state["opt"]))
             seconds_before = state["seconds"]
             log(f"resumed from {latest} at step {start.step}")
-        elif (latest is not None or ckpt.unnamed_checkpoints(run_dir)) and not overwrite:
-            raise RunFolderError(f"{run_dir} holds the checkpoints of an earlier run: --resume "
-                                 f"continues it, --overwrite replaces it")
-        elif latest is not None:
+        elif ckpt.complete_checkpoints(run_dir):  # ``latest`` naming one or not
+            if not overwrite:
+                raise RunFolderError(f"{run_dir} holds the checkpoints of an earlier run: "
+                                     f"--resume continues it, --overwrite replaces it")
             log(f"starting afresh: the checkpoints under {ckpt.checkpoint_dir(run_dir)} will be "
                 f"replaced")
         t0 = time.perf_counter()

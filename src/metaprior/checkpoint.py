@@ -273,11 +273,17 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return target if (target / "state.json").is_file() else None
 
 
+def complete_checkpoints(run_dir: str | Path) -> list[str]:
+    """The names of the complete checkpoints (``step_*`` folders with a ``state.json``) of
+    ``run_dir``, whatever ``checkpoints/latest`` names."""
+    return sorted(p.name for p in checkpoint_dir(run_dir).glob("step_*")
+                  if (p / "state.json").is_file())
+
+
 def unnamed_checkpoints(run_dir: str | Path) -> str | None:
     """Where ``checkpoints/latest`` names no complete checkpoint but complete ones are there:
     a one-line message naming them and how to resume from one (else None)."""
-    folder = checkpoint_dir(run_dir)
-    complete = sorted(p.name for p in folder.glob("step_*") if (p / "state.json").is_file())
+    folder, complete = checkpoint_dir(run_dir), complete_checkpoints(run_dir)
     if not complete:
         return None
     pointer = folder / "latest"

@@ -130,10 +130,10 @@ def _meta_train(config: DemoConfig, rule: AdaptConfig, model, architecture: str,
 def _adapt_demo(config: DemoConfig, device: str, log) -> dict:
     t0 = time.perf_counter()
     model, meta = load_model(config.model, device)
-    coarse = config.coarse_iterations if hasattr(model, "resample") else 0
+    own = model.config.iterations if hasattr(model, "resample") else 0  # 0: not unrolled
+    coarse = config.coarse_iterations if config.coarse_iterations < own else 0
     rule = AdaptConfig.from_model(meta, steps=config.adapt_steps, loss=config.loss or None,
-                                  lr=config.lr or None, coarse_iterations=coarse
-                                  if coarse < getattr(model.config, "iterations", 0) else 0)
+                                  lr=config.lr or None, coarse_iterations=coarse)
     if rule.loss == "supervised" and config.loss:
         raise ValueError("--loss supervised: the demo adapts without ground truth: use "
                          "equivariant or unsupervised")

@@ -162,9 +162,9 @@ def check_images(x: Tensor) -> None:
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"x is {str(x.dtype).replace('torch.', '')}: images must be float32 "
                          f"in [0, 1] (8-bit pixels: x.float() / 255)")
-    if not bool(torch.isfinite(x).all()):
+    low, high = (float(v) for v in torch.aminmax(x))  # one pass; NaN propagates to both
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError("x is not finite (NaN or inf pixels): images must be in [0, 1]")
-    low, high = float(x.min()), float(x.max())
     if low < -0.5 or high > 1.5:
         raise ValueError(f"x spans [{low:.3g}, {high:.3g}]: images must be in [0, 1] (8-bit "
                          f"pixels: x / 255; [-1, 1]: (x + 1) / 2)")

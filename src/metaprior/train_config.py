@@ -134,8 +134,8 @@ def resume_config(out: Path, given: dict, steps: int | None) -> tuple[TrainConfi
     ``given`` value that differs from the saved one is an error (only :data:`RESUMABLE`
     values may change)."""
     latest = ckpt.latest_checkpoint(out)
-    if latest is None and ckpt.unnamed_checkpoints(out):
-        raise FileNotFoundError(ckpt.unnamed_checkpoints(out))
+    if latest is None and (unnamed := ckpt.unnamed_checkpoints(out)):
+        raise FileNotFoundError(unnamed)
     if latest is None and not (out / "config.json").is_file():
         raise FileNotFoundError(f"--resume: {out} holds no run (no config.json): drop --resume "
                                 f"to start one, in another --out if its files are not a run's")

@@ -236,11 +236,10 @@ def cmd_adapt(args) -> None:
     from metaprior.adapt import AdaptConfig, check_rule, fine_tune, parameters_of
     from metaprior.adapt_run import fine_tune_run
     from metaprior.checkpoint import (
-        latest_checkpoint,
+        complete_checkpoints,
         load_model,
         resolve_model_path,
         save_model,
-        unnamed_checkpoints,
     )
     from metaprior.config import check_fits_in_memory, resolve, section_values
 
@@ -292,8 +291,7 @@ def cmd_adapt(args) -> None:
 
         run_dir = Path(args.out).with_name(Path(args.out).stem + ".run")
         # checkpoints there belong to --out: refused or, with --overwrite, replaced by this run's
-        if args.ckpt_every or args.resume or latest_checkpoint(run_dir) is not None or \
-                unnamed_checkpoints(run_dir):
+        if args.ckpt_every or args.resume or complete_checkpoints(run_dir):
             recipe = {"model": args.model, "task": task_name, "seed": args.seed,
                       "data": ({"measurements": args.measurements} if args.measurements else
                                {"images": args.images, "patch_size": args.patch_size,

@@ -143,10 +143,15 @@ def _sixteen_bit_colour_array(im, path) -> np.ndarray:
     if pixels.ndim != 3 or pixels.shape[-1] not in (3, 4):
         raise ValueError(f"image {path} holds an array of shape {tuple(pixels.shape)}, not one "
                          f"RGB picture (several pages?): save the picture alone")
-    if pixels.ndim == 3 and pixels.shape[-1] == 4 and pixels[..., 3].min() < 65535:
-        raise ValueError(f"image {path} has transparent pixels (its alpha channel), whose "
-                         f"colour is undefined: flatten it onto a background first")
+    if pixels.shape[-1] == 4 and pixels[..., 3].min() < 65535:
+        raise _transparent(path)
     return pixels
+
+
+def _transparent(path) -> ValueError:
+    """The error for a picture with transparent pixels, whose colour is undefined."""
+    return ValueError(f"image {path} has transparent pixels (its alpha channel), whose colour "
+                      f"is undefined: flatten it onto a background first")
 
 
 def _array_at_scale(im, path) -> np.ndarray:
@@ -168,8 +173,7 @@ def _array_at_scale(im, path) -> np.ndarray:
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if "A" in im.getbands() and im.getchannel("A").getextrema()[0] < 255:
-        raise ValueError(f"image {path} has transparent pixels (its alpha channel), whose "
-                         f"colour is undefined: flatten it onto a background first")
+        raise _transparent(path)
     if im.mode in ("L", "LA"):
         return np.asarray(im.convert("L"))
     return np.asarray(im.convert("RGB"))
